@@ -1,0 +1,27 @@
+"""The FeatureEncoder seam: the space in which DrPO's drift field is built."""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar, Literal
+
+import torch
+
+
+class FeatureEncoder(abc.ABC):
+    """Maps generator latents or decoded images to named feature sets.
+
+    ``features(x)`` returns ``{name: (B, L, D)}``: for each of the B samples, L vectors of
+    dimension D (locations, patches, pooled statistics). Gradients flow from the features to
+    ``x``; the encoder's own weights are frozen.
+    """
+
+    registry_name: str = "feature"
+    #: what ``features`` consumes: generator latents, or images in [0, 1] (B, 3, H, W)
+    input_space: ClassVar[Literal["latents", "images"]] = "latents"
+
+    @abc.abstractmethod
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    def to(self, device: torch.device | str) -> FeatureEncoder:  # noqa: B027 - optional hook
+        return self

@@ -1,0 +1,1 @@
+"""One-step generators: the protocol (base.py) and one module per family."""

@@ -1,0 +1,72 @@
+"""The Method seam: one training update, shared by DrPO and every baseline.
+
+The shared loop (runner.train_cell) owns the optimizer, precision, accumulation, clipping,
+checkpoints and logging; a method only computes a loss for a micro-batch of prompts and
+backpropagates it (so it can time its own backward phases in the ledger). That sameness is
+what makes the comparison fair.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from drpo_bench.registry import StrictConfig
+
+if TYPE_CHECKING:
+    from drpo_bench.generators.base import Generator
+    from drpo_bench.ledger import Ledger
+    from drpo_bench.rewards.base import Reward
+
+
+@dataclass
+class TrainContext:
+    """Everything a method's step may touch. Built once per cell by the runner."""
+
+    generator: Generator
+    reward: Reward | None  # None only for methods that do not train
+    ledger: Ledger
+    candidates_per_prompt: int  # K: samples drawn per prompt per micro-step
+    noise_rng: torch.Generator  # CPU generator for noise: a seed's noise is device independent
+    loss_scale: float = 1.0  # 1 / gradient-accumulation micro-steps
+    backward: Callable[..., None] = field(default=lambda loss, **kw: loss.backward(**kw))
+
+
+@dataclass
+class StepOutput:
+    loss: float
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class Method(abc.ABC):
+    """One training update. Subclasses set ``Config`` (a StrictConfig with a reason per default)."""
+
+    registry_name: str = "method"
+    Config: ClassVar[type[StrictConfig]] = StrictConfig
+    #: reward-backprop methods need ``reward.differentiable``; validate enforces it
+    needs_differentiable_reward: ClassVar[bool] = False
+    #: False for the untrained base row (the runner skips the training loop)
+    trains: ClassVar[bool] = True
+    #: paper the method comes from (shown by `drpo-bench ls methods`)
+    paper: ClassVar[str] = ""
+
+    def __init__(self, config: StrictConfig) -> None:
+        self.config = config
+
+    def setup(self, ctx: TrainContext) -> None:  # noqa: B027 - optional hook
+        """Build what the method needs once per cell (feature encoders, buffers)."""
+
+    @abc.abstractmethod
+    def step(self, prompts: Sequence[str], ctx: TrainContext) -> StepOutput:
+        """Loss for one micro-batch of prompts; calls ``ctx.backward(loss * ctx.loss_scale)``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Extra method state to checkpoint (e.g. a running baseline)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027
+        pass

@@ -1,0 +1,1 @@
+"""Evaluation metrics: the protocol (base.py), reward-as-metric, diversity, FID/KID."""

@@ -1,0 +1,1 @@
+"""Prompt sets: the protocol (base.py) and loaders (shapes grammar, Pick-a-Pic, Parti, ...)."""

@@ -1,0 +1,1 @@
+"""Rewards: the protocol (base.py) and one module per reward model."""
