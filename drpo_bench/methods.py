@@ -32,8 +32,13 @@ class TrainContext:
     ledger: Ledger
     candidates_per_prompt: int  # K: samples drawn per prompt per micro-step
     noise_rng: torch.Generator  # CPU generator for noise: a seed's noise is device independent
-    loss_scale: float = 1.0  # 1 / gradient-accumulation micro-steps
-    backward: Callable[..., None] = field(default=lambda loss, **kw: loss.backward(**kw))
+    loss_scale: float = 1.0  # this micro-batch's share of the update: micro prompts / update prompts
+    #: scales a loss for mixed precision (fp16 GradScaler); identity otherwise
+    scaled: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda loss: loss)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss`` (already multiplied by ``loss_scale``) with precision scaling."""
+        self.scaled(loss).backward()
 
 
 @dataclass
@@ -70,3 +75,25 @@ class Method(abc.ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027
         pass
+
+
+@dataclass
+class Candidates:
+    """K candidates per prompt, prompt-major: row p*K + k is candidate k of prompt p."""
+
+    latents: torch.Tensor  # (P*K, *latent_shape), differentiable through the trainable params
+    noise: torch.Tensor  # (P*K, *latent_shape)
+    cond: Any  # conditioning repeated K times
+    prompts: list[str]  # (P*K,) each prompt repeated K times
+
+
+def sample_candidates(prompts: Sequence[str], ctx: TrainContext) -> Candidates:
+    """Draw K noises per prompt and run the generator once (timed as the "sample" phase)."""
+    from drpo_bench.generators.base import repeat_conditioning
+
+    k, gen = ctx.candidates_per_prompt, ctx.generator
+    with ctx.ledger.phase("sample"):
+        cond = repeat_conditioning(gen.encode(prompts), k)
+        noise = gen.noise(len(prompts) * k, ctx.noise_rng)
+        latents = gen.sample(noise, cond)
+    return Candidates(latents, noise, cond, [text for text in prompts for _ in range(k)])

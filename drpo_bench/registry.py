@@ -124,6 +124,7 @@ _BUILTIN_PACKAGES = (
     "drpo_bench.metrics",
     "drpo_bench.shapes",
     "drpo_bench.prompts",
+    "drpo_bench.toy",
     "baselines",
 )
 _loaded = False
@@ -140,6 +141,6 @@ def load_builtins() -> None:
             package = importlib.import_module(package_name)
         except ModuleNotFoundError:
             continue
-        for info in pkgutil.iter_modules(package.__path__):
+        for info in pkgutil.iter_modules(getattr(package, "__path__", [])):
             if not info.name.startswith("_"):
                 importlib.import_module(f"{package_name}.{info.name}")

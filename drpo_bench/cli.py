@@ -1,0 +1,201 @@
+"""`drpo-bench`: run, validate, list, report (and flops, serve-reward where installed)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from drpo_bench.errors import UserError
+
+EXAMPLES = """\
+examples:
+  drpo-bench run suites/quickstart.yaml                 # the embedded shapes world, CPU, minutes
+  drpo-bench run suites/smoke.yaml budget.steps=4       # dotted overrides of any suite field
+  drpo-bench run suites/quickstart.yaml --output /tmp/q # write somewhere else (default runs/<suite>)
+  drpo-bench validate suites/*.yaml suites/paper/*.yaml # resolve everything, load no weights
+  drpo-bench ls methods                                 # what can be named in a suite
+  drpo-bench report runs/quickstart                     # report.md / .tex / .html + figures
+  drpo-bench flops --generator sd-turbo --reward hpsv3 --methods drpo,draft --K 24 --effective-batch 192
+  drpo-bench serve-reward shapes-clip --port 8765       # any reward over HTTP on localhost
+
+A run writes one folder per cell under runs/<suite>/ (never into the committed results/).
+Rerunning skips finished cells and resumes an interrupted one from its last checkpoint.
+"""
+
+
+def _console() -> Console:
+    return Console(stderr=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from drpo_bench.config import load_suite
+    from drpo_bench.report import build_report
+    from drpo_bench.report.build import summary_rows
+    from drpo_bench.runner import run_suite
+
+    suite = load_suite(args.suite, args.overrides)
+    shard = _parse_shard(args.shard)
+    console = _console()
+    output = Path(args.output) if args.output else suite.output_dir
+    console.print(f"[bold]drpo-bench run[/] {args.suite} → {output}")
+    summary = run_suite(suite, output, allow_reference=args.update_reference, quiet=args.quiet, shard=shard, console=console)
+    counts = {s: list(summary.statuses.values()).count(s) for s in ("done", "resumed", "skipped", "failed")}
+    console.print("cells: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    try:
+        written = build_report(output)
+        headers, rows = summary_rows(output)
+    except UserError as exc:
+        console.print(f"[yellow]no report: {exc}[/]")
+    else:
+        table = Table(title=f"{suite.name} (held-out, mean ± 95% CI over seeds)")
+        for h in headers:
+            table.add_column(h)
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+        console.print("report: " + ", ".join(str(p) for p in written.values()))
+    if summary.failures:
+        console.print(f"[red]{len(summary.failures)} cell(s) failed[/]: " + "; ".join(f"{k}: {v}" for k, v in summary.failures.items()))
+        return 1
+    return 0
+
+
+def _parse_shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return (0, 1)
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard {text!r} must look like i/n, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise UserError(f"--shard {text!r}: need 0 <= i < n")
+    return (i, n)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from drpo_bench.config import load_suite
+    from drpo_bench.runner import plan_cells
+
+    console = _console()
+    for path in args.suites:
+        suite = load_suite(path, args.overrides)
+        cells = plan_cells(suite)
+        console.print(f"[green]ok[/] {path}: {len(cells)} cells, effective batch {suite.budget.effective}, output {suite.output_dir}")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from drpo_bench.registry import REGISTRIES
+
+    table = Table(title=args.kind)
+    if args.kind == "suites":
+        from drpo_bench.config import SuiteLoader
+
+        table.add_column("suite")
+        table.add_column("description")
+        for path in sorted(Path("suites").rglob("*.yaml")):
+            try:
+                raw = SuiteLoader(path).read()
+                table.add_row(str(path), str(raw.get("description", "")).strip().splitlines()[0] if raw.get("description") else "")
+            except UserError as exc:
+                table.add_row(str(path), f"[red]{exc}[/]")
+    else:
+        registry = REGISTRIES[args.kind]
+        table.add_column("name")
+        table.add_column("description")
+        extra = args.kind in ("methods", "rewards")
+        if extra:
+            table.add_column("needs reward grad" if args.kind == "methods" else "differentiable")
+        for entry in registry.entries():
+            row = [entry.name, entry.description]
+            if args.kind == "methods":
+                row.append("yes" if entry.cls.needs_differentiable_reward else "no")
+            elif args.kind == "rewards":
+                row.append("yes" if entry.cls.differentiable else "no")
+            table.add_row(*row)
+    Console().print(table)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from drpo_bench.report import build_report
+
+    written = build_report(args.results, tuple(args.formats.split(",")))
+    for path in written.values():
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="drpo-bench",
+        description="Benchmark DrPO against reward-backprop and gradient-free baselines on one-step text-to-image generators.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run a suite (skips finished cells, resumes interrupted ones)",
+                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("suite", help="suite YAML file, e.g. suites/quickstart.yaml")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. budget.steps=10 seeds=[0]")
+    run.add_argument("--output", help="results folder (default: the suite's output, runs/<suite>)")
+    run.add_argument("--shard", help="run only cells i, i+n, i+2n, ... (i/n), for several processes or jobs")
+    run.add_argument("--update-reference", action="store_true", help="allow writing into the committed results/ folder")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=cmd_run)
+
+    val = sub.add_parser("validate", help="check suites: schema, names, pairings; loads no weights")
+    val.add_argument("suites", nargs="+", help="suite YAML files")
+    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="key=value", help="override, as with run")
+    val.set_defaults(func=cmd_validate)
+
+    ls = sub.add_parser("ls", help="list registered components or suites")
+    ls.add_argument("kind", choices=["generators", "rewards", "features", "methods", "metrics", "prompts", "suites"])
+    ls.set_defaults(func=cmd_ls)
+
+    rep = sub.add_parser("report", help="tables (md, tex, html) and figures from a results folder")
+    rep.add_argument("results", help="a results folder written by `drpo-bench run`, e.g. runs/quickstart")
+    rep.add_argument("--formats", default="md,tex,html", help="comma-separated subset of md,tex,html")
+    rep.set_defaults(func=cmd_report)
+
+    _optional_commands(sub)
+    return parser
+
+
+def _optional_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands contributed by other modules (flops, serve-reward)."""
+    try:
+        from drpo_bench.flops_cli import add_flops_parser
+    except ImportError:
+        pass
+    else:
+        add_flops_parser(sub)
+    try:
+        from drpo_bench.serve import add_serve_reward_parser
+    except ImportError:
+        pass
+    else:
+        add_serve_reward_parser(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        _console().print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _console().print("[yellow]interrupted: finished cells are kept; rerun the same command to resume.[/]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

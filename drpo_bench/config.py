@@ -1,0 +1,391 @@
+"""Suite schema: typed, strict, and errors that name the file, the line, the field and a fix.
+
+A suite file (YAML) says what to compare::
+
+    name: quickstart
+    generators: [shapes]
+    rewards: {clip: {name: shapes-clip}, checker: shapes-checker}
+    prompts: shapes
+    train_rewards: [clip]
+    methods:
+      - {id: base, method: base}
+      - {id: drpo, method: drpo, args: {K_top: 4}}
+      - {id: drpo-checker, method: drpo, reward: checker}
+    seeds: [0, 1, 2]
+    budget: {steps: 40, candidates_per_prompt: 16, prompts_per_update: 8}
+    eval: {images_per_prompt: 4, metrics: [checker, clip, diversity]}
+
+``load_suite(path, overrides)`` parses, applies dotted overrides (``budget.steps=10``),
+validates the schema and then every registry name and component config, without building
+anything (no weights are loaded).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from drpo_bench.errors import ConfigError, UserError, nearest
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class ComponentSpec(_Strict):
+    """A registered component and its arguments. A bare string in YAML means ``{name: ...}``."""
+
+    name: str = Field(min_length=1)
+    args: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = None  # label in cell ids and reports; defaults to name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def label(self) -> str:
+        return self.id or self.name.replace(":", ".")
+
+
+class TrainConfig(_Strict):
+    """The shared training loop's settings: identical for every method unless overridden."""
+
+    lr: float = Field(1e-4, gt=0)  # the paper's SD-Turbo LoRA learning rate
+    weight_decay: float = Field(1e-2, ge=0)  # AdamW decay of the published code
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW defaults
+    grad_clip: float | None = Field(1.0, gt=0)  # published clip norm; null disables
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # CPU-safe default; paper: fp16 (SD-Turbo), bf16 (SDXL)
+    checkpoint_every: int = Field(10, ge=1)  # optimizer updates between resumable checkpoints
+    device: str = "auto"  # "auto" = cuda if available, else cpu
+
+
+class TrainOverrides(_Strict):
+    """Per-method overrides of TrainConfig (e.g. a baseline's own learning rate)."""
+
+    lr: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class BudgetConfig(_Strict):
+    """Matched budget: every method sees the same candidates per optimizer update."""
+
+    steps: int = Field(gt=0)  # optimizer updates per cell
+    candidates_per_prompt: int = Field(24, ge=2)  # K; the paper's SD-Turbo value
+    prompts_per_update: int = Field(8, ge=1)  # prompts per optimizer update (the paper: 8)
+    micro_batch_prompts: int | None = Field(None, ge=1)  # prompts per forward; None = all at once
+    effective_batch: int | None = Field(None, ge=1)  # optional check: must equal K * prompts_per_update
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BudgetConfig:
+        micro = self.micro_batch_prompts or self.prompts_per_update
+        if self.prompts_per_update % micro:
+            raise ValueError(
+                f"prompts_per_update ({self.prompts_per_update}) must be a multiple of "
+                f"micro_batch_prompts ({micro})"
+            )
+        expected = self.candidates_per_prompt * self.prompts_per_update
+        if self.effective_batch is not None and self.effective_batch != expected:
+            raise ValueError(
+                f"effective_batch {self.effective_batch} != candidates_per_prompt * prompts_per_update = {expected}; "
+                "change one of them or drop effective_batch"
+            )
+        return self
+
+    @property
+    def micro(self) -> int:
+        return self.micro_batch_prompts or self.prompts_per_update
+
+    @property
+    def effective(self) -> int:
+        return self.candidates_per_prompt * self.prompts_per_update
+
+
+class EvalConfig(_Strict):
+    split: str = "eval"  # held-out prompts: never seen in training
+    max_prompts: int | None = Field(None, ge=1)  # cap for quick runs; None = the whole split
+    images_per_prompt: int = Field(4, ge=1)  # enough for diversity and per-prompt variance
+    metrics: list[ComponentSpec] = Field(min_length=1)  # reward aliases or registered metrics
+    batch_size: int = Field(64, ge=1)  # images per generator forward at eval time
+    seed: int = 1234  # eval noise seed (plus the cell seed): every method sees the same noise
+    grid_prompts: int = Field(8, ge=0)  # prompts shown in samples.png
+
+
+class MethodSpec(_Strict):
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")  # row label, part of cell ids
+    method: str = Field(min_length=1)  # registered method name, or package.module:Class
+    args: dict[str, Any] = Field(default_factory=dict)
+    reward: str | None = None  # train on this reward alias instead of every train_rewards entry
+    train: TrainOverrides = Field(default_factory=TrainOverrides)
+
+
+class Suite(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
+    description: str = ""
+    generators: list[ComponentSpec] = Field(min_length=1)
+    rewards: dict[str, ComponentSpec] = Field(default_factory=dict)  # alias -> reward
+    prompts: ComponentSpec
+    train_rewards: list[str] = Field(default_factory=list)  # aliases crossed with training methods
+    methods: list[MethodSpec] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    budget: BudgetConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig
+    output: str = ""  # where the run writes; default runs/<name>
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be unique, got {seeds}")
+        return seeds
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Suite:
+        for what, ids in (("method id", [m.id for m in self.methods]), ("generator id", [g.label for g in self.generators])):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise ValueError(f"duplicate {what}s {dupes}: give each a distinct `id`")
+        return self
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output or f"runs/{self.name}")
+
+
+# ---- loading -------------------------------------------------------------------------------
+
+
+def _line_index(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
+    """Map each key path in a composed YAML tree to its 1-based line."""
+    lines = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            sub = _line_index(value_node, (*path, key))
+            sub[(*path, key)] = key_node.start_mark.line + 1  # the key's line, not its value's
+            lines.update(sub)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines.update(_line_index(item, (*path, i)))
+    return lines
+
+
+def _line_for(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
+    loc = tuple(loc)
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return None
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The valid field names of the (sub)model at ``loc``, for 'did you mean' hints."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return sorted(fields) if fields else []
+        annotation = fields[part].annotation
+        current = _model_in(annotation)
+    return sorted(getattr(current, "model_fields", {}) or {})
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+class SuiteLoader:
+    """Parses a suite file into a ``Suite`` with located, actionable errors."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.lines: dict[tuple[Any, ...], int] = {}
+
+    def error(self, loc: tuple[Any, ...], message: str) -> ConfigError:
+        line = _line_for(self.lines, loc)
+        where = f"{self.path}" + (f", line {line}" if line else "")
+        return ConfigError(f"{where}, field `{_format_loc(loc)}`: {message}")
+
+    def read(self) -> dict[str, Any]:
+        if not self.path.exists():
+            hint = ""
+            if self.path.parent.exists():
+                others = [p.name for p in self.path.parent.glob("*.yaml")]
+                if others:
+                    hint = f" Nearest files there: {', '.join(nearest(self.path.name, others))}."
+            raise ConfigError(f"suite file {self.path} does not exist.{hint} List suites with `drpo-bench ls suites`.")
+        text = self.path.read_text()
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{self.path}{where}: YAML syntax error: {problem}. Check indentation and quoting there.") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{self.path}: a suite must be a YAML mapping (name:, generators:, methods:, ...), got {type(raw).__name__}")
+        self.lines = _line_index(node) if node is not None else {}
+        return raw
+
+    def load(self, overrides: list[str] | None = None) -> Suite:
+        raw = self.read()
+        for item in overrides or []:
+            apply_override(raw, item)
+        try:
+            suite = Suite.model_validate(raw)
+        except ValidationError as exc:
+            raise self._from_validation(exc) from None
+        check_references(suite, self)
+        return suite
+
+    def _from_validation(self, exc: ValidationError, prefix: tuple[Any, ...] = (), model: type[BaseModel] = Suite) -> ConfigError:
+        messages = []
+        first_loc: tuple[Any, ...] = prefix
+        for i, err in enumerate(exc.errors()):
+            loc = (*prefix, *err["loc"])
+            if i == 0:
+                first_loc = loc
+            if err["type"] == "extra_forbidden":
+                valid = _fields_at(model, tuple(err["loc"][:-1]))
+                msg = f"unknown key `{loc[-1]}`" + (f"; nearest valid keys: {', '.join(nearest(str(loc[-1]), valid))}" if valid else "")
+            elif err["type"] == "missing":
+                msg = f"required key `{loc[-1]}` is missing"
+            else:
+                value = err.get("input")
+                shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+                msg = f"{err['msg']} (got {shown})"
+            line = _line_for(self.lines, loc)
+            messages.append(f"`{_format_loc(loc)}`" + (f" (line {line})" if line else "") + f": {msg}")
+        line = _line_for(self.lines, first_loc)
+        where = f"{self.path}" + (f", line {line}" if line else "")
+        more = f" ({len(messages) - 1} more: " + "; ".join(messages[1:4]) + ")" if len(messages) > 1 else ""
+        return ConfigError(f"{where}: invalid suite: {messages[0]}{more}. See `drpo-bench validate --help` for the schema.")
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """``budget.steps=10`` → raw['budget']['steps'] = 10 (value parsed as YAML)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"override {item!r} must look like dotted.key=value, e.g. budget.steps=10")
+    parts = key.split(".")
+    target: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(target, list):
+            try:
+                target = target[int(part)]
+            except (ValueError, IndexError):
+                raise UserError(f"override {item!r}: `{'.'.join(parts[: i + 1])}` is not a valid list index") from None
+            continue
+        nxt = target.get(part)
+        if nxt is None:
+            nxt = target[part] = {}
+        if not isinstance(nxt, (dict, list)):
+            raise UserError(f"override {item!r}: `{'.'.join(parts[: i + 1])}` is a value, not a section")
+        target = nxt
+    last = parts[-1]
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = value
+    if isinstance(target, list):
+        try:
+            target[int(last)] = parsed
+        except (ValueError, IndexError):
+            raise UserError(f"override {item!r}: `{last}` is not a valid list index") from None
+    else:
+        target[last] = parsed
+
+
+def check_references(suite: Suite, loader: SuiteLoader) -> None:
+    """Every registry name exists, every component config validates, pairings make sense."""
+    from drpo_bench.registry import GENERATORS, METHODS, METRICS, PROMPTS, REWARDS
+
+    def parse(registry: Any, spec: ComponentSpec, loc: tuple[Any, ...]) -> Any:
+        try:
+            entry = registry.get(spec.name)
+        except UserError as exc:
+            raise loader.error((*loc, "name") if loc[-1] != "name" else loc, str(exc)) from None
+        try:
+            entry.parse_config(spec.args)
+        except ValidationError as exc:
+            raise loader._from_validation(exc, (*loc, "args"), entry.config_model) from None
+        return entry
+
+    for i, gen in enumerate(suite.generators):
+        parse(GENERATORS, gen, ("generators", i))
+    reward_entries = {alias: parse(REWARDS, spec, ("rewards", alias)) for alias, spec in suite.rewards.items()}
+    parse(PROMPTS, suite.prompts, ("prompts",))
+
+    for i, alias in enumerate(suite.train_rewards):
+        if alias not in suite.rewards:
+            raise loader.error(("train_rewards", i), f"`{alias}` is not a reward alias defined under `rewards:`; defined: {', '.join(nearest(alias, suite.rewards)) or 'none'}")
+
+    for i, spec in enumerate(suite.methods):
+        try:
+            entry = METHODS.get(spec.method)
+        except UserError as exc:
+            raise loader.error(("methods", i, "method"), str(exc)) from None
+        try:
+            entry.parse_config(spec.args)
+        except ValidationError as exc:
+            raise loader._from_validation(exc, ("methods", i, "args"), entry.config_model) from None
+        cls = entry.cls
+        if not getattr(cls, "trains", True):
+            if spec.reward:
+                raise loader.error(("methods", i, "reward"), f"method `{spec.method}` does not train, so it takes no training reward; remove `reward:`")
+            continue
+        aliases = [spec.reward] if spec.reward else list(suite.train_rewards)
+        if spec.reward and spec.reward not in suite.rewards:
+            raise loader.error(("methods", i, "reward"), f"`{spec.reward}` is not a reward alias defined under `rewards:`; defined: {', '.join(nearest(spec.reward, suite.rewards)) or 'none'}")
+        if not aliases:
+            raise loader.error(("methods", i), f"method `{spec.id}` trains but has no reward: set `reward:` on it or list aliases under `train_rewards:`")
+        if getattr(cls, "needs_differentiable_reward", False):
+            for alias in aliases:
+                reward_cls = reward_entries[alias].cls
+                if not getattr(reward_cls, "differentiable", False):
+                    loc = ("methods", i, "reward") if spec.reward else ("train_rewards", suite.train_rewards.index(alias))
+                    diffable = [a for a, e in reward_entries.items() if getattr(e.cls, "differentiable", False)]
+                    raise loader.error(
+                        loc,
+                        f"method `{spec.id}` ({spec.method}) backpropagates through the reward, but reward `{alias}` "
+                        f"({suite.rewards[alias].name}) is not differentiable. Train it on a differentiable reward "
+                        f"({', '.join(diffable) or 'none defined'}) via `reward:`, or use a gradient-free method such as drpo.",
+                    )
+
+    for i, metric in enumerate(suite.eval.metrics):
+        if metric.name in suite.rewards:
+            if metric.args:
+                raise loader.error(("eval", "metrics", i, "args"), f"`{metric.name}` is a reward alias; set its args under `rewards:`")
+            continue
+        if metric.name in METRICS:
+            parse(METRICS, metric, ("eval", "metrics", i))
+            continue
+        valid = list(suite.rewards) + METRICS.names()
+        raise loader.error(("eval", "metrics", i), f"`{metric.name}` is neither a reward alias nor a registered metric; nearest: {', '.join(nearest(metric.name, valid))}")
+
+
+def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
+    return SuiteLoader(path).load(overrides)

@@ -1,0 +1,150 @@
+"""DrPO's training step (shared/specs/drpo.md, "DrPO: one update, per prompt c").
+
+Per prompt: K candidates from the current generator and the same K noises through the frozen
+base; the reward only ranks them (no reward gradient); features of the top n+ are the
+positives, of the bottom n- the negatives; the loss regresses the candidates' features onto a
+detached target: a dipole field (toward positives, away from negatives) plus lambda_ref times
+the drift between the base's and the current distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from drpo_bench.drpo.features_base import FeatureEncoder
+from drpo_bench.drpo.field import drift_loss
+from drpo_bench.methods import Method, StepOutput, TrainContext, sample_candidates
+from drpo_bench.registry import FEATURES, METHODS, StrictConfig
+
+
+def build_feature_encoder(name: str, args: dict[str, Any], generator: Any) -> FeatureEncoder:
+    """Instantiate a registered feature encoder; encoders that read the generator get it."""
+    entry = FEATURES.get(name)
+    config = entry.parse_config(args)
+    try:
+        encoder = entry.cls(config, generator=generator)
+    except TypeError:
+        encoder = entry.cls(config)
+    return encoder.to(generator.device)
+
+
+def gather_candidates(z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """z (P, K, L, D), index (P, n) -> (P, n * L, D): the chosen candidates' vectors pooled."""
+    p, _, l, d = z.shape
+    picked = torch.gather(z, 1, index[:, :, None, None].expand(-1, -1, l, d))  # (P, n, L, D)
+    return picked.reshape(p, -1, d)
+
+
+@METHODS.register("drpo")
+class DrPO(Method):
+    """Drifting Preference Optimization: rank K candidates, drift features toward the best."""
+
+    paper = "https://arxiv.org/abs/2606.02521"
+
+    class Config(StrictConfig):
+        n_pos: int = Field(8, ge=1)  # top candidates per prompt as positives (paper: 8 of 24)
+        n_neg: int = Field(8, ge=1)  # bottom candidates as negatives (paper: 8)
+        anchor_weight: float = Field(3000.0, gt=0)  # w+ = w-: the paper's velocity scale eta
+        reference_weight: float = Field(3000.0, gt=0)  # anchor weight of the reference drift
+        lambda_ref: float = Field(0.2, ge=0)  # reference drift strength (paper: 0.2)
+        radii: tuple[float, ...] = Field((0.02, 0.05, 0.2), min_length=1)  # kernel radii, summed
+        features: str = "shapes-multiscale"  # registered feature encoder; the space of the field
+        feature_args: dict[str, Any] = Field(default_factory=dict)  # its config
+        feature_keys: list[str] | None = None  # subset of the encoder's keys; None = all
+        key_reduction: Literal["sum", "mean"] = "sum"  # SD-Turbo code sums over keys, SDXL means
+        mask_reference_pairs: bool = False  # published code: False (see field.drift_loss)
+
+        @model_validator(mode="after")
+        def _radii_positive(self) -> DrPO.Config:
+            if any(r <= 0 for r in self.radii):
+                raise ValueError(f"radii must be > 0, got {self.radii}")
+            return self
+
+    config: Config
+
+    def setup(self, ctx: TrainContext) -> None:
+        k = ctx.candidates_per_prompt
+        if self.config.n_pos + self.config.n_neg > k:
+            raise ValueError(
+                f"drpo: n_pos + n_neg = {self.config.n_pos + self.config.n_neg} exceeds the "
+                f"{k} candidates per prompt; positives and negatives must be disjoint. Lower "
+                "n_pos/n_neg or raise budget.candidates_per_prompt."
+            )
+        self.encoder = build_feature_encoder(self.config.features, self.config.feature_args, ctx.generator)
+
+    def step(self, prompts: Sequence[str], ctx: TrainContext) -> StepOutput:
+        cfg, gen, ledger, k = self.config, ctx.generator, ctx.ledger, ctx.candidates_per_prompt
+        p = len(prompts)
+        assert ctx.reward is not None
+        cand = sample_candidates(prompts, ctx)  # (P*K, *latent), grad through LoRA
+        latents, repeated = cand.latents, cand.prompts
+        with ledger.phase("reference"), torch.no_grad(), gen.reference():
+            ref_latents = gen.sample(cand.noise, cand.cond)  # same noises, frozen base
+
+        on_images = self.encoder.input_space == "images"
+        with ledger.phase("decode"):
+            if on_images:  # features read pixels: decode with grad, score the detached copy
+                images = gen.decode(latents)
+                with torch.no_grad():
+                    ref_images = gen.decode(ref_latents)
+            else:
+                with torch.no_grad():
+                    images = gen.decode(latents.detach())
+        with ledger.phase("reward_forward"), torch.no_grad():
+            scores = ctx.reward(images.detach(), repeated).float().view(p, k)  # (P, K)
+        ranked = scores if ctx.reward.higher_is_better else -scores
+        order = ranked.argsort(dim=1, descending=True)  # (P, K)
+        pos_idx, neg_idx = order[:, : cfg.n_pos], order[:, k - cfg.n_neg :]  # (P, n+), (P, n-)
+
+        with ledger.phase("features"):
+            feats = self.encoder.features(images if on_images else latents)  # {key: (P*K, L, D)}
+            with torch.no_grad():
+                ref_feats = self.encoder.features(ref_images if on_images else ref_latents)
+        keys = cfg.feature_keys or list(feats)
+        missing = [key for key in keys if key not in feats]
+        if missing:
+            raise ValueError(f"drpo: feature keys {missing} not produced by {cfg.features}; available: {sorted(feats)}")
+
+        with ledger.phase("loss"):
+            pref_total, ref_total = scores.new_zeros(()), scores.new_zeros(())
+            for key in keys:
+                z = feats[key]
+                _, l, d = z.shape
+                z = z.view(p, k, l, d)
+                z_gen = z.reshape(p, k * l, d)  # all locations of all K candidates: one set per prompt
+                z_pos = gather_candidates(z.detach(), pos_idx)  # (P, n+ * L, D)
+                z_neg = gather_candidates(z.detach(), neg_idx)  # (P, n- * L, D)
+                z_ref = ref_feats[key].reshape(p, k * l, d)
+                pref = drift_loss(
+                    z_gen, z_pos, z_neg,
+                    positive_weight=cfg.anchor_weight, negative_weight=cfg.anchor_weight, radii=cfg.radii,
+                )
+                ref = drift_loss(
+                    z_gen, z_ref, z_gen.detach(),
+                    positive_weight=cfg.reference_weight, negative_weight=cfg.reference_weight, radii=cfg.radii,
+                    mask_negative_self=True, mask_positive_pairs=cfg.mask_reference_pairs,
+                )
+                pref_total = pref_total + pref.loss.mean()
+                ref_total = ref_total + ref.loss.mean()
+            if cfg.key_reduction == "mean":
+                pref_total, ref_total = pref_total / len(keys), ref_total / len(keys)
+            loss = pref_total + cfg.lambda_ref * ref_total
+        with ledger.phase("generator_backward"):
+            ctx.backward(loss * ctx.loss_scale)
+
+        top = ranked.gather(1, pos_idx).mean()
+        bottom = ranked.gather(1, neg_idx).mean()
+        return StepOutput(
+            loss=float(loss.detach()),
+            logs={
+                "reward_mean": float(scores.mean()),
+                "reward_std_within_prompt": float(scores.std(dim=1).mean()) if k > 1 else 0.0,
+                "reward_top_minus_bottom": float(top - bottom),
+                "loss_preference": float(pref_total.detach()),
+                "loss_reference": float(ref_total.detach()),
+            },
+        )

@@ -1,0 +1,46 @@
+"""Diversity: mean pairwise feature distance among the samples of one prompt."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from drpo_bench.drpo.field import pairwise_distance
+from drpo_bench.metrics.base import EvalSamples, Metric, MetricValue
+from drpo_bench.registry import FEATURES, METRICS, StrictConfig
+
+
+@METRICS.register("diversity")
+class Diversity(Metric):
+    """Mean pairwise L2 distance between pooled features of same-prompt samples (higher = more diverse)."""
+
+    higher_is_better = True
+
+    class Config(StrictConfig):
+        features: str = "shapes-multiscale"  # a registered image feature encoder
+        feature_args: dict[str, Any] = Field(default_factory=dict)  # its config
+
+    @torch.no_grad()
+    def compute(self, samples: EvalSamples) -> dict[str, MetricValue]:
+        entry = FEATURES.get(self.config.features)
+        encoder = entry.cls(entry.parse_config(self.config.feature_args))
+        if encoder.input_space != "images":
+            raise ValueError(f"diversity needs an image feature encoder; {self.config.features} reads {encoder.input_space}")
+        feats = encoder.features(samples.images)  # {key: (N, L, D)}
+        # one vector per image: each key pooled over locations and unit-normalized, then joined
+        pooled = torch.cat(
+            [torch.nn.functional.normalize(f.float().mean(dim=1), dim=-1) for _, f in sorted(feats.items())], dim=-1
+        )  # (N, sum D)
+        distances = []
+        for group in samples.groups.unique():
+            members = pooled[samples.groups == group]  # (n, F)
+            n = members.shape[0]
+            if n < 2:
+                continue
+            d = pairwise_distance(members[None], members[None])[0]  # (n, n)
+            distances.append(d[~torch.eye(n, dtype=torch.bool)].mean())
+        if not distances:
+            raise ValueError("diversity needs at least 2 images per prompt: raise eval.images_per_prompt")
+        return {"diversity": MetricValue(mean=float(torch.stack(distances).mean()), higher_is_better=True)}

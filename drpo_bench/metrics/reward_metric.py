@@ -1,0 +1,39 @@
+"""Any Reward as an eval metric: the mean score, and per task when prompts carry tasks."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from drpo_bench.metrics.base import EvalSamples, Metric, MetricValue
+from drpo_bench.registry import StrictConfig
+from drpo_bench.rewards.base import Reward
+
+
+class RewardMetric(Metric):
+    """Scores every eval image with a reward (built from a suite's reward alias)."""
+
+    def __init__(self, reward: Reward, label: str, batch_size: int = 64) -> None:
+        super().__init__(StrictConfig())
+        self.reward, self.label, self.batch_size = reward, label, batch_size
+        self.higher_is_better = reward.higher_is_better  # type: ignore[misc]
+
+    @torch.no_grad()
+    def compute(self, samples: EvalSamples) -> dict[str, MetricValue]:
+        scores = []
+        for start in range(0, len(samples.prompts), self.batch_size):
+            end = start + self.batch_size
+            scores.append(self.reward(samples.images[start:end], list(samples.prompts[start:end])).float().cpu())
+        values = torch.cat(scores)  # (N,)
+        per_task: dict[str, list[float]] = defaultdict(list)
+        for task, value in zip(samples.tasks, values.tolist()):
+            if task is not None:
+                per_task[task].append(value)
+        return {
+            self.label: MetricValue(
+                mean=float(values.mean()),
+                higher_is_better=self.reward.higher_is_better,
+                per_task={t: sum(v) / len(v) for t, v in sorted(per_task.items())} or None,
+            )
+        }

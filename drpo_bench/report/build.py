@@ -1,0 +1,267 @@
+"""Turn a results folder into paper-style tables (Markdown, LaTeX, HTML) and figures."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from drpo_bench.report.results import CellResult, Estimate, group_rows, load_results
+from drpo_bench.store import write_text
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    bold: list[list[bool]] = field(default_factory=list)
+    note: str = ""
+
+
+def _fmt(est: Estimate | None, digits: int = 3) -> str:
+    if est is None:
+        return "n/a"
+    if est.half_width is None:
+        return f"{est.mean:.{digits}f}"
+    return f"{est.mean:.{digits}f} ± {est.half_width:.{digits}f}"
+
+
+def _row_label(key: tuple[str, str, str], multi_generator: bool) -> list[str]:
+    generator, method, reward = key
+    return ([generator] if multi_generator else []) + [method, reward]
+
+
+def _metric_names(results: list[CellResult]) -> list[str]:
+    names: list[str] = []
+    for r in results:
+        for name in r.metrics:
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _best(values: list[Estimate | None], higher: bool) -> list[bool]:
+    present = [v.mean for v in values if v is not None]
+    if not present:
+        return [False] * len(values)
+    target = max(present) if higher else min(present)
+    return [v is not None and v.mean == target for v in values]
+
+
+def alignment_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: bool) -> Table:
+    results = [c for cells in rows.values() for c in cells]
+    metrics = _metric_names(results)
+    higher = {m: next(r.metrics[m]["higher_is_better"] for r in results if m in r.metrics) for m in metrics}
+    headers = (["generator"] if multi else []) + ["method", "train reward", "seeds"]
+    headers += [f"{m} {'↑' if higher[m] else '↓'}" for m in metrics]
+    columns: list[list[Estimate | None]] = []
+    for m in metrics:
+        columns.append([
+            Estimate.of([c.metrics[m]["mean"] for c in cells if m in c.metrics]) if any(m in c.metrics for c in cells) else None
+            for cells in rows.values()
+        ])
+    best = [_best(col, higher[m]) for col, m in zip(columns, metrics)]
+    body, bold = [], []
+    for i, (key, cells) in enumerate(rows.items()):
+        label = _row_label(key, multi) + [str(len(cells))]
+        body.append(label + [_fmt(col[i]) for col in columns])
+        bold.append([False] * len(label) + [b[i] for b in best])
+    return Table("Held-out alignment (mean ± 95% CI over seeds)", headers, body, bold,
+                 "Best mean per column in bold. ↑ higher is better, ↓ lower is better. CI: Student-t over seeds.")
+
+
+def per_task_tables(rows: dict[tuple[str, str, str], list[CellResult]], multi: bool) -> list[Table]:
+    tables = []
+    results = [c for cells in rows.values() for c in cells]
+    for metric in _metric_names(results):
+        tasks: list[str] = []
+        for r in results:
+            for t in (r.metrics.get(metric, {}).get("per_task") or {}):
+                if t not in tasks:
+                    tasks.append(t)
+        if not tasks:
+            continue
+        higher = next(r.metrics[metric]["higher_is_better"] for r in results if metric in r.metrics)
+        columns = [
+            [Estimate.of(v) if (v := [c.metrics[metric]["per_task"][t] for c in cells
+                                      if (c.metrics.get(metric, {}).get("per_task") or {}).get(t) is not None]) else None
+             for cells in rows.values()]
+            for t in tasks
+        ]
+        best = [_best(col, higher) for col in columns]
+        body, bold = [], []
+        for i, key in enumerate(rows):
+            label = _row_label(key, multi)
+            body.append(label + [_fmt(col[i]) for col in columns])
+            bold.append([False] * len(label) + [b[i] for b in best])
+        headers = (["generator"] if multi else []) + ["method", "train reward"] + tasks
+        tables.append(Table(f"{metric} per task (mean ± 95% CI over seeds)", headers, body, bold))
+    return tables
+
+
+def compute_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: bool) -> Table | None:
+    trained = {k: v for k, v in rows.items() if v[0].info.get("trains") and v[0].ledger.get("updates")}
+    if not trained:
+        return None
+    phases: list[str] = []
+    for cells in trained.values():
+        for p in cells[0].ledger.get("phase_seconds", {}):
+            if p not in phases:
+                phases.append(p)
+    seconds = {k: Estimate.of([c.ledger["seconds_per_update"] for c in v]) for k, v in trained.items()}
+    headers = (["generator"] if multi else []) + ["method", "train reward", "eff. batch", "s / update"]
+    headers += [f"{p} s" for p in phases] + ["GFLOP / update", "peak mem (MiB)", "× vs reward-backprop"]
+    body = []
+    for key, cells in trained.items():
+        led = cells[0].ledger
+        phase_means = {p: sum(c.ledger.get("phase_seconds", {}).get(p, 0.0) for c in cells) / len(cells) for p in phases}
+        flops = [c.ledger.get("flops_per_update") for c in cells if c.ledger.get("flops_per_update")]
+        peak = max(c.ledger.get("peak_memory_bytes", 0) for c in cells) / 2**20
+        backprop = [k for k, v in trained.items() if k[0] == key[0] and v[0].info.get("needs_differentiable_reward")]
+        if backprop and not cells[0].info.get("needs_differentiable_reward"):
+            ref = seconds[backprop[0]].mean
+            speed = f"{ref / seconds[key].mean:.2f}× ({backprop[0][1]})"
+        else:
+            speed = "1.00× (itself)" if cells[0].info.get("needs_differentiable_reward") else "n/a"
+        body.append(
+            _row_label(key, multi)
+            + [str((cells[0].info.get("budget") or {}).get("effective_batch", "?")), _fmt(seconds[key], 4)]
+            + [f"{phase_means[p]:.4f}" for p in phases]
+            + [f"{sum(flops) / len(flops) / 1e9:.2f}" if flops else "not counted", f"{peak:.0f}", speed]
+        )
+    kind = next(iter(trained.values()))[0].ledger.get("peak_memory_kind", "")
+    note = (f"Wall-clock per optimizer update from the ledger (first update excluded as warm-up), device "
+            f"{next(iter(trained.values()))[0].ledger.get('device', '?')}. Peak memory: {kind}"
+            + (" (process-wide on CPU, so it includes everything loaded before)." if kind == "process_peak_rss" else "."))
+    return Table("Compute per update (matched effective batch)", headers, body, [], note)
+
+
+# ---- renderers -----------------------------------------------------------------------------
+
+
+def to_markdown(table: Table) -> str:
+    lines = [f"### {table.title}", "", "| " + " | ".join(table.headers) + " |", "|" + "---|" * len(table.headers)]
+    for i, row in enumerate(table.rows):
+        cells = [f"**{c}**" if table.bold and table.bold[i][j] else c for j, c in enumerate(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    if table.note:
+        lines += ["", table.note]
+    return "\n".join(lines) + "\n"
+
+
+_TEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
+                "±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "×": r"$\times$", "—": "--"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in text)
+
+
+def to_latex(table: Table) -> str:
+    spec = "l" * len(table.headers)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{_tex(table.title)}}}",
+             rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(_tex(h) for h in table.headers) + r" \\", r"\midrule"]
+    for i, row in enumerate(table.rows):
+        cells = [rf"\textbf{{{_tex(c)}}}" if table.bold and table.bold[i][j] else _tex(c) for j, c in enumerate(row)]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(table: Table) -> str:
+    esc = html.escape
+    out = [f"<h3>{esc(table.title)}</h3>", "<table>", "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in table.headers) + "</tr>"]
+    for i, row in enumerate(table.rows):
+        cells = [f"<td><b>{esc(c)}</b></td>" if table.bold and table.bold[i][j] else f"<td>{esc(c)}</td>" for j, c in enumerate(row)]
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</table>")
+    if table.note:
+        out.append(f"<p class='note'>{esc(table.note)}</p>")
+    return "\n".join(out) + "\n"
+
+
+# ---- figures -------------------------------------------------------------------------------
+
+
+def training_curves(rows: dict[tuple[str, str, str], list[CellResult]], path: Path, key: str = "reward_mean") -> bool:
+    """Training reward per update, mean over seeds, one line per trained row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    drawn = False
+    for row_key, cells in rows.items():
+        logs = [c.train_log for c in cells if c.train_log and key in c.train_log[0]]
+        if not logs:
+            continue
+        length = min(len(log) for log in logs)
+        steps = [logs[0][i]["step"] for i in range(length)]
+        mean = [sum(log[i][key] for log in logs) / len(logs) for i in range(length)]
+        ax.plot(steps, mean, label=f"{row_key[1]} ({row_key[2]})")
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.set_xlabel("optimizer update")
+    ax.set_ylabel(f"{key} (training reward, own scale)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+# ---- the report ----------------------------------------------------------------------------
+
+
+def build_report(folder: str | Path, formats: tuple[str, ...] = ("md", "tex", "html")) -> dict[str, Path]:
+    """Writes report.md / report.tex / report.html and figures/ into ``folder``; returns paths."""
+    folder = Path(folder)
+    results = load_results(folder)
+    rows = group_rows(results)
+    multi = len({k[0] for k in rows}) > 1
+    tables = [alignment_table(rows, multi), *per_task_tables(rows, multi)]
+    compute = compute_table(rows, multi)
+    if compute is not None:
+        tables.append(compute)
+    suite = results[0].info.get("suite", folder.name)
+    figures: list[tuple[str, str]] = []
+    if training_curves(rows, folder / "figures" / "train_reward.png"):
+        figures.append(("Training reward per update (mean over seeds)", "figures/train_reward.png"))
+    grids = [(f"Samples: {k[1]} ({k[2]}), seed {cells[0].info['seed']}", str((cells[0].folder / 'samples.png').relative_to(folder)))
+             for k, cells in rows.items() if (cells[0].folder / "samples.png").exists()]
+    env = results[0].info.get("versions", {})
+    provenance = (f"{len(results)} cells; git {results[0].info.get('git')}; torch {env.get('torch')}; "
+                  f"hardware {results[0].info.get('hardware', {}).get('platform')}")
+    written: dict[str, Path] = {}
+    if "md" in formats:
+        parts = [f"# {suite}: results\n", f"_{provenance}_\n"] + [to_markdown(t) for t in tables]
+        parts += [f"### {title}\n\n![{title}]({src})\n" for title, src in figures + grids]
+        written["md"] = folder / "report.md"
+        write_text(written["md"], "\n".join(parts))
+    if "tex" in formats:
+        written["tex"] = folder / "report.tex"
+        write_text(written["tex"], f"% {suite}: generated by drpo-bench report\n% {provenance}\n" + "\n".join(to_latex(t) for t in tables))
+    if "html" in formats:
+        body = "".join(to_html(t) for t in tables)
+        body += "".join(f"<h3>{html.escape(t)}</h3><img src='{html.escape(s)}' alt='{html.escape(t)}'>" for t, s in figures + grids)
+        page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(suite)}</title>"
+                "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+                "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}.note{color:#555;font-size:12px}</style>"
+                f"</head><body><h1>{html.escape(suite)}: results</h1><p><i>{html.escape(provenance)}</i></p>{body}</body></html>\n")
+        written["html"] = folder / "report.html"
+        write_text(written["html"], page)
+    return written
+
+
+def summary_rows(folder: str | Path) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the alignment table, for the CLI's rich summary."""
+    results = load_results(folder)
+    rows = group_rows(results)
+    table = alignment_table(rows, len({k[0] for k in rows}) > 1)
+    return table.headers, table.rows

@@ -1,0 +1,76 @@
+"""Read a results folder and aggregate cells over seeds (mean and 95% t-interval)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scipy import stats
+
+from drpo_bench.errors import UserError
+
+
+@dataclass
+class CellResult:
+    cell_id: str
+    info: dict[str, Any]  # cell.json
+    metrics: dict[str, dict[str, Any]]  # eval.json["metrics"]
+    ledger: dict[str, Any]  # ledger.json["summary"]
+    train_log: list[dict[str, Any]]
+    folder: Path
+
+    @property
+    def row_key(self) -> tuple[str, str, str]:
+        reward = (self.info.get("train_reward") or {}).get("alias") or "—"
+        return (self.info["generator"].get("id") or self.info["generator"]["name"], self.info["method"]["id"], reward)
+
+
+@dataclass
+class Estimate:
+    """Mean over seeds with a 95% Student-t half-width (None with a single seed)."""
+
+    mean: float
+    half_width: float | None
+    n: int
+    values: list[float] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, values: list[float]) -> Estimate:
+        n = len(values)
+        mean = sum(values) / n
+        if n < 2:
+            return cls(mean, None, n, values)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+        return cls(mean, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n), n, values)
+
+
+def load_results(folder: str | Path) -> list[CellResult]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"results folder {folder} does not exist; run a suite first (`drpo-bench run SUITE`)")
+    results = []
+    for cell_json in sorted(folder.glob("*/cell.json")):
+        info = json.loads(cell_json.read_text())
+        if info.get("status") != "complete":
+            continue
+        cell_dir = cell_json.parent
+        ledger = json.loads((cell_dir / "ledger.json").read_text()).get("summary", {}) if (cell_dir / "ledger.json").exists() else {}
+        log_path = cell_dir / "train.jsonl"
+        log = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()] if log_path.exists() else []
+        metrics = json.loads((cell_dir / "eval.json").read_text())["metrics"]
+        results.append(CellResult(info["cell_id"], info, metrics, ledger, log, cell_dir))
+    if not results:
+        raise UserError(f"no complete cells in {folder}: is it a results folder written by `drpo-bench run`?")
+    return results
+
+
+def group_rows(results: list[CellResult]) -> dict[tuple[str, str, str], list[CellResult]]:
+    """Row key (generator, method id, train reward) -> that row's cells (one per seed), in run order."""
+    rows: dict[tuple[str, str, str], list[CellResult]] = defaultdict(list)
+    for r in results:
+        rows[r.row_key].append(r)
+    return dict(rows)
