@@ -264,7 +264,9 @@ class SuiteLoader:
     def _from_validation(self, exc: ValidationError, prefix: tuple[Any, ...] = (), model: type[BaseModel] = Suite) -> ConfigError:
         messages = []
         first_loc: tuple[Any, ...] = prefix
-        for i, err in enumerate(exc.errors()):
+        # unknown keys first: a misspelled key also shows up as a missing one
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        for i, err in enumerate(errors):
             loc = (*prefix, *err["loc"])
             if i == 0:
                 first_loc = loc
@@ -275,8 +277,9 @@ class SuiteLoader:
                 msg = f"required key `{loc[-1]}` is missing"
             else:
                 value = err.get("input")
-                shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-                msg = f"{err['msg']} (got {shown})"
+                msg = err["msg"].removeprefix("Value error, ")
+                if not isinstance(value, (dict, list)):
+                    msg += f" (got {value!r})"
             line = _line_for(self.lines, loc)
             messages.append(f"`{_format_loc(loc)}`" + (f" (line {line})" if line else "") + f": {msg}")
         line = _line_for(self.lines, first_loc)

@@ -8,6 +8,7 @@ features: 2x2 patches of the image.
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +43,7 @@ class ToyGenerator(Generator):
     class Config(StrictConfig):
         lora_rank: int = Field(4, ge=1)  # enough capacity to move the toy reward
         init_seed: int = 0  # base weights are random but fixed
+        delay_seconds: float = Field(0.0, ge=0)  # slows each sample() so tests can interrupt a cell mid-run
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -63,6 +65,8 @@ class ToyGenerator(Generator):
         return torch.tensor([zlib.crc32(p.encode()) % 64 for p in prompts])
 
     def sample(self, noise: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if self.config.delay_seconds:
+            time.sleep(self.config.delay_seconds)
         return self.net(noise, cond)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
