@@ -98,7 +98,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
         table.add_column("suite")
         table.add_column("description")
-        for path in sorted(Path("suites").rglob("*.yaml")):
+        from drpo_bench.runner import REPO_ROOT
+
+        root = Path("suites") if Path("suites").is_dir() else REPO_ROOT / "suites"
+        for path in sorted(root.rglob("*.yaml")):
             try:
                 raw = SuiteLoader(path).read()
                 table.add_row(str(path), str(raw.get("description", "")).strip().splitlines()[0] if raw.get("description") else "")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
-from drpo_bench.report.results import CellResult, Estimate, group_rows, load_results
+from drpo_bench.ledger import PHASES
+from drpo_bench.report.results import CellResult, Estimate, group_rows, load_results, load_suite_snapshot
 from drpo_bench.store import write_text
 
 
@@ -103,11 +104,8 @@ def compute_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: boo
     trained = {k: v for k, v in rows.items() if v[0].info.get("trains") and v[0].ledger.get("updates")}
     if not trained:
         return None
-    phases: list[str] = []
-    for cells in trained.values():
-        for p in cells[0].ledger.get("phase_seconds", {}):
-            if p not in phases:
-                phases.append(p)
+    seen = {p for cells in trained.values() for c in cells for p in c.ledger.get("phase_seconds", {})}
+    phases = [p for p in PHASES if p in seen] + sorted(seen - set(PHASES))
     seconds = {k: Estimate.of([c.ledger["seconds_per_update"] for c in v]) for k, v in trained.items()}
     headers = (["generator"] if multi else []) + ["method", "train reward", "eff. batch", "s / update"]
     headers += [f"{p} s" for p in phases] + ["GFLOP / update", "peak mem (MiB)", "× vs reward-backprop"]
@@ -223,7 +221,7 @@ def build_report(folder: str | Path, formats: tuple[str, ...] = ("md", "tex", "h
     """Writes report.md / report.tex / report.html and figures/ into ``folder``; returns paths."""
     folder = Path(folder)
     results = load_results(folder)
-    rows = group_rows(results)
+    rows = group_rows(results, load_suite_snapshot(folder))
     multi = len({k[0] for k in rows}) > 1
     tables = [alignment_table(rows, multi), *per_task_tables(rows, multi)]
     compute = compute_table(rows, multi)
@@ -262,6 +260,6 @@ def build_report(folder: str | Path, formats: tuple[str, ...] = ("md", "tex", "h
 def summary_rows(folder: str | Path) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the alignment table, for the CLI's rich summary."""
     results = load_results(folder)
-    rows = group_rows(results)
+    rows = group_rows(results, load_suite_snapshot(folder))
     table = alignment_table(rows, len({k[0] for k in rows}) > 1)
     return table.headers, table.rows

@@ -68,9 +68,29 @@ def load_results(folder: str | Path) -> list[CellResult]:
     return results
 
 
-def group_rows(results: list[CellResult]) -> dict[tuple[str, str, str], list[CellResult]]:
-    """Row key (generator, method id, train reward) -> that row's cells (one per seed), in run order."""
+def group_rows(results: list[CellResult], suite: dict[str, Any] | None = None) -> dict[tuple[str, str, str], list[CellResult]]:
+    """Row key (generator, method id, train reward) -> that row's cells (one per seed).
+
+    Rows follow the suite's order of generators and methods when the suite is known (the
+    runner writes it as suite.json), else alphabetical order.
+    """
     rows: dict[tuple[str, str, str], list[CellResult]] = defaultdict(list)
-    for r in results:
+    for r in sorted(results, key=lambda r: r.info["seed"]):
         rows[r.row_key].append(r)
-    return dict(rows)
+    gen_order: list[str] = []
+    method_order: list[str] = []
+    if suite:
+        gen_order = [g.get("id") or g["name"] for g in suite.get("generators", [])]
+        method_order = [m["id"] for m in suite.get("methods", [])]
+
+    def rank(key: tuple[str, str, str]) -> tuple[Any, ...]:
+        g, m, reward = key
+        return (gen_order.index(g) if g in gen_order else len(gen_order), g,
+                method_order.index(m) if m in method_order else len(method_order), m, reward)
+
+    return {k: rows[k] for k in sorted(rows, key=rank)}
+
+
+def load_suite_snapshot(folder: str | Path) -> dict[str, Any] | None:
+    path = Path(folder) / "suite.json"
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,28 @@
+"""Every shipped suite validates offline (schema, names, pairings; no weights loaded)."""
+
+from pathlib import Path
+
+import pytest
+
+from drpo_bench.cli import main
+from drpo_bench.config import load_suite
+from drpo_bench.runner import plan_cells
+
+SUITES = sorted((Path(__file__).resolve().parents[1] / "suites").rglob("*.yaml"))
+
+
+def test_there_are_suites():
+    names = {p.name for p in SUITES}
+    assert {"quickstart.yaml", "smoke.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SUITES, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_suite_validates(path):
+    suite = load_suite(path)
+    assert plan_cells(suite), "a suite plans at least one cell"
+    assert suite.output_dir.parts[0] == "runs", "runs write under runs/, never into committed results/"
+
+
+def test_validate_command_accepts_all(capsys):
+    assert main(["validate", *map(str, SUITES)]) == 0
+    assert capsys.readouterr().err.count("ok") == len(SUITES)
