@@ -19,6 +19,8 @@ class FeatureEncoder(abc.ABC):
     registry_name: str = "feature"
     #: what ``features`` consumes: generator latents, or images in [0, 1] (B, 3, H, W)
     input_space: ClassVar[Literal["latents", "images"]] = "latents"
+    #: True when ``features(x, cond=...)`` also reads the prompts' conditioning (a UNet teacher)
+    uses_conditioning: ClassVar[bool] = False
 
     @abc.abstractmethod
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]: ...

@@ -100,10 +100,11 @@ class DrPO(Method):
         order = ranked.argsort(dim=1, descending=True)  # (P, K)
         pos_idx, neg_idx = order[:, : cfg.n_pos], order[:, k - cfg.n_neg :]  # (P, n+), (P, n-)
 
+        extra = {"cond": cand.cond} if self.encoder.uses_conditioning else {}
         with ledger.phase("features"):
-            feats = self.encoder.features(images if on_images else latents)  # {key: (P*K, L, D)}
+            feats = self.encoder.features(images if on_images else latents, **extra)  # {key: (P*K, L, D)}
             with torch.no_grad():
-                ref_feats = self.encoder.features(ref_images if on_images else ref_latents)
+                ref_feats = self.encoder.features(ref_images if on_images else ref_latents, **extra)
         keys = cfg.feature_keys or list(feats)
         missing = [key for key in keys if key not in feats]
         if missing:

@@ -1,0 +1,64 @@
+"""SD-Turbo (stabilityai/sd-turbo): SD 2.1 architecture distilled for one step, 512 px.
+
+Conditioning: the OpenCLIP ViT-H/14 text tower (penultimate layer kept, as shipped in
+``text_encoder/``), last hidden state (B, 77, 1024); tokenizer pads with "!" (that token then
+maps to id 0, as in the diffusers pipeline). One step: see ``diffusers_common``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+
+from drpo_bench.generators.base import Conditioning
+from drpo_bench.generators.diffusers_common import DiffusersOneStepGenerator, OneStepConfig, PretrainedMixin
+from drpo_bench.registry import GENERATORS
+
+
+class SDTurboConfig(OneStepConfig, PretrainedMixin):
+    pretrained: str = "stabilityai/sd-turbo"  # hub id in the local HF cache, or a local diffusers folder
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp16"  # DrPO public SD-Turbo runs: frozen weights in fp16
+
+
+@GENERATORS.register("sd-turbo")
+class SDTurboGenerator(DiffusersOneStepGenerator):
+    """SD-Turbo, one step at t = 999, LoRA on the UNet attention projections."""
+
+    Config: ClassVar[type[OneStepConfig]] = SDTurboConfig
+    family: ClassVar[str] = "SD-Turbo"
+    hub_id: ClassVar[str] = "stabilityai/sd-turbo"
+    parts: ClassVar[tuple[str, ...]] = ("unet", "vae", "scheduler", "text_encoder", "tokenizer")
+    scheduler_class: ClassVar[str] = "EulerDiscreteScheduler"
+
+    def _load_text(self, folder: Path) -> None:
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        self.tokenizer = self._from_pretrained(CLIPTokenizer, folder, "tokenizer")
+        self.text_encoder = self._from_pretrained(CLIPTextModel, folder, "text_encoder", dtype=self.dtype)
+        self.text_encoders = (self.text_encoder,)
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> Conditioning:
+        ids = self._tokenize(self.tokenizer, prompts)  # (B, 77)
+        return {"prompt_embeds": self.text_encoder(ids, return_dict=False)[0]}  # (B, 77, 1024)
+
+
+class SDTurboTinyConfig(OneStepConfig):
+    resolution: int = 64  # tiny VAE downsamples 4x: 16x16 latents keep CPU tests fast
+    device: str = "cpu"  # tests and CPU smoke runs
+
+
+@GENERATORS.register("sd-turbo-tiny")
+class SDTurboTinyGenerator(SDTurboGenerator):
+    """SD-Turbo's classes with tiny random weights (built offline, cached), loaded like real ones."""
+
+    Config: ClassVar[type[OneStepConfig]] = SDTurboTinyConfig
+    family: ClassVar[str] = "SD-Turbo (tiny)"
+
+    def weights_folder(self) -> Path:
+        from drpo_bench.testing import make_tiny_sd_turbo
+
+        return make_tiny_sd_turbo()

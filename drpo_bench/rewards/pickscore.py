@@ -1,0 +1,86 @@
+"""PickScore (Kirstain et al., 2023, "Pick-a-Pic"): a CLIP ViT-H/14 finetuned on human picks.
+
+Score = logit_scale · cos(image, text), as the authors' reference code. logit_scale is ≈ 100,
+so this is the number the DrPO paper's "PickScore×100" column prints (SD-Turbo base 21.88). Differentiable: preprocessing runs in torch (``clip_common``), so DRaFT can
+backpropagate through it. Model weights: ``yuvalkirstain/PickScore_v1``; tokenizer and
+preprocessing config: ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (the processor PickScore uses).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from drpo_bench.registry import REWARDS, StrictConfig
+from drpo_bench.rewards.base import Reward
+from drpo_bench.rewards.clip_common import CLIPEmbedder, RewardDType
+from drpo_bench.weights import resolve_folder
+
+
+class PickScoreConfig(StrictConfig):
+    pretrained: str = "yuvalkirstain/PickScore_v1"  # the PickScore weights (hub id in the HF cache, or a folder)
+    processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # tokenizer + preprocessing PickScore was trained with
+    revision: str | None = None  # hub revision of `pretrained`; None = what the cache has
+    dtype: RewardDType = "auto"  # fp16 on CUDA, fp32 on CPU
+    device: str = "auto"  # "auto" = cuda if available, else cpu
+
+
+@REWARDS.register("pickscore")
+class PickScore(Reward):
+    """PickScore v1: logit_scale · cos(CLIP-H image, text), differentiable."""
+
+    Config: ClassVar[type[StrictConfig]] = PickScoreConfig
+    differentiable: ClassVar[bool] = True
+    higher_is_better: ClassVar[bool] = True
+    scale: ClassVar[str] = "logit_scale (~100) x cosine; SD-Turbo images ~21-24"
+
+    def __init__(self, config: PickScoreConfig) -> None:
+        self.config = config
+        model_folder, processor_folder = self.folders()
+        self.clip = CLIPEmbedder(
+            model_folder, processor_folder, what="PickScore", hub_hint="yuvalkirstain/PickScore_v1",
+            device=config.device, dtype=config.dtype,
+        )
+
+    def folders(self) -> tuple[Path, Path]:
+        cfg = self.config
+        model = resolve_folder(
+            cfg.pretrained, what="PickScore weights", revision=cfg.revision,
+            must_contain=("config.json",), hub_id="yuvalkirstain/PickScore_v1",
+        )
+        processor = resolve_folder(
+            cfg.processor, what="PickScore processor (tokenizer)", allow_patterns=["*.json", "*.txt"],
+            must_contain=("tokenizer_config.json",), hub_id="laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+        )
+        return model, processor
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        image = self.clip.image_embeds(images)  # (B, P)
+        text = self.clip.text_embeds(list(prompts))  # (B, P)
+        logit_scale = self.clip.model.logit_scale.exp().float()
+        return (logit_scale * (image * text).sum(-1)).to(images.device)  # (B,)
+
+    def to(self, device: torch.device | str) -> PickScore:
+        self.clip.to(device)
+        return self
+
+
+class TinyConfig(StrictConfig):
+    device: str = "cpu"  # tests and CPU smoke runs
+    dtype: RewardDType = "fp32"  # exact CPU math for tests
+
+
+@REWARDS.register("pickscore-tiny")
+class PickScoreTiny(PickScore):
+    """PickScore's classes with tiny random weights (built offline, cached): for tests and smoke runs."""
+
+    Config: ClassVar[type[StrictConfig]] = TinyConfig
+
+    def folders(self) -> tuple[Path, Path]:
+        from drpo_bench.testing import make_tiny_clip
+
+        folder = make_tiny_clip()
+        return folder, folder

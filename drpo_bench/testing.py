@@ -1,0 +1,439 @@
+"""Tiny random-init twins of the real models, built offline and saved in the real on-disk layouts.
+
+Every builder uses the *real* classes (diffusers ``UNet2DConditionModel``/``AutoencoderKL``,
+transformers ``CLIPTextModel``/``CLIPModel``/``Owlv2ForObjectDetection``/``ViTMAEModel``,
+open_clip models) with small sizes, and writes them with the libraries' own ``save_pretrained``
+(or the checkpoint format the real weights ship in), so tests load them back through exactly
+the code path a user's real weights take.
+
+Folders are cached under ``$DRPO_BENCH_CACHE`` (default ``~/.cache/drpo-bench``) as
+``tiny/<name>-v<TINY_VERSION>`` and created atomically (built in a temp folder, then renamed),
+so concurrent test processes never see half-written folders. Bump ``TINY_VERSION`` whenever a
+config below changes.
+
+The CLIP tokenizer is built from the BPE vocabulary open_clip ships
+(``open_clip/bpe_simple_vocab_16e6.txt.gz``): the same 49 408 ids as the hub's CLIP tokenizers.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TINY_VERSION = 1
+CLIP_VOCAB_SIZE = 49408
+
+# ---- real configuration values, kept small ------------------------------------------------------
+# Each dict keeps the real model's *structure* (block types, conditioning, prediction type) and
+# shrinks only widths and depths. Comments give the real value where it differs.
+
+SD_TURBO_SCHEDULER: dict[str, Any] = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+    timestep_spacing="trailing",
+    steps_offset=1,
+)
+
+TINY_SD_UNET: dict[str, Any] = dict(
+    sample_size=16,  # real 64 (512 px / 8)
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(16, 16, 32, 32),  # real (320, 640, 1280, 1280)
+    layers_per_block=1,  # real 2
+    cross_attention_dim=32,  # real 1024 (text hidden size)
+    attention_head_dim=(2, 2, 4, 4),  # real (5, 10, 20, 20)
+    use_linear_projection=True,
+    act_fn="silu",
+    norm_num_groups=8,  # real 32
+    flip_sin_to_cos=True,
+    freq_shift=0,
+)
+
+TINY_SDXL_UNET: dict[str, Any] = dict(
+    sample_size=16,  # real 128 (64 for 512 px use)
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(16, 32, 32),  # real (320, 640, 1280)
+    layers_per_block=1,  # real 2
+    transformer_layers_per_block=(1, 1, 2),  # real (1, 2, 10)
+    attention_head_dim=(2, 4, 4),  # real (5, 10, 20)
+    cross_attention_dim=32,  # real 2048 = 768 + 1280 (both text encoders concatenated)
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=4,  # real 256
+    act_fn="silu",
+    projection_class_embeddings_input_dim=6 * 4 + 16,  # real 2816 = 6 * 256 + 1280 (pooled text)
+    norm_num_groups=8,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+)
+
+TINY_VAE: dict[str, Any] = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 3,  # real 4 blocks: 8x downsampling; here 4x
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    block_out_channels=(8, 16, 16),  # real (128, 256, 512, 512)
+    layers_per_block=1,  # real 2
+    latent_channels=4,
+    norm_num_groups=4,  # real 32
+    sample_size=64,
+)
+
+
+def tiny_text_config(hidden: int = 32, *, projection_dim: int | None = None, act: str = "gelu") -> dict[str, Any]:
+    """CLIP text tower: real vocabulary and 77 positions, tiny widths (real SD-Turbo: 1024 x 23)."""
+    cfg: dict[str, Any] = dict(
+        vocab_size=CLIP_VOCAB_SIZE,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act=act,
+        # SD 2.x / SDXL configs carry the legacy ids (eos 2): transformers then pools at argmax(ids).
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
+    if projection_dim is not None:
+        cfg["projection_dim"] = projection_dim
+    return cfg
+
+
+# ---- cache ---------------------------------------------------------------------------------------
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("DRPO_BENCH_CACHE", Path.home() / ".cache" / "drpo-bench"))
+
+
+def cached_build(name: str, build: Callable[[Path], None], root: Path | None = None) -> Path:
+    """``root/tiny/<name>-v<TINY_VERSION>``, built once by ``build(tmp_folder)`` and renamed in place."""
+    root = Path(root) if root is not None else cache_root()
+    final = root / "tiny" / f"{name}-v{TINY_VERSION}"
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():  # lost a race to another process: theirs is as good as ours
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# ---- tokenizer -----------------------------------------------------------------------------------
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable-unicode table (the BPE alphabet)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+    """The CLIP BPE vocabulary (49 408 ids) and merges, from open_clip's bundled vocabulary file."""
+    import open_clip
+
+    gz = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    lines = gzip.open(gz).read().decode("utf-8").split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]  # the 48 894 merges CLIP uses
+    alphabet = list(_bytes_to_unicode().values())
+    tokens = alphabet + [t + "</w>" for t in alphabet] + ["".join(m.split()) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    assert len(tokens) == CLIP_VOCAB_SIZE
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def write_clip_tokenizer(folder: Path, *, pad_token: str = "!", model_max_length: int = 77) -> Path:
+    """A CLIP tokenizer folder in the hub's layout: vocab.json, merges.txt, tokenizer_config.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab, merges = clip_vocab_and_merges()
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": pad_token,
+    }
+    (folder / "special_tokens_map.json").write_text(json.dumps(special))
+    config = {
+        **special,
+        "model_max_length": model_max_length,
+        "do_lower_case": True,
+        "errors": "replace",
+        "tokenizer_class": "CLIPTokenizer",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+# ---- generators ------------------------------------------------------------------------------------
+
+
+def _seeded(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+def build_tiny_sd_turbo(folder: Path, seed: int = 0) -> None:
+    """SD-Turbo-shaped pipeline folder: unet/, vae/, text_encoder/, tokenizer/, scheduler/, model_index.json."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    _seeded(seed)
+    unet = UNet2DConditionModel(**TINY_SD_UNET)
+    vae = AutoencoderKL(**TINY_VAE, scaling_factor=0.18215)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(32)))
+    tok_dir = write_clip_tokenizer(folder / "_tok", pad_token="!")
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    scheduler = EulerDiscreteScheduler(**SD_TURBO_SCHEDULER)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    # The hub's tokenizer folder holds vocab.json + merges.txt (no tokenizer.json): keep that layout.
+    shutil.rmtree(folder / "tokenizer")
+    (folder / "_tok").rename(folder / "tokenizer")
+
+
+def build_tiny_sdxl_turbo(folder: Path, seed: int = 0) -> None:
+    """SDXL-Turbo-shaped pipeline folder: two text encoders and tokenizers, text_time added conditioning."""
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    _seeded(seed)
+    unet = UNet2DConditionModel(**TINY_SDXL_UNET)
+    vae = AutoencoderKL(**TINY_VAE, scaling_factor=0.13025, force_upcast=True)
+    # encoder 1: CLIP ViT-L/14 text tower (quick_gelu); encoder 2: OpenCLIP bigG/14 with projection.
+    text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(16, act="quick_gelu")))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**tiny_text_config(16, projection_dim=16)))
+    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / "_tok", pad_token="<|endoftext|>"))
+    tokenizer_2 = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / "_tok2", pad_token="!"))
+    scheduler = EulerAncestralDiscreteScheduler(**SD_TURBO_SCHEDULER)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+        add_watermarker=False,
+    )
+    pipe.save_pretrained(folder)
+    for saved, written in (("tokenizer", "_tok"), ("tokenizer_2", "_tok2")):
+        shutil.rmtree(folder / saved)
+        (folder / written).rename(folder / saved)
+
+
+def make_tiny_sd_turbo(root: Path | None = None) -> Path:
+    return cached_build("sd-turbo", build_tiny_sd_turbo, root)
+
+
+def make_tiny_sdxl_turbo(root: Path | None = None) -> Path:
+    return cached_build("sdxl-turbo", build_tiny_sdxl_turbo, root)
+
+
+# ---- reward models ---------------------------------------------------------------------------------
+
+
+def build_tiny_clip(folder: Path, seed: int = 0, image_size: int = 32, projection_dim: int = 16) -> None:
+    """A transformers CLIPModel folder (PickScore / CLIP / aesthetic layout) with tokenizer and processor.
+
+    Real PickScore: projection 1024, text 24 x 1024, vision 32 x 1280, 224 px, patch 14.
+    """
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    _seeded(seed)
+    text = tiny_text_config(32)
+    text.update(bos_token_id=49406, eos_token_id=49407)  # modern configs: pool at the first eos id
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        image_size=image_size, patch_size=8, hidden_act="gelu",
+    )
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim))
+    model.save_pretrained(folder)
+    write_clip_tokenizer(folder, pad_token="!")
+    CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    ).save_pretrained(folder)
+
+
+def make_tiny_clip(root: Path | None = None) -> Path:
+    return cached_build("clip", build_tiny_clip, root)
+
+
+TINY_OPEN_CLIP_NAME = "drpo-tiny-ViT"
+TINY_OPEN_CLIP_CONFIG: dict[str, Any] = {
+    # real HPSv2 (ViT-H-14): embed 1024; vision 32 layers x 1280, patch 14, 224 px; text 24 x 1024
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 8, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": CLIP_VOCAB_SIZE, "width": 32, "heads": 4, "layers": 2},
+}
+
+
+def build_tiny_open_clip(folder: Path, seed: int = 0) -> None:
+    """An open_clip model config (``<name>.json``) and an HPS-format checkpoint (``{"state_dict": ...}``)."""
+    import open_clip
+
+    config_path = folder / f"{TINY_OPEN_CLIP_NAME}.json"
+    config_path.write_text(json.dumps(TINY_OPEN_CLIP_CONFIG))
+    open_clip.add_model_config(config_path)
+    _seeded(seed)
+    model = open_clip.create_model(TINY_OPEN_CLIP_NAME, pretrained=None)
+    torch.save({"state_dict": model.state_dict()}, folder / "HPS_tiny_compressed.pt")
+
+
+def make_tiny_open_clip(root: Path | None = None) -> Path:
+    """Folder with ``drpo-tiny-ViT.json`` (open_clip config) and ``HPS_tiny_compressed.pt``."""
+    return cached_build("open-clip", build_tiny_open_clip, root)
+
+
+def build_tiny_aesthetic_head(folder: Path, seed: int = 0, input_size: int = 16) -> None:
+    """The LAION improved-aesthetic-predictor MLP state dict (real input 768, CLIP ViT-L/14)."""
+    from drpo_bench.rewards.aesthetic import AestheticMLP
+
+    _seeded(seed)
+    torch.save(AestheticMLP(input_size).state_dict(), folder / "sac+logos+ava1-l14-linearMSE.pth")
+
+
+def make_tiny_aesthetic(root: Path | None = None) -> Path:
+    """Folder with a tiny CLIP (``clip/``) and the aesthetic head file, as a user lays them out."""
+
+    def build(folder: Path) -> None:
+        build_tiny_clip(folder / "clip")
+        build_tiny_aesthetic_head(folder)
+
+    return cached_build("aesthetic", build, root)
+
+
+def build_tiny_owlv2(folder: Path, seed: int = 0) -> None:
+    """Owlv2ForObjectDetection + Owlv2Processor (real: ViT-B/16 at 960 px, 16 text tokens)."""
+    from transformers import (
+        CLIPTokenizer,
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2ImageProcessor,
+        Owlv2Processor,
+    )
+
+    _seeded(seed)
+    text = tiny_text_config(32)
+    text.update(max_position_embeddings=16, bos_token_id=49406, eos_token_id=49407, pad_token_id=0)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=16)
+    model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=32))  # = text width, as real
+    model.save_pretrained(folder)
+    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / "_tok", pad_token="!", model_max_length=16))
+    Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}), tokenizer=tokenizer).save_pretrained(folder)
+    shutil.rmtree(folder / "_tok")
+
+
+def make_tiny_owlv2(root: Path | None = None) -> Path:
+    return cached_build("owlv2", build_tiny_owlv2, root)
+
+
+# ---- feature encoders -------------------------------------------------------------------------------
+
+
+def build_tiny_vit_mae(folder: Path, seed: int = 0) -> None:
+    """transformers ViTMAEModel + ViTImageProcessor (real facebook/vit-mae-base: 12 x 768, 224 px, patch 16)."""
+    from transformers import ViTImageProcessor, ViTMAEConfig, ViTMAEModel
+
+    _seeded(seed)
+    config = ViTMAEConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        image_size=32, patch_size=8, decoder_hidden_size=16, decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2, decoder_intermediate_size=32,
+    )
+    ViTMAEModel(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+
+
+def make_tiny_vit_mae(root: Path | None = None) -> Path:
+    return cached_build("vit-mae", build_tiny_vit_mae, root)
+
+
+def tiny_mae_latent_state(seed: int = 0, width: int = 8, layers: tuple[int, ...] = (1, 1, 1, 1), in_channels: int = 4) -> dict[str, Any]:
+    """A checkpoint in the public ``mae_latent_256_torch.pth`` format (JAX-exported ResNet encoder).
+
+    Keys: ``encoder.conv1.kernel`` (kh, kw, in, out), ``encoder.gn1.{scale,bias}``,
+    ``encoder.stages_{s}.layers_{b}.{conv1,conv2,proj_conv}.kernel``, ``...{gn1,gn2,proj_gn}.{scale,bias}``,
+    ``encoder.layer{s+1}_norm.{scale,bias}``; widths double per stage; metadata.model_config
+    gives ``layers`` and ``in_channels``. Real: layers (3, 4, 6, 3).
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def kernel(k: int, cin: int, cout: int) -> torch.Tensor:
+        return torch.randn(k, k, cin, cout, generator=g) * (2.0 / (k * k * cin)) ** 0.5
+
+    def norm(prefix: str, c: int) -> None:
+        state[f"{prefix}.scale"] = 1 + 0.1 * torch.randn(c, generator=g)
+        state[f"{prefix}.bias"] = 0.1 * torch.randn(c, generator=g)
+
+    state: dict[str, torch.Tensor] = {"encoder.conv1.kernel": kernel(3, in_channels, width)}
+    norm("encoder.gn1", width)
+    cin = width
+    for s, blocks in enumerate(layers):
+        cout = width * 2**s
+        for b in range(blocks):
+            prefix = f"encoder.stages_{s}.layers_{b}"
+            state[f"{prefix}.conv1.kernel"] = kernel(3, cin, cout)
+            norm(f"{prefix}.gn1", cout)
+            state[f"{prefix}.conv2.kernel"] = kernel(3, cout, cout)
+            norm(f"{prefix}.gn2", cout)
+            stride = 2 if s > 0 and b == 0 else 1
+            if cin != cout or stride != 1:
+                state[f"{prefix}.proj_conv.kernel"] = kernel(1, cin, cout)
+                norm(f"{prefix}.proj_gn", cout)
+            cin = cout
+        norm(f"encoder.layer{s + 1}_norm", cout)
+    return {"state_dict": state, "metadata": {"model_config": {"layers": list(layers), "in_channels": in_channels}}}
+
+
+def make_tiny_mae_latent(root: Path | None = None) -> Path:
+    """Folder with ``mae_latent_256_torch.pth`` in the public format (tiny widths)."""
+    return cached_build(
+        "mae-latent", lambda folder: torch.save(tiny_mae_latent_state(), folder / "mae_latent_256_torch.pth"), root
+    )

@@ -1,0 +1,173 @@
+"""The reward zoo on tiny random weights, loaded through the same loaders real weights take."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from drpo_bench.errors import MissingWeightsError, UserError
+from drpo_bench.generators.sd_turbo import SDTurboTinyGenerator
+from drpo_bench.rewards.aesthetic import Aesthetic, AestheticTiny
+from drpo_bench.rewards.clip_score import CLIPScore, CLIPScoreTiny
+from drpo_bench.rewards.geneval_owl import GenEvalOwl, GenEvalOwlTiny
+from drpo_bench.rewards.geneval_parse import ObjectSpec, parse_prompt
+from drpo_bench.rewards.hpsv2 import HPSv2, HPSv2Tiny
+from drpo_bench.rewards.hpsv3 import HPSv3
+from drpo_bench.rewards.imagereward import ImageReward
+from drpo_bench.rewards.jpeg import JPEGCompressibility
+from drpo_bench.rewards.pickscore import PickScore, PickScoreTiny
+from drpo_bench.testing import make_tiny_clip
+
+PROMPTS = ["a photo of a red cat", "two dogs on a beach"]
+DIFFERENTIABLE = [PickScoreTiny, CLIPScoreTiny, AestheticTiny, HPSv2Tiny]
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return SDTurboTinyGenerator(SDTurboTinyGenerator.Config())
+
+
+@pytest.fixture(scope="module")
+def rewards():
+    return {cls: cls(cls.Config()) for cls in DIFFERENTIABLE}
+
+
+def test_registered_names():
+    names = {PickScore: "pickscore", PickScoreTiny: "pickscore-tiny", CLIPScore: "clip-score", HPSv2: "hpsv2",
+             Aesthetic: "aesthetic", JPEGCompressibility: "jpeg", GenEvalOwl: "geneval-owl", HPSv3: "hpsv3",
+             ImageReward: "imagereward", HPSv2Tiny: "hpsv2-tiny", AestheticTiny: "aesthetic-tiny"}
+    for cls, name in names.items():
+        assert cls.registry_name == name
+
+
+@pytest.mark.parametrize("cls", DIFFERENTIABLE, ids=lambda c: c.registry_name)
+def test_differentiable_reward_backprops_into_lora(cls, rewards, generator):
+    reward = rewards[cls]
+    assert reward.differentiable
+    cond = generator.encode(PROMPTS)
+    noise = generator.noise(2, torch.Generator().manual_seed(0)) * 0.02  # small noise: unsaturated pixels
+    generator.unet.zero_grad()
+    with torch.no_grad():  # LoRA B starts at zero, which blocks the gradient to A: make B non-zero
+        for name, p in generator.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.01)
+    images = generator.decode(generator.sample(noise, cond))
+    scores = reward(images, PROMPTS)
+    assert scores.shape == (2,) and scores.dtype == torch.float32 and torch.isfinite(scores).all()
+    if cls is CLIPScoreTiny:  # 100·max(cos, 0): random weights may give cos < 0, where the clamp stops gradients
+        cos = (reward.clip.image_embeds(images) * reward.clip.text_embeds(PROMPTS)).sum(-1)
+        torch.testing.assert_close(scores, 100 * cos.clamp(min=0))
+        scores = cos
+    scores.sum().backward()
+    grads = [p.grad for p in generator.trainable_parameters() if p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_pickscore_equals_clipmodel_logits(rewards):
+    """At the model's own resolution, our torch preprocessing is the processor's: same logits."""
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    folder = make_tiny_clip()
+    model, tok = CLIPModel.from_pretrained(folder), CLIPTokenizer.from_pretrained(folder)
+    proc = CLIPImageProcessor.from_pretrained(folder)
+    images = (torch.rand(2, 3, 32, 32) * 255).round() / 255
+    pixels = proc(images=list((images * 255).round().to(torch.uint8)), return_tensors="pt", do_rescale=True).pixel_values
+    text = tok(PROMPTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(input_ids=text.input_ids, attention_mask=text.attention_mask, pixel_values=pixels).logits_per_image
+    torch.testing.assert_close(rewards[PickScoreTiny](images, PROMPTS), logits.diagonal(), rtol=1e-4, atol=1e-4)
+    cos = logits.diagonal() / model.logit_scale.exp()
+    torch.testing.assert_close(rewards[CLIPScoreTiny](images, PROMPTS), 100 * cos.clamp(min=0), rtol=1e-4, atol=1e-4)
+
+
+def test_hpsv2_equals_open_clip_forward(rewards):
+    reward = rewards[HPSv2Tiny]
+    images = torch.rand(2, 3, 32, 32)
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        out = reward.model((images - mean) / std, reward.tokenizer(PROMPTS))
+    image_f, text_f = out[:2] if isinstance(out, tuple) else (out["image_features"], out["text_features"])
+    torch.testing.assert_close(reward(images, PROMPTS), (image_f * text_f).sum(-1), rtol=1e-4, atol=1e-5)
+
+
+def test_aesthetic_is_the_head_on_normalized_embeddings(rewards):
+    reward = rewards[AestheticTiny]
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        emb = reward.clip.model.get_image_features(pixel_values=(images - torch.tensor(
+            [0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)) / torch.tensor(
+            [0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)).pooler_output
+        expected = reward.head(F.normalize(emb, dim=-1)).squeeze(-1)
+    torch.testing.assert_close(reward(images, ["ignored", "ignored"]), expected, rtol=1e-4, atol=1e-5)
+    assert set(reward.head.state_dict()) == {f"layers.{i}.{w}" for i in (0, 2, 4, 6, 7) for w in ("weight", "bias")}
+
+
+def test_jpeg_is_a_black_box():
+    reward = JPEGCompressibility()
+    flat, noisy = torch.full((1, 3, 64, 64), 0.5), torch.rand(1, 3, 64, 64)
+    images = torch.cat([flat, noisy])
+    scores = reward(images, ["a", "b"])
+    assert not reward.differentiable and scores[0] > scores[1]
+    inverse = JPEGCompressibility(JPEGCompressibility.Config(mode="incompressibility"))
+    torch.testing.assert_close(inverse(images, ["a", "b"]), -scores)
+
+
+def test_geneval_prompt_parsing():
+    spec = parse_prompt("a photo of four traffic lights")
+    assert spec.objects == (ObjectSpec("traffic light", 4),)
+    spec = parse_prompt("a photo of a red car and a blue bench")
+    assert [(o.name, o.color) for o in spec.objects] == [("car", "red"), ("bench", "blue")]
+    spec = parse_prompt("A photo of a dog right of a teddy bear.")
+    assert spec.relation == "right of" and spec.objects[1].name == "teddy bear"
+    assert parse_prompt("two red squares").objects == (ObjectSpec("square", 2, "red"),)
+    assert parse_prompt("a photo of a cat").n_constraints() == 1
+    with pytest.raises(ValueError):
+        parse_prompt("a photo of red")
+
+
+def test_geneval_owl_scores_with_a_tiny_detector():
+    reward = GenEvalOwlTiny(GenEvalOwlTiny.Config())
+    images = torch.rand(3, 3, 64, 64)
+    prompts = ["a photo of two cats", "a photo of a red car and a blue bench", "a photo of a cat left of a dog"]
+    scores = reward(images, prompts)
+    assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all()
+    strict = GenEvalOwlTiny(GenEvalOwlTiny.Config(threshold=1.01, partial_credit=False))  # nothing detected
+    assert strict(images, prompts).tolist() == [0.0, 0.0, 0.0]
+    # the constraint list: 2 objects + 2 colors; without detections every one fails
+    assert strict.check((images[0].permute(1, 2, 0) * 255).byte().numpy(), parse_prompt(prompts[1])) == [False] * 4
+    assert strict(images[:1], ["???"]).tolist() == [0.0]
+    with pytest.raises(UserError, match="cannot parse"):
+        GenEvalOwlTiny(GenEvalOwlTiny.Config(strict_prompts=True))(images[:1], ["???"])
+
+
+def test_missing_weights_are_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(MissingWeightsError, match="yuvalkirstain/PickScore_v1"):
+        PickScore(PickScore.Config())
+    with pytest.raises(MissingWeightsError, match="no folder at"):
+        PickScore(PickScore.Config(pretrained=str(tmp_path / "none")))
+    with pytest.raises(MissingWeightsError, match="HPS_v2.1_compressed.pt"):
+        HPSv2(HPSv2.Config())
+    with pytest.raises(MissingWeightsError, match="HPS_v2_compressed.pt"):
+        HPSv2(HPSv2.Config(version="v2.0"))
+    with pytest.raises(MissingWeightsError, match="improved-aesthetic-predictor"):
+        Aesthetic(Aesthetic.Config(clip=str(make_tiny_clip()), head=str(tmp_path / "head.pth")))
+    with pytest.raises(MissingWeightsError, match="owlv2"):
+        GenEvalOwl(GenEvalOwl.Config())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hpsv3") is not None, reason="hpsv3 installed: this is a server env")
+def test_hpsv3_here_says_how_to_serve_it():
+    with pytest.raises(UserError, match="serve-reward hpsv3"):
+        HPSv3(HPSv3.Config())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ImageReward") is not None, reason="ImageReward installed")
+def test_imagereward_here_says_how_to_serve_it():
+    with pytest.raises(UserError, match="serve-reward imagereward"):
+        ImageReward(ImageReward.Config())
