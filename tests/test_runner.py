@@ -96,7 +96,8 @@ def _run_cli(out, *extra):
 
 def test_sigkill_loses_nothing_and_resumes_from_checkpoint(tmp_path):
     """Kill the process mid-cell; the rerun keeps finished cells and resumes the interrupted one."""
-    slow = ["seeds=[0]", "budget.steps=12", "generators=[{name: toy, args: {delay_seconds: 0.05}}]"]
+    slow = ["seeds=[0]", "budget.steps=12", "generators=[{name: toy, args: {delay_seconds: 0.05}}]",
+            "methods=[{id: base, method: base}, {id: drpo, method: drpo, args: {n_pos: 2, n_neg: 2, features: toy-pixels}}]"]
     out = tmp_path / "killed"
     proc = _run_cli(out, *slow)
     deadline = time.time() + 240
@@ -130,8 +131,7 @@ def test_sigkill_loses_nothing_and_resumes_from_checkpoint(tmp_path):
     # resuming is exact: an uninterrupted run of the same cell ends with the same adapter and scores
     clean = tmp_path / "clean"
     suite = load_suite(TOY, slow)
-    only = [m for m in suite.methods if m.id == info["method"]["id"]]
-    suite = suite.model_copy(update={"methods": only, "train_rewards": suite.train_rewards})
+    suite = suite.model_copy(update={"methods": [m for m in suite.methods if m.id == "drpo"]})
     run_suite(suite, clean, quiet=True)
     a = load_file(str(victim / "adapter.safetensors"))
     b = load_file(str(clean / victim.name / "adapter.safetensors"))
