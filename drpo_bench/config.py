@@ -62,6 +62,7 @@ class TrainConfig(_Strict):
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # CPU-safe default; paper: fp16 (SD-Turbo), bf16 (SDXL)
     checkpoint_every: int = Field(10, ge=1)  # optimizer updates between resumable checkpoints
     device: str = "auto"  # "auto" = cuda if available, else cpu
+    count_flops: bool = True  # count FLOPs per phase during the first update (left out of timing means)
 
 
 class TrainOverrides(_Strict):

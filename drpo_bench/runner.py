@@ -194,7 +194,7 @@ class CellRunner:
         generator = build(GENERATORS, cell.generator)
         method_entry = METHODS.get(cell.method.method)
         method: Method = method_entry.cls(method_entry.parse_config(cell.method.args))
-        ledger = Ledger(generator.device)
+        ledger = Ledger(generator.device, count_flops=self.suite.train.count_flops)
         resumed_from = None
         if method.trains:
             assert cell.reward_alias is not None

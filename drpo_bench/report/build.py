@@ -125,7 +125,7 @@ def compute_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: boo
             _row_label(key, multi)
             + [str((cells[0].info.get("budget") or {}).get("effective_batch", "?")), _fmt(seconds[key], 4)]
             + [f"{phase_means[p]:.4f}" for p in phases]
-            + [f"{sum(flops) / len(flops) / 1e9:.2f}" if flops else "not counted", f"{peak:.0f}", speed]
+            + [f"{sum(flops) / len(flops) / 1e9:.3g}" if flops else "not counted", f"{peak:.0f}", speed]
         )
     kind = next(iter(trained.values()))[0].ledger.get("peak_memory_kind", "")
     note = (f"Wall-clock per optimizer update from the ledger (first update excluded as warm-up), device "

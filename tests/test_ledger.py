@@ -1,0 +1,158 @@
+"""The ledger: exclusive per-phase time, FLOPs and memory; FLOP counting in the first update only."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from drpo_bench import ledger as ledger_module
+from drpo_bench.ledger import OTHER, PHASES, Ledger
+
+
+class FakeClock:
+    """Replaces time.perf_counter in the ledger: each phase body advances it explicitly."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    c = FakeClock()
+    monkeypatch.setattr(ledger_module.time, "perf_counter", c)
+    return c
+
+
+def test_public_api_is_kept() -> None:
+    led = Ledger("cpu", True)
+    assert PHASES[0] == "sample" and "generator_backward" in PHASES
+    led.begin_update()
+    with led.phase("sample"):
+        pass
+    led.add_flops("sample", 10)
+    record = led.end_update()
+    assert record is not None and record.phase_flops == {"sample": 10.0}
+    assert led.summary()["updates"] == 1
+    json.dumps(led.to_json())
+
+
+def test_nested_phases_are_exclusive(clock: FakeClock) -> None:
+    led = Ledger("cpu")
+    led.begin_update()
+    clock.advance(1.0)  # outside every phase
+    with led.phase("sample"):
+        clock.advance(2.0)
+        with led.phase("features"):
+            clock.advance(3.0)
+        clock.advance(4.0)
+    record = led.end_update()
+    assert record.seconds == pytest.approx(10.0)
+    assert record.phase_seconds["sample"] == pytest.approx(6.0)
+    assert record.phase_seconds["features"] == pytest.approx(3.0)
+    assert record.phase_seconds[OTHER] == pytest.approx(1.0)
+    assert sum(record.phase_seconds.values()) == pytest.approx(record.seconds)
+    assert record.phase_calls == {"sample": 1, "features": 1}
+
+
+def _matmul(n: int) -> torch.Tensor:
+    return torch.ones(n, n) @ torch.ones(n, n)  # 2·n³ FLOPs
+
+
+def test_flops_go_to_the_innermost_phase_and_only_in_the_first_update() -> None:
+    led = Ledger("cpu", count_flops=True)
+    for _ in range(3):
+        with led.update():
+            with led.phase("sample"):
+                _matmul(8)
+                with led.phase("features"):
+                    _matmul(4)
+            _matmul(2)  # outside any phase
+    first, *rest = led.updates
+    assert first.flops_counted
+    assert first.phase_flops == {"sample": 2 * 8**3, "features": 2 * 4**3, OTHER: 2 * 2**3}
+    assert all(not r.phase_flops and not r.flops_counted for r in rest)
+    s = led.summary()
+    assert s["flops_per_update"] == 2 * (8**3 + 4**3 + 2**3)
+    assert s["updates_averaged"] == 2  # the counted (warm-up) update is not timed
+
+
+def test_backward_flops_are_counted_in_their_phase() -> None:
+    led = Ledger("cpu", count_flops=True)
+    w = torch.ones(4, 4, requires_grad=True)
+    with led.update():
+        with led.phase("sample"):
+            y = (torch.ones(3, 4) @ w).sum()
+        with led.phase("generator_backward"):
+            y.backward()
+    r = led.updates[0]
+    assert r.phase_flops["sample"] == 2 * 3 * 4 * 4
+    assert r.phase_flops["generator_backward"] == 2 * 3 * 4 * 4  # dW only: the input needs no grad
+
+
+def test_cpu_attention_is_counted_by_the_ledger() -> None:
+    led = Ledger("cpu", count_flops=True)
+    q = torch.randn(1, 2, 16, 8)
+    with led.update(), led.phase("loss"):
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    assert led.updates[0].phase_flops["loss"] == 4 * 2 * 16 * 16 * 8
+
+
+def test_disabled_ledger_records_nothing() -> None:
+    led = Ledger("cpu", enabled=False, count_flops=True)
+    led.begin_update()
+    with led.phase("sample"):
+        _matmul(4)
+    led.add_flops("sample", 5)
+    assert led.end_update() is None
+    assert led.updates == [] and led.summary() == {"updates": 0}
+
+
+def test_phase_outside_an_update_is_a_no_op() -> None:
+    led = Ledger("cpu")
+    with led.phase("sample"):
+        pass
+    assert led.updates == []
+
+
+def test_an_exception_does_not_leave_the_counter_running() -> None:
+    led = Ledger("cpu", count_flops=True)
+    led.begin_update()
+    crashed = led._counter
+    with pytest.raises(RuntimeError), led.phase("sample"):
+        _matmul(8)
+        raise RuntimeError("boom")
+    # the runner starts the next update without ending this one: counting starts afresh
+    led.begin_update()
+    assert led._counter is not crashed
+    with led.phase("sample"):
+        _matmul(4)
+    record = led.end_update()
+    assert record is not None and record.phase_flops == {"sample": 2 * 4**3}
+    assert led._counter is None  # stopped after the (first completed) counted update
+
+
+def test_memory_per_phase_on_cpu() -> None:
+    led = Ledger("cpu")
+    with led.update(), led.phase("decode"):
+        torch.zeros(1024, 1024).sum()
+    s = led.summary()
+    assert s["peak_memory_kind"] == "process_peak_rss"
+    assert s["phase_peak_memory_bytes"]["decode"] > 0
+    assert s["peak_memory_bytes"] >= s["phase_peak_memory_bytes"]["decode"]
+
+
+def test_summary_orders_canonical_phases_first(clock: FakeClock) -> None:
+    led = Ledger("cpu")
+    with led.update():
+        for name in ("optimizer", "custom", "sample"):
+            with led.phase(name):
+                clock.advance(1.0)
+    assert list(led.summary()["phase_seconds"]) == ["sample", "optimizer", "custom", OTHER]
