@@ -40,6 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite, args.overrides)
     shard = _parse_shard(args.shard)
+    _quiet_library_progress_bars()
     console = _console()
     output = Path(args.output) if args.output else suite.output_dir
     console.print(f"[bold]drpo-bench run[/] {args.suite} → {output}")
@@ -63,6 +64,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"[red]{len(summary.failures)} cell(s) failed[/]: " + "; ".join(f"{k}: {v}" for k, v in summary.failures.items()))
         return 1
     return 0
+
+
+def _quiet_library_progress_bars() -> None:
+    """transformers/diffusers print a tqdm bar per loaded model; our rich bars say enough."""
+    for name in ("transformers", "diffusers"):
+        try:
+            __import__(f"{name}.utils.logging", fromlist=["disable_progress_bar"]).disable_progress_bar()
+        except (ImportError, AttributeError):
+            pass
 
 
 def _parse_shard(text: str | None) -> tuple[int, int]:

@@ -85,7 +85,8 @@ def cell_fingerprint(suite: Suite, cell: Cell) -> str:
         "prompts": suite.prompts.model_dump(),
         "seed": cell.seed,
         "budget": suite.budget.model_dump() if method_cls.trains else None,
-        "train": suite.train.model_dump() if method_cls.trains else None,
+        # bookkeeping that cannot change a result stays out, so old results still match
+        "train": suite.train.model_dump(exclude={"checkpoint_every", "count_flops"}) if method_cls.trains else None,
         "eval": suite.eval.model_dump(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
