@@ -14,7 +14,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
-from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from pydantic import Field
 
 from drpo_bench.drpo.features_base import FeatureEncoder
@@ -46,6 +45,8 @@ class ToyGenerator(Generator):
         delay_seconds: float = Field(0.0, ge=0)  # slows each sample() so tests can interrupt a cell mid-run
 
     def __init__(self, config: Config) -> None:
+        from peft import LoraConfig, get_peft_model  # lazy: importing peft costs seconds
+
         self.config = config
         torch.manual_seed(config.init_seed)
         net = _ToyNet()
@@ -81,9 +82,13 @@ class ToyGenerator(Generator):
         return [p for p in self.net.parameters() if p.requires_grad]
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
         return get_peft_model_state_dict(self.net)
 
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        from peft import set_peft_model_state_dict
+
         set_peft_model_state_dict(self.net, state)
 
 
