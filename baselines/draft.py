@@ -40,9 +40,11 @@ class DRaFT(Method):
             sign = 1.0 if ctx.reward.higher_is_better else -1.0
             loss = -sign * self.config.reward_scale * scores.mean()
         with ctx.ledger.phase("reward_backward"):
-            (grad_images,) = torch.autograd.grad(ctx.scaled(loss * ctx.loss_scale), leaf)
+            # backward (not autograd.grad) into the cut leaf only: module hooks such as the
+            # ledger's FLOP counter do not support autograd.grad on a hooked leaf
+            torch.autograd.backward(ctx.scaled(loss * ctx.loss_scale), inputs=[leaf])
         with ctx.ledger.phase("generator_backward"):
-            images.backward(grad_images)
+            images.backward(leaf.grad)
         return StepOutput(
             loss=float(loss.detach()),
             logs={"reward_mean": float(scores.detach().mean()), "reward_std": float(scores.detach().std())},
