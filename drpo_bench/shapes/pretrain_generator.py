@@ -1,0 +1,423 @@
+"""Pretrain the shapes generator: latent autoencoder, conditional-VAE warm start, drifting.
+
+    python -m drpo_bench.shapes.pretrain_generator --out drpo_bench/assets/shapes_generator.safetensors --seed 0
+
+Phase 1 (``--ae-steps``): the latent autoencoder (images (3, 32, 32) <-> latents (8, 8, 8)) on
+rendered ground truth, like SD's VAE; its latents are then normalized per channel and it is
+frozen.
+
+Phase 2a (``--cvae-steps``): text encoder + denoiser as the decoder of a conditional VAE: a
+training-only posterior maps a ground-truth latent to the noise that should produce it, and the
+denoiser learns to reproduce the latent from that noise and the prompt (KL weight ``--beta``).
+Plain supervised regression: it teaches the denoiser to draw crisp objects quickly, but noise
+drawn from N(0, I) does not yet land where the posterior put it (the "prior hole").
+
+Phase 2b (``--steps``): the drifting objective of Drifting Models, from N(0, I) noise: per
+prompt, K generated samples are the generated set, P rendered images of the same prompt (fresh
+random placements) the positives, and the generated set itself the negatives
+(``mask_negative_self``). The field is built in the normalized latents (whole: layout; grid
+cells: local shape) and in the frozen shapes encoder's multi-scale, layout and per-location
+features of the decoded images; the loss sums over feature sets. Drift alone plateaued near
+checker 0.33 after 900 steps; the warm start reaches that in 300.
+
+The drift loss is ~constant by construction (each radius' force is RMS-normalized), so progress
+is logged as ``gap``: the energy distance between generated and ground-truth images of a prompt
+(pixels, averaged over prompts; 0 when the distributions agree). Training stops early on
+purpose: the base generator must leave headroom for preference finetuning.
+
+Prompts are drawn by ``grammar.random_prompt`` (uniform over tasks), which never yields a
+held-out eval prompt; ``--eval`` scores the result with the checker on the eval split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from drpo_bench.shapes.encoder_model import load_encoder
+from drpo_bench.shapes.generator_model import FORMAT, ShapesGeneratorNet, load_net
+
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "assets" / "shapes_generator.safetensors"
+DEFAULT_ENCODER = Path(__file__).resolve().parents[1] / "assets" / "shapes_encoder.safetensors"
+SCRIPT = "python -m drpo_bench.shapes.pretrain_generator"
+
+
+# ---- data --------------------------------------------------------------------------------------
+def random_prompts(n: int, rng: random.Random) -> list[str]:
+    from drpo_bench.shapes.grammar import random_prompt
+
+    return [random_prompt(rng).text for _ in range(n)]
+
+
+def render_many(texts: Sequence[str], np_rng: np.random.Generator) -> torch.Tensor:
+    """(len(texts), 3, 32, 32) ground truth, a fresh random placement for each text."""
+    from drpo_bench.shapes.render import render
+
+    return torch.stack([render(t, np_rng) for t in texts])
+
+
+def foreground_weighted_bce(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy per channel, object pixels weighted 5x (objects cover a small part of
+    the black background). BCE keeps edges sharper than MSE on these near-binary images."""
+    weight = 1.0 + 4.0 * (target.amax(dim=1, keepdim=True) > 0.05).float()  # (B, 1, H, W)
+    return (F.binary_cross_entropy(recon, target, reduction="none") * weight).mean()
+
+
+def warmup_cosine(opt: torch.optim.Optimizer, steps: int, warmup: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over the first ``warmup`` of the steps, then cosine decay to 0 (any step count)."""
+    import math
+
+    ramp = max(1, round(warmup * steps))
+
+    def factor(step: int) -> float:
+        if step < ramp:
+            return (step + 1) / ramp
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - ramp) / max(1, steps - ramp))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def energy_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per set: E|x-y| - (E|x-x'| + E|y-y'|)/2 for x (B, N, D), y (B, M, D) -> (B,); 0 iff alike."""
+    from drpo_bench.drpo.field import pairwise_distance
+
+    n, m = x.shape[1], y.shape[1]
+    xy = pairwise_distance(x, y).mean(dim=(1, 2))
+    xx = pairwise_distance(x, x).sum(dim=(1, 2)) / (n * (n - 1))  # diagonal ~0 (clamped sqrt)
+    yy = pairwise_distance(y, y).sum(dim=(1, 2)) / (m * (m - 1))
+    return xy - (xx + yy) / 2
+
+
+def _log(step: int, total: int, name: str, values: dict[str, list[float]], start: float, every: int) -> None:
+    if step % every == 0 or step == 1 or step == total:
+        parts = "  ".join(f"{k} {np.mean(v[-every:]):.4f}" for k, v in values.items())
+        print(f"[{name}] step {step:5d}/{total}  {parts}  {time.perf_counter() - start:6.1f}s", flush=True)
+
+
+# ---- phase 1: latent autoencoder ---------------------------------------------------------------
+def train_autoencoder(
+    net: ShapesGeneratorNet, steps: int, batch: int, lr: float, rng: random.Random, np_rng: np.random.Generator,
+    log_every: int = 50,
+) -> dict[str, float]:
+    """Encoder + decoder on rendered images; a small L2 on the latents keeps their scale tame."""
+    params = [*net.encoder.parameters(), *net.decoder.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    sched = warmup_cosine(opt, steps)
+    history: dict[str, list[float]] = {"recon": []}
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        images = render_many(random_prompts(batch, rng), np_rng)  # (B, 3, 32, 32)
+        z = net.encoder(images)  # (B, C, 8, 8), unnormalized
+        rec = foreground_weighted_bce(net.decoder(z), images)
+        loss = rec + 1e-3 * z.pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        history["recon"].append(float(rec.detach()))
+        _log(step, steps, "autoencoder", history, start, log_every)
+    return _summary(history["recon"], start, "ae")
+
+
+@torch.no_grad()
+def normalize_latents(net: ShapesGeneratorNet, rng: random.Random, np_rng: np.random.Generator, n: int = 1024) -> None:
+    """Set per-channel latent mean/std from ``n`` rendered images (generator noise is unit normal)."""
+    z = net.encoder(render_many(random_prompts(n, rng), np_rng))  # (n, C, 8, 8)
+    net.latent_mean.copy_(z.mean(dim=(0, 2, 3)))
+    net.latent_std.copy_(z.std(dim=(0, 2, 3)).clamp_min(1e-3))
+
+
+# ---- phase 2a: conditional VAE warm start ------------------------------------------------------
+class Posterior(torch.nn.Module):
+    """Training-only: a ground-truth latent (C, 8, 8) -> mean and log-variance of the noise that
+    should produce it. The prompt already fixes colors and shapes, so under the KL pressure the
+    noise is left to carry what the prompt does not say: where things are."""
+
+    def __init__(self, channels: int, width: int = 64) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(channels, width, 3, padding=1), torch.nn.SiLU(),
+            torch.nn.Conv2d(width, width, 3, padding=1), torch.nn.SiLU(),
+            torch.nn.Conv2d(width, 2 * channels, 3, padding=1),
+        )
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = self.net(z).chunk(2, dim=1)  # (B, C, 8, 8) each
+        return mean, logvar.clamp(-8, 4)
+
+
+def train_cvae(
+    net: ShapesGeneratorNet, steps: int, batch: int, lr: float, beta: float,
+    rng: random.Random, np_rng: np.random.Generator, log_every: int = 50, eval_every: int = 0,
+) -> dict[str, float]:
+    """Text encoder + denoiser as the decoder of a conditional VAE over the generator's noise."""
+    posterior = Posterior(net.arch.latent_channels)
+    params = [*net.text.parameters(), *net.denoiser.parameters(), *posterior.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    sched = warmup_cosine(opt, steps)
+    history: dict[str, list[float]] = {"recon": [], "kl": []}
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        texts = random_prompts(batch, rng)
+        with torch.no_grad():
+            target = net.encode_images(render_many(texts, np_rng))  # (B, C, 8, 8) normalized latents
+        mean, logvar = posterior(target)
+        noise = mean + (0.5 * logvar).exp() * torch.randn_like(mean)
+        recon = (net.denoiser(noise, net.encode_text(texts)) - target).pow(2).mean()
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+        loss = recon + beta * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        history["recon"].append(float(recon.detach()))
+        history["kl"].append(float(kl.detach()))
+        _log(step, steps, "cvae", history, start, log_every)
+        if eval_every and step % eval_every == 0:
+            _print_eval(step, "cvae", evaluate(net, k=8))
+    summary = _summary(history["recon"], start, "cvae")
+    if steps:
+        summary["final_kl"] = float(np.mean(history["kl"][-max(1, min(20, steps // 4)) :]))
+    return summary
+
+
+def _print_eval(step: int, name: str, scores: dict[str, object]) -> None:
+    per_task = scores["per_task"]
+    assert isinstance(per_task, dict)
+    print(
+        f"[{name}] step {step:5d} checker {scores['checker_mean_over_tasks']:.3f} "
+        f"(within-prompt std {scores['within_prompt_std']:.3f}) " + " ".join(f"{t} {v:.2f}" for t, v in per_task.items()),
+        flush=True,
+    )
+
+
+# ---- phase 2b: drifting generator --------------------------------------------------------------
+def feature_sets(
+    encoder: torch.nn.Module | None, latents: torch.Tensor, images: torch.Tensor, local: bool = False
+) -> dict[str, torch.Tensor]:
+    """{name: (B, L, D)}: normalized latents (whole: layout; 2x2 and 4x4 cells: local shape, on the
+    autoencoder's manifold), plus the shapes encoder's multi-scale features and stage-3 layout."""
+    from drpo_bench.drpo.features_shapes import latent_features
+
+    out = latent_features(latents)
+    if encoder is not None:
+        from drpo_bench.shapes.encoder_model import multiscale_features
+
+        maps = encoder(images)
+        out.update(multiscale_features(maps))
+        out["s3.layout"] = maps[2].flatten(1)[:, None, :]  # (B, 1, C3*16)
+        if local:
+            # per-location vectors (translation-invariant local shape vocabulary), 16 random
+            # locations per image so the field stays cheap
+            for stage in (2, 3):
+                flat = maps[stage - 1].flatten(2).transpose(1, 2)  # (B, H*W, C)
+                idx = torch.rand(flat.shape[:2], device=flat.device).argsort(dim=1)[:, :16]  # (B, 16)
+                out[f"s{stage}.local"] = torch.gather(flat, 1, idx[:, :, None].expand(-1, -1, flat.shape[-1]))
+    return out
+
+
+def train_generator(
+    net: ShapesGeneratorNet,
+    encoder: torch.nn.Module | None,
+    steps: int,
+    prompts_per_step: int,
+    k: int,
+    positives: int,
+    lr: float,
+    rng: random.Random,
+    np_rng: np.random.Generator,
+    seed: int,
+    log_every: int = 25,
+    eval_every: int = 0,
+    local: bool = False,
+    radii: tuple[float, ...] = (0.02, 0.05, 0.2),
+) -> dict[str, float]:
+    from drpo_bench.drpo.field import drift_loss
+
+    params = [*net.text.parameters(), *net.denoiser.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    sched = warmup_cosine(opt, steps)
+    gen = torch.Generator().manual_seed(seed)
+    b = prompts_per_step
+    history: dict[str, list[float]] = {"drift": [], "gap": []}
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        texts = random_prompts(b, rng)
+        real = render_many([t for t in texts for _ in range(positives)], np_rng)  # (B*P, 3, 32, 32)
+        noise = torch.randn(b * k, *net.latent_shape, generator=gen)  # (B*K, C, 8, 8)
+        cond = net.encode_text([t for t in texts for _ in range(k)])
+        latents = net.denoiser(noise, cond)  # (B*K, C, 8, 8)
+        images = net.decode(latents)  # (B*K, 3, 32, 32)
+        with torch.no_grad():
+            real_feats = feature_sets(encoder, net.encode_images(real), real, local)
+        gen_feats = feature_sets(encoder, latents, images, local)
+        loss = latents.new_zeros(())
+        for name, z in gen_feats.items():
+            _, l, d = z.shape
+            z_gen = z.reshape(b, k * l, d)  # all locations of all K samples: one set per prompt
+            z_pos = real_feats[name].reshape(b, positives * l, d)
+            result = drift_loss(
+                z_gen, z_pos, z_gen.detach(), positive_weight=1.0, negative_weight=1.0, radii=radii,
+                mask_negative_self=True,
+            )
+            loss = loss + result.loss.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            gap = energy_distance(images.detach().reshape(b, k, -1), real.reshape(b, positives, -1)).mean()
+        history["drift"].append(float(loss.detach()))
+        history["gap"].append(float(gap))
+        _log(step, steps, "generator", history, start, log_every)
+        if eval_every and step % eval_every == 0:
+            _print_eval(step, "generator", evaluate(net, k=8))
+    summary = _summary(history["gap"], start, "gap")
+    if steps:
+        summary["final_drift"] = float(np.mean(history["drift"][-max(1, min(20, steps // 4)) :]))
+    return summary
+
+
+def _summary(values: list[float], start: float, name: str) -> dict[str, float]:
+    if not values:
+        return {f"{name}_seconds": 0.0}
+    window = max(1, min(20, len(values) // 4))  # first and last quarter (at most 20 steps each)
+    return {
+        f"first_{name}": float(np.mean(values[:window])),
+        f"final_{name}": float(np.mean(values[-window:])),
+        f"{name}_seconds": time.perf_counter() - start,
+    }
+
+
+# ---- evaluation --------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(net: ShapesGeneratorNet, k: int = 16, seed: int = 1234, split: str = "eval") -> dict[str, object]:
+    """Checker scores of K samples per prompt of ``split``: per task, overall, within-prompt std."""
+    from drpo_bench.shapes.checker import check_batch
+    from drpo_bench.shapes.grammar import TASKS, prompt_split
+    from drpo_bench.shapes.render import render_batch
+
+    prompts = prompt_split(split)
+    texts = [p.text for p in prompts for _ in range(k)]
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(len(texts), *net.latent_shape, generator=gen)
+    images = torch.cat([net.decode(net.denoiser(noise[i : i + 512], net.encode_text(texts[i : i + 512]))) for i in range(0, len(texts), 512)])
+    scores = check_batch(images, texts).view(len(prompts), k)  # (prompts, K)
+    truth = check_batch(render_batch(texts, seed), texts).view(len(prompts), k)
+    per_task, per_task_truth, per_task_std = {}, {}, {}
+    for task in TASKS:
+        rows = [i for i, p in enumerate(prompts) if p.task == task]
+        per_task[task] = float(scores[rows].mean())
+        per_task_truth[task] = float(truth[rows].mean())
+        per_task_std[task] = float(scores[rows].std(dim=1).mean())
+    return {
+        "checker_mean_over_tasks": float(np.mean(list(per_task.values()))),
+        "checker_mean_over_images": float(scores.mean()),
+        "ground_truth_mean_over_tasks": float(np.mean(list(per_task_truth.values()))),
+        "within_prompt_std": float(scores.std(dim=1).mean()),
+        "per_task": per_task,
+        "per_task_ground_truth": per_task_truth,
+        "per_task_within_prompt_std": per_task_std,
+        "k": k,
+        "prompts": len(prompts),
+    }
+
+
+# ---- files -------------------------------------------------------------------------------------
+def save(net: ShapesGeneratorNet, out: Path, facts: dict[str, object]) -> None:
+    from drpo_bench.store import save_safetensors
+
+    metadata = {
+        "format": FORMAT,
+        "arch": json.dumps(net.arch.to_dict()),
+        "vocabulary": json.dumps(list(net.tokenizer.vocabulary)),
+        "script": SCRIPT,
+        "description": (
+            "Shapes one-step generator. Phase 1: latent autoencoder (3x32x32 <-> 8x8x8) on rendered "
+            "ground truth, foreground-weighted BCE, then frozen with per-channel latent normalization. "
+            "Phase 2a: text encoder + denoiser warm-started as a conditional VAE decoder. Phase 2b: the "
+            "drifting objective from unit noise (generated set vs rendered positives of the same prompt, "
+            "self as negatives) in normalized latents and the frozen shapes encoder's features; stopped "
+            "early to leave headroom."
+        ),
+        **{k: v if isinstance(v, str) else json.dumps(v) for k, v in facts.items()},
+    }
+    state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
+    save_safetensors(state, out, metadata=metadata)
+
+
+# ---- entry point -------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the safetensors file")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ae-steps", type=int, default=1200, help="phase 1 steps (autoencoder)")
+    parser.add_argument("--steps", type=int, default=300, help="phase 2b steps (drifting generator); few on purpose")
+    parser.add_argument("--ae-batch", type=int, default=64, help="rendered images per autoencoder step")
+    parser.add_argument("--cvae-steps", type=int, default=600, help="phase 2a steps (conditional VAE warm start)")
+    parser.add_argument("--cvae-batch", type=int, default=128, help="(prompt, image) pairs per CVAE step")
+    parser.add_argument("--cvae-lr", type=float, default=2e-3, help="CVAE peak learning rate (warm-up, then cosine)")
+    parser.add_argument("--beta", type=float, default=0.1, help="CVAE KL weight per latent element (0.02: the noise carries color, ignoring the prompt)")
+    parser.add_argument("--prompts", type=int, default=8, help="prompts per generator step")
+    parser.add_argument("--k", type=int, default=16, help="generated samples per prompt")
+    parser.add_argument("--positives", type=int, default=32, help="rendered ground-truth images per prompt (more: a sharper field, a costlier one)")
+    parser.add_argument("--ae-lr", type=float, default=3e-3, help="autoencoder peak learning rate (warm-up, then cosine)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="generator peak learning rate (warm-up, then cosine)")
+    parser.add_argument("--encoder", type=Path, default=DEFAULT_ENCODER, help="frozen shapes encoder for the feature field")
+    parser.add_argument("--radii", type=float, nargs="+", default=[0.02, 0.05, 0.2], help="drift kernel radii")
+    parser.add_argument("--no-local", dest="local", action="store_false", help="leave out the per-location encoder features (stages 2, 3)")
+    parser.add_argument("--no-encoder", action="store_true", help="build the field in latents only")
+    parser.add_argument("--init", type=Path, default=None, help="start from this generator file (e.g. reuse its autoencoder with --ae-steps 0)")
+    parser.add_argument("--eval", action="store_true", help="score the result on the held-out eval prompts")
+    parser.add_argument("--eval-every", type=int, default=0, help="also score every N generator steps (K=8; 0 = never)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args(argv)
+
+    from drpo_bench.shapes.grammar import VOCABULARY
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng, np_rng = random.Random(args.seed), np.random.default_rng(args.seed)
+    net = load_net(args.init)[0] if args.init else ShapesGeneratorNet(VOCABULARY)
+    facts: dict[str, object] = {"command": " ".join([SCRIPT, *(argv if argv is not None else sys.argv[1:])])}
+    facts.update({k: v for k, v in vars(args).items() if k not in ("out", "init", "encoder", "eval", "eval_every")})
+    if args.init:
+        facts["init"] = str(args.init)
+    if args.ae_steps:
+        facts.update(train_autoencoder(net, args.ae_steps, args.ae_batch, args.ae_lr, rng, np_rng))
+        normalize_latents(net, rng, np_rng)
+    net.encoder.requires_grad_(False)
+    net.decoder.requires_grad_(False)
+    encoder = None if args.no_encoder else load_encoder(args.encoder).requires_grad_(False).eval()
+    if args.cvae_steps:
+        facts.update(
+            train_cvae(net, args.cvae_steps, args.cvae_batch, args.cvae_lr, args.beta, rng, np_rng, eval_every=args.eval_every)
+        )
+    facts["field_features"] = "latent" if encoder is None else "latent + shapes encoder multiscale"
+    facts.update(
+        train_generator(
+            net, encoder, args.steps, args.prompts, args.k, args.positives, args.lr, rng, np_rng, args.seed,
+            eval_every=args.eval_every, local=args.local, radii=tuple(args.radii),
+        )
+    )
+    facts["final_loss"] = facts.get("final_gap", float("nan"))
+    if args.eval:
+        facts["eval"] = evaluate(net)
+    save(net, args.out, facts)
+    print(json.dumps({"out": str(args.out), **facts}, indent=1))
+    return facts
+
+
+if __name__ == "__main__":
+    main()
