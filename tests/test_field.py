@@ -108,3 +108,41 @@ def test_bad_shapes_are_clear_errors(bad):
     pos = {"rank": gen[0], "empty": gen[:, :0], "dim": gen[..., :4]}[bad]
     with pytest.raises(ValueError):
         drift_loss(gen, pos, gen)
+
+
+def test_anchor_mask_lets_the_middle_candidates_feel_the_field():
+    """DrPO's anchors are copies of generated candidates. Unmasked, each anchor's column softmax
+    (over generated vectors) goes to its own original, so the middle candidates, which are
+    neither positive nor negative, feel almost nothing; masking the copies hands them the field."""
+    g = torch.Generator().manual_seed(3)
+    gen = torch.randn(1, 12, 8, generator=g)
+    gen[0, :4] += torch.tensor([4.0] + [0.0] * 7)  # candidates 0-3 (the positives) sit apart
+    pos, neg = gen[:, :4].clone(), gen[:, 8:].clone()  # 4-7 are the middle candidates
+    mask = torch.zeros(1, 12, 8, dtype=torch.bool)  # [negatives | positives]
+    mask[0, torch.arange(8, 12), torch.arange(0, 4)] = True  # candidate 8+i is negative i
+    mask[0, torch.arange(0, 4), torch.arange(4, 8)] = True  # candidate i is positive i
+    anchors = torch.tensor([0, 1, 2, 3, 8, 9, 10, 11])
+
+    def middle_share(v):
+        norms = v[0].norm(dim=-1)
+        return norms[4:8].mean() / norms[anchors].mean()
+
+    pinned = drift_vector(gen, pos, neg, radii=(0.05,))
+    freed = drift_vector(gen, pos, neg, radii=(0.05,), anchor_mask=mask)
+    assert middle_share(pinned) < 0.05
+    assert middle_share(freed) > 0.2
+    assert (freed[0, 4:8, 0] > 0).all()  # and what they feel points toward the positives (+x)
+    with pytest.raises(ValueError, match="anchor_mask"):
+        drift_loss(gen, pos, neg, anchor_mask=mask[:, :, :5])
+
+
+def test_own_copy_mask_marks_each_candidate_location_once():
+    from drpo_bench.drpo.method import own_copy_mask
+
+    k, l = 3, 2
+    anchor_idx = torch.tensor([[2], [0]])  # prompt 0: candidate 2; prompt 1: candidate 0
+    mask = own_copy_mask(anchor_idx, k, l)  # (P, K*L, n*L)
+    assert mask.shape == (2, 6, 2)
+    assert mask.sum() == 4  # one (generated, anchor) pair per location per prompt
+    assert mask[0, 4, 0] and mask[0, 5, 1] and not mask[0, 4, 1]
+    assert mask[1, 0, 0] and mask[1, 1, 1]

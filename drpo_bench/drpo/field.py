@@ -62,6 +62,7 @@ def drift_loss(
     radii: Sequence[float] = (0.02, 0.05, 0.2),
     mask_negative_self: bool = False,
     mask_positive_pairs: bool = False,
+    anchor_mask: torch.Tensor | None = None,
 ) -> DriftResult:
     """Drift-field regression loss: attract ``generated`` to ``positive``, repel from ``negative``.
 
@@ -74,6 +75,9 @@ def drift_loss(
     published DrPO code leaves the pairs unmasked (the default here): then, when policy and
     reference agree, each vector's own copy dominates its positive affinities and what remains
     is a repulsion from the other candidates.
+
+    ``anchor_mask`` (B, N, M + P) bool, optional: extra (generated, anchor) pairs to mask, laid
+    out as [negatives | positives]; e.g. a candidate's own copy among the anchors.
     """
     for name, t in (("generated", generated), ("positive", positive), ("negative", negative)):
         if t.ndim != 3:
@@ -118,6 +122,11 @@ def drift_loss(
         mask[:, n_gen : 2 * n_gen] += eye
     if mask_positive_pairs:
         mask[:, n_gen + n_neg :] += eye
+    if anchor_mask is not None:
+        if anchor_mask.shape != (batch, n_gen, n_neg + n_pos):
+            raise ValueError(f"anchor_mask must be ({batch}, {n_gen}, {n_neg + n_pos}); got {tuple(anchor_mask.shape)}")
+        extra = torch.cat([anchor_mask.new_zeros(batch, n_gen, n_gen), anchor_mask], dim=-1).to(mask.dtype)
+        mask = mask[None] + extra  # (B, N, T)
 
     gen_scaled = gen_detached / per_dim  # (B, N, D)
     targets_scaled = targets / per_dim  # (B, T, D)

@@ -32,6 +32,17 @@ def build_feature_encoder(name: str, args: dict[str, Any], generator: Any) -> Fe
     return encoder.to(generator.device)
 
 
+def own_copy_mask(anchor_idx: torch.Tensor, k: int, l: int) -> torch.Tensor:
+    """anchor_idx (P, n) -> (P, K*L, n*L) bool: True where a generated vector meets its own copy."""
+    device = anchor_idx.device
+    cand_gen = torch.arange(k, device=device).repeat_interleave(l)  # (K*L,)
+    loc_gen = torch.arange(l, device=device).repeat(k)  # (K*L,)
+    cand_anchor = anchor_idx.repeat_interleave(l, dim=1)  # (P, n*L)
+    loc_anchor = torch.arange(l, device=device).repeat(anchor_idx.shape[1])  # (n*L,)
+    same_cand = cand_gen[None, :, None] == cand_anchor[:, None, :]
+    return same_cand & (loc_gen[:, None] == loc_anchor[None, :])[None]
+
+
 def gather_candidates(z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """z (P, K, L, D), index (P, n) -> (P, n * L, D): the chosen candidates' vectors pooled."""
     p, _, l, d = z.shape
@@ -57,6 +68,9 @@ class DrPO(Method):
         feature_keys: list[str] | None = None  # subset of the encoder's keys; None = all
         key_reduction: Literal["sum", "mean"] = "sum"  # SD-Turbo code sums over keys, SDXL means
         mask_reference_pairs: bool = False  # published code: False (see field.drift_loss)
+        # a positive (negative) candidate's own copy among the anchors pins it in place at small
+        # radii; masking it lets the anchors themselves drift too (published code: False)
+        mask_anchor_self: bool = False
 
         @model_validator(mode="after")
         def _radii_positive(self) -> DrPO.Config:
@@ -120,9 +134,13 @@ class DrPO(Method):
                 z_pos = gather_candidates(z.detach(), pos_idx)  # (P, n+ * L, D)
                 z_neg = gather_candidates(z.detach(), neg_idx)  # (P, n- * L, D)
                 z_ref = ref_feats[key].reshape(p, k * l, d)
+                anchor_mask = None
+                if cfg.mask_anchor_self:
+                    anchor_mask = torch.cat([own_copy_mask(neg_idx, k, l), own_copy_mask(pos_idx, k, l)], dim=-1)
                 pref = drift_loss(
                     z_gen, z_pos, z_neg,
                     positive_weight=cfg.anchor_weight, negative_weight=cfg.anchor_weight, radii=cfg.radii,
+                    anchor_mask=anchor_mask,
                 )
                 ref = drift_loss(
                     z_gen, z_ref, z_gen.detach(),
