@@ -126,12 +126,18 @@ def test_latent_features_shapes() -> None:
 
 
 def test_train_encoder_script_runs_and_loss_falls(tmp_path) -> None:
+    from safetensors import safe_open
+
     from drpo_bench.shapes.encoder_model import load_encoder
-    from drpo_bench.shapes.train_encoder import train
+    from drpo_bench.shapes.train_encoder import main
 
     out = tmp_path / "enc.safetensors"
-    result = train(out, seed=0, steps=40, batch=16, lr=3e-3, log_every=1000)
-    assert result["final_loss"] < result["first_loss"]
+    main(["--out", str(out), "--seed", "0", "--steps", "40", "--batch", "16", "--threads", "1"])
+    with safe_open(str(out), "pt") as f:
+        metadata = f.metadata()
+    assert float(metadata["final_loss"]) < float(metadata["first_loss"])
+    # the file says how to rebuild it
+    assert metadata["command"] == f"python -m drpo_bench.shapes.train_encoder --out {out} --seed 0 --steps 40 --batch 16 --threads 1"
     load_encoder(out)
     entry = FEATURES.get("shapes-multiscale")
     feats = entry.cls(entry.parse_config({"weights": str(out)})).features(torch.rand(2, 3, 32, 32))

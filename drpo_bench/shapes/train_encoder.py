@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return ((recon - target).pow(2) * weight).mean()
 
 
-def train(out: Path, seed: int, steps: int, batch: int, lr: float, log_every: int = 50) -> dict[str, float]:
+def train(out: Path, seed: int, steps: int, batch: int, lr: float, log_every: int = 50, command: str = "") -> dict[str, float]:
     torch.manual_seed(seed)
     rng, np_rng = random.Random(seed), np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -77,11 +78,12 @@ def train(out: Path, seed: int, steps: int, batch: int, lr: float, log_every: in
     seconds = time.perf_counter() - start
     window = max(1, min(20, len(history) // 4))  # first and last quarter (at most 20 steps each)
     first, final = float(np.mean(history[:window])), float(np.mean(history[-window:]))
-    save(encoder, out, seed=seed, steps=steps, batch=batch, lr=lr, first_loss=first, final_loss=final, seconds=seconds)
+    facts = {"command": command} if command else {}
+    save(encoder, out, seed=seed, steps=steps, batch=batch, lr=lr, first_loss=first, final_loss=final, seconds=seconds, **facts)
     return {"first_loss": first, "final_loss": final, "seconds": seconds}
 
 
-def save(encoder: ShapesEncoderNet, out: Path, **facts: float | int) -> None:
+def save(encoder: ShapesEncoderNet, out: Path, **facts: float | int | str) -> None:
     from drpo_bench.store import save_safetensors
 
     metadata = {
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = train(args.out, args.seed, args.steps, args.batch, args.lr)
+    command = " ".join([SCRIPT, *(argv if argv is not None else sys.argv[1:])])
+    result = train(args.out, args.seed, args.steps, args.batch, args.lr, command=command)
     print(json.dumps({"out": str(args.out), **result}))
 
 
