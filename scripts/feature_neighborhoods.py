@@ -73,11 +73,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=200, help="train prompts, K=16 candidates each")
     parser.add_argument("--encoder-weights", default="", help="shapes-multiscale weights to test ('' = shipped)")
+    parser.add_argument("--generator-weights", default="", help="shapes generator weights to sample from ('' = shipped)")
     parser.add_argument("--clip-tower", action="store_true", help="also test the shapes-clip large image tower (scripts/explore)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
 
-    gen = _build(GENERATORS, "shapes", {})
+    gen = _build(GENERATORS, "shapes", {"weights": args.generator_weights})
     rewards = {"checker": _build(REWARDS, "shapes-checker", {}), "clip (small)": _build(REWARDS, "shapes-clip", {"size": "small"})}
     encoder = _build(FEATURES, "shapes-multiscale", {"weights": args.encoder_weights})
     train = [p.text for p in _build(PROMPTS, "shapes", {}).split("train")]
