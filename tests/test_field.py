@@ -146,3 +146,44 @@ def test_own_copy_mask_marks_each_candidate_location_once():
     assert mask.sum() == 4  # one (generated, anchor) pair per location per prompt
     assert mask[0, 4, 0] and mask[0, 5, 1] and not mask[0, 4, 1]
     assert mask[1, 0, 0] and mask[1, 1, 1]
+
+
+def _spec_drift_loss(gen, pos, neg, w_pos, w_neg, radii, mask_negative_self=False, mask_positive_pairs=False):
+    """shared/specs/drpo.md's batch computation, written out step by step (slow, for reference)."""
+    b, n, d = gen.shape
+    targets = torch.cat([gen, neg, pos], dim=1)
+    w = torch.cat([torch.ones(n), torch.full((neg.shape[1],), w_neg), torch.full((pos.shape[1],), w_pos)])
+    dist = torch.cdist(gen, targets)
+    s = ((dist * w).mean() / w.mean()).clamp_min(1e-3)
+    unit = s / d**0.5
+    x, t = gen / unit, targets / unit
+    penalty = torch.zeros(n, targets.shape[1])
+    penalty[:, :n] += torch.eye(n)
+    if mask_negative_self:
+        penalty[:, n : 2 * n] += torch.eye(n)
+    if mask_positive_pairs:
+        penalty[:, n + neg.shape[1] :] += torch.eye(n)
+    force = torch.zeros_like(x)
+    for tau in radii:
+        logits = -(dist / s) / tau - 100.0 / tau * penalty
+        a = (logits.softmax(-1) * logits.softmax(-2)).clamp_min(1e-6).sqrt() * w
+        a_neg, a_pos = a[..., : n + neg.shape[1]], a[..., n + neg.shape[1] :]
+        c = torch.cat([-a_neg * a_pos.sum(-1, keepdim=True), a_pos * a_neg.sum(-1, keepdim=True)], dim=-1)
+        f = c @ t - c.sum(-1, keepdim=True) * x
+        force = force + f / f.pow(2).mean().sqrt()
+    goal = x + force
+    return ((x - goal) ** 2).mean(dim=(-1, -2)), goal
+
+
+@pytest.mark.parametrize("masks", [(False, False), (True, False), (True, True)])
+def test_batched_field_equals_the_spec_written_out(masks):
+    gen, g = _sets(seed=4, b=3, n=20, d=6)
+    pos = torch.randn(3, 20, 6, generator=g) + 0.5
+    neg = gen.clone() if masks[0] else torch.randn(3, 7, 6, generator=g) - 0.5
+    if masks[1]:
+        pos = gen + 0.3 * torch.randn(3, 20, 6, generator=g)
+    loss, goal = _spec_drift_loss(gen, pos, neg, 3000.0, 200.0, (0.02, 0.05, 0.2), *masks)
+    result = drift_loss(gen, pos, neg, positive_weight=3000.0, negative_weight=200.0,
+                        mask_negative_self=masks[0], mask_positive_pairs=masks[1])
+    torch.testing.assert_close(result.goal, goal, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(result.loss, loss, rtol=1e-4, atol=1e-5)

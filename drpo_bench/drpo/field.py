@@ -131,17 +131,18 @@ def drift_loss(
     gen_scaled = gen_detached / per_dim  # (B, N, D)
     targets_scaled = targets / per_dim  # (B, T, D)
     pos_start = n_gen + n_neg
+    masked_dist = dist + _SELF_PENALTY * mask  # (B, N, T): the penalty is folded in once, scaled by 1/tau below
     force = torch.zeros_like(gen_scaled)
     force_rms: dict[float, float] = {}
     for tau in radii:
-        logits = -dist / tau - (_SELF_PENALTY / tau) * mask  # (B, N, T)
-        affinity = (logits.softmax(dim=-1) * logits.softmax(dim=-2)).clamp_min(1e-6).sqrt()
-        affinity = affinity * target_w[:, None, :]
+        logits = masked_dist * (-1.0 / tau)  # (B, N, T)
+        # sqrt(softmax over targets * softmax over generated): fused softmaxes beat log-domain forms on CPU
+        affinity = (logits.softmax(dim=-1) * logits.softmax(dim=-2)).clamp_min_(1e-6).sqrt_() * target_w[:, None, :]
         a_neg, a_pos = affinity[..., :pos_start], affinity[..., pos_start:]  # negatives include generated
-        coeff = torch.cat(
-            [-a_neg * a_pos.sum(-1, keepdim=True), a_pos * a_neg.sum(-1, keepdim=True)], dim=-1
-        )  # (B, N, T)
-        f = torch.einsum("bnt,btd->bnd", coeff, targets_scaled) - coeff.sum(-1, keepdim=True) * gen_scaled
+        neg_mass, pos_mass = a_neg.sum(-1, keepdim=True), a_pos.sum(-1, keepdim=True)  # (B, N, 1)
+        # c+ = A+ * sum A-, c- = -A- * sum A+; sum(c) = pos_mass*neg_mass - neg_mass*pos_mass = 0, so
+        # the spec's "- (sum c) * gen" term vanishes identically and is left out
+        f = torch.bmm(a_pos * neg_mass, targets_scaled[:, pos_start:]) - torch.bmm(a_neg * pos_mass, targets_scaled[:, :pos_start])
         rms = f.pow(2).mean().clamp_min(1e-8).sqrt()
         force_rms[float(tau)] = float(rms)
         force = force + f / rms
