@@ -56,6 +56,9 @@ class TrainConfig(_Strict):
     """The shared training loop's settings: identical for every method unless overridden."""
 
     lr: float = Field(1e-4, gt=0)  # the paper's SD-Turbo LoRA learning rate
+    # "constant": the published code's constant_with_warmup (0 warmup); "cosine": decay to 0 over
+    # budget.steps, so a short run ends on an average of its last updates rather than on the last one
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = Field(1e-2, ge=0)  # AdamW decay of the published code
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW defaults
     grad_clip: float | None = Field(1.0, gt=0)  # published clip norm; null disables

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import random
@@ -234,6 +235,7 @@ class CellRunner:
     @dataclass
     class _Train:
         lr: float
+        lr_schedule: str
         weight_decay: float
         grad_clip: float | None
         betas: tuple[float, float]
@@ -244,6 +246,7 @@ class CellRunner:
         t, o = self.suite.train, cell.method.train
         return CellRunner._Train(
             lr=o.lr if o.lr is not None else t.lr,
+            lr_schedule=t.lr_schedule,
             weight_decay=o.weight_decay if o.weight_decay is not None else t.weight_decay,
             grad_clip=o.grad_clip if o.grad_clip is not None else t.grad_clip,
             betas=t.betas,
@@ -281,6 +284,8 @@ class CellRunner:
         with log_path.open("a") as log:
             for step in range(start, budget.steps):
                 chosen = _update_prompts(train_prompts, budget.prompts_per_update, cell.seed, step)
+                for group in optimizer.param_groups:  # a function of the step alone: resumes exactly
+                    group["lr"] = tcfg.lr * lr_factor(tcfg.lr_schedule, step, budget.steps)
                 ctx.noise_rng.manual_seed(_update_seed(cell.seed, step))
                 ledger.begin_update()
                 losses, logs = [], {}
@@ -408,6 +413,15 @@ def write_text_bytes(path: Path, data: bytes) -> None:
     from drpo_bench.store import _atomic_write_bytes
 
     _atomic_write_bytes(path, data)
+
+
+def lr_factor(schedule: str, step: int, steps: int) -> float:
+    """Learning-rate multiplier of update ``step`` (0-based) of ``steps``."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":  # half a cosine from 1 at the first update to 0 after the last
+        return 0.5 * (1.0 + math.cos(math.pi * step / steps))
+    raise ValueError(f"unknown lr_schedule {schedule!r}")
 
 
 def _update_prompts(prompts: list[str], n: int, seed: int, step: int) -> list[str]:

@@ -141,3 +141,14 @@ def test_sigkill_loses_nothing_and_resumes_from_checkpoint(tmp_path):
     ea = json.loads((victim / "eval.json").read_text())["metrics"]
     eb = json.loads((clean / victim.name / "eval.json").read_text())["metrics"]
     assert ea["redness"]["mean"] == pytest.approx(eb["redness"]["mean"], rel=1e-5)
+
+
+def test_lr_schedules():
+    from drpo_bench.runner import lr_factor
+
+    assert [lr_factor("constant", s, 10) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    cosine = [lr_factor("cosine", s, 10) for s in range(10)]
+    assert cosine[0] == 1.0 and all(a > b for a, b in zip(cosine, cosine[1:]))
+    assert 0 < cosine[-1] < 0.05 and cosine[5] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="unknown lr_schedule"):
+        lr_factor("linear", 0, 10)

@@ -59,7 +59,8 @@ class DrPO(Method):
     class Config(StrictConfig):
         n_pos: int = Field(8, ge=1)  # top candidates per prompt as positives (paper: 8 of 24)
         n_neg: int = Field(8, ge=1)  # bottom candidates as negatives (paper: 8)
-        anchor_weight: float = Field(3000.0, gt=0)  # w+ = w-: the paper's velocity scale eta
+        anchor_weight: float = Field(3000.0, gt=0)  # w+ (and w- unless set): the paper's velocity scale eta
+        negative_weight: float | None = Field(None, gt=0)  # w- if not w+ (public code: separate flags, both 3000)
         reference_weight: float = Field(3000.0, gt=0)  # anchor weight of the reference drift
         lambda_ref: float = Field(0.2, ge=0)  # reference drift strength (paper: 0.2)
         radii: tuple[float, ...] = Field((0.02, 0.05, 0.2), min_length=1)  # kernel radii, summed
@@ -139,7 +140,8 @@ class DrPO(Method):
                     anchor_mask = torch.cat([own_copy_mask(neg_idx, k, l), own_copy_mask(pos_idx, k, l)], dim=-1)
                 pref = drift_loss(
                     z_gen, z_pos, z_neg,
-                    positive_weight=cfg.anchor_weight, negative_weight=cfg.anchor_weight, radii=cfg.radii,
+                    positive_weight=cfg.anchor_weight, radii=cfg.radii,
+                    negative_weight=cfg.anchor_weight if cfg.negative_weight is None else cfg.negative_weight,
                     anchor_mask=anchor_mask,
                 )
                 ref = drift_loss(
