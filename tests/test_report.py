@@ -65,3 +65,35 @@ def test_html_escapes_everything(tmp_path, report):
 def test_report_on_missing_folder_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         build_report(tmp_path / "nope")
+
+
+def _cell(method: str, seed: int, score: float) -> "CellResult":
+    from drpo_bench.report.results import CellResult
+
+    info = {"cell_id": f"g--{method}--r--s{seed}", "generator": {"name": "g"}, "seed": seed,
+            "method": {"id": method, "method": method}, "train_reward": None if method == "base" else {"alias": "r"}}
+    return CellResult(info["cell_id"], info, {"score": {"mean": score, "higher_is_better": True}}, {}, [], Path("."))
+
+
+def test_gain_table_pairs_by_seed_and_bolds_only_a_clear_gain():
+    from drpo_bench.report.build import gain_table
+    from drpo_bench.report.results import group_rows
+
+    base = [0.40, 0.50, 0.60]  # seed-to-seed spread far larger than the gain
+    cells = [_cell("base", s, v) for s, v in enumerate(base)]
+    cells += [_cell("good", s, v + d) for s, (v, d) in enumerate(zip(base, [0.020, 0.021, 0.019]))]
+    cells += [_cell("noisy", s, v + d) for s, (v, d) in enumerate(zip(base, [0.05, -0.04, 0.01]))]
+    table = gain_table(group_rows(cells), multi=False)
+    by_method = {row[0]: (row, marks) for row, marks in zip(table.rows, table.bold)}
+    assert set(by_method) == {"good", "noisy"}, "the base row is the reference, not a row"
+    good, good_bold = by_method["good"]
+    assert good[2] == "3" and good[3].startswith("+0.020 ± ")
+    assert good_bold[3], "a consistent per-seed gain clears its paired interval"
+    noisy, noisy_bold = by_method["noisy"]
+    assert not noisy_bold[3], "a gain whose sign flips between seeds does not"
+
+
+def test_report_has_the_paired_gain_table(report):
+    _, written = report
+    md = written["md"].read_text()
+    assert "Gain over base, paired by seed" in md and "| draft |" in md.split("Gain over base")[1]

@@ -100,6 +100,49 @@ def per_task_tables(rows: dict[tuple[str, str, str], list[CellResult]], multi: b
     return tables
 
 
+def _is_base(cells: list[CellResult]) -> bool:
+    return (cells[0].info.get("method") or {}).get("method") == "base"
+
+
+def gain_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: bool) -> Table | None:
+    """Each trained row minus its generator's base row, paired by seed, mean ± 95% CI.
+
+    Base and method at seed s are evaluated on the same held-out prompts with the same noise
+    (eval seed = eval.seed + s), so the per-seed difference cancels the eval draw that both
+    share; its t-interval is the honest test of "better than base". Bold: the interval
+    excludes zero on the metric's good side.
+    """
+    bases = {k[0]: cells for k, cells in rows.items() if _is_base(cells)}
+    others = {k: cells for k, cells in rows.items() if not _is_base(cells) and k[0] in bases}
+    if not others:
+        return None
+    metrics = _metric_names([c for cells in rows.values() for c in cells])
+    headers = (["generator"] if multi else []) + ["method", "train reward", "paired seeds"]
+    headers += [f"Δ {m}" for m in metrics]
+    body, bold = [], []
+    for key, cells in others.items():
+        base_by_seed = {c.info["seed"]: c for c in bases[key[0]]}
+        pairs = [(c, base_by_seed[c.info["seed"]]) for c in cells if c.info["seed"] in base_by_seed]
+        row, marks = [], []
+        for m in metrics:
+            diffs = [c.metrics[m]["mean"] - b.metrics[m]["mean"] for c, b in pairs if m in c.metrics and m in b.metrics]
+            if not diffs:
+                row.append("n/a")
+                marks.append(False)
+                continue
+            est = Estimate.of(diffs)
+            higher = next(c.metrics[m]["higher_is_better"] for c, _ in pairs if m in c.metrics)
+            row.append(("+" if est.mean >= 0 else "") + _fmt(est))
+            clear = est.half_width is not None and (est.mean - est.half_width > 0 if higher else est.mean + est.half_width < 0)
+            marks.append(clear)
+        label = _row_label(key, multi) + [str(len(pairs))]
+        body.append(label + row)
+        bold.append([False] * len(label) + marks)
+    return Table("Gain over base, paired by seed (mean ± 95% CI of the per-seed difference)", headers, body, bold,
+                 "Δ = method − base at the same seed; both are evaluated on the same held-out prompts and noise. "
+                 "Bold: the 95% Student-t interval excludes zero on the better side.")
+
+
 def compute_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: bool) -> Table | None:
     trained = {k: v for k, v in rows.items() if v[0].info.get("trains") and v[0].ledger.get("updates")}
     if not trained:
@@ -223,7 +266,11 @@ def build_report(folder: str | Path, formats: tuple[str, ...] = ("md", "tex", "h
     results = load_results(folder)
     rows = group_rows(results, load_suite_snapshot(folder))
     multi = len({k[0] for k in rows}) > 1
-    tables = [alignment_table(rows, multi), *per_task_tables(rows, multi)]
+    tables = [alignment_table(rows, multi)]
+    gains = gain_table(rows, multi)
+    if gains is not None:
+        tables.append(gains)
+    tables += per_task_tables(rows, multi)
     compute = compute_table(rows, multi)
     if compute is not None:
         tables.append(compute)
