@@ -18,7 +18,7 @@ from a teacher sampler rather than fitted to data:
   the prompt leaves uncolored.
 
 Every teacher image is ground truth: it satisfies its prompt exactly as a rendered image does
-(the checker scores it 1.0, ``tests/test_shapes_world.py``). What the distilled generator gets
+(the checker scores it 1.0, ``tests/test_shapes_teacher.py``). What the distilled generator gets
 wrong is therefore what a small network gets wrong when it approximates this function: which of
 two near-equal peaks is higher (a count or binding error), where exactly a peak is, colors of
 two objects that it cannot tell apart. Those are the generator's headroom.
