@@ -157,6 +157,7 @@ def test_pretrain_generator_script_runs_and_losses_fall(tmp_path) -> None:
     assert facts["final_distill"] < facts["first_distill"]  # regression onto the noise-driven teacher
     g = build_generator(device="cpu", weights=str(out))
     assert g.metadata["steps"] == "0" and g.metadata["distill_steps"] == "30"
+    assert float(g.metadata["final_loss"]) == pytest.approx(facts["final_distill"], rel=1e-6)
     _, latents = sample(g)
     assert g.decode(latents).shape == (4, 3, 32, 32)
 

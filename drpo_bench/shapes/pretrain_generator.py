@@ -402,7 +402,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             eval_every=args.eval_every, local=args.local, radii=tuple(args.radii),
         )
     )
-    facts["final_loss"] = facts.get("final_gap", float("nan"))
+    # the last phase that ran: the drift gap, or (shipped recipe, 0 drift steps) the distillation loss
+    facts["final_loss"] = facts["final_gap"] if args.steps > 0 else facts.get("final_distill", float("nan"))
     if args.eval:
         facts["eval"] = evaluate(net)
     save(net, args.out, facts)
