@@ -335,6 +335,7 @@ class UNetTeacherFeatures(FeatureEncoder):
 
     input_space: ClassVar[Literal["latents", "images"]] = "latents"
     uses_conditioning: ClassVar[bool] = True
+    autocast_features: ClassVar[bool] = True  # a UNet forward: the public code autocasts it
 
     class Config(StrictConfig):
         layers: tuple[str, ...] = ("down_blocks.2", "mid_block", "up_blocks.0")  # public SDXL-Turbo teacher layers
