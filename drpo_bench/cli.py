@@ -89,7 +89,7 @@ def _parse_shard(text: str | None) -> tuple[int, int]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from drpo_bench.config import load_suite
-    from drpo_bench.runner import plan_cells
+    from drpo_bench.planning import plan_cells
 
     console = _console()
     for path in args.suites:

@@ -69,11 +69,25 @@ class TrainConfig(_Strict):
 
 
 class TrainOverrides(_Strict):
-    """Per-method overrides of TrainConfig (e.g. a baseline's own learning rate)."""
+    """Per-method overrides of TrainConfig, where a method's public runs differ (e.g. its own
+    learning rate or precision). Unset fields take the suite's ``train:`` value."""
 
     lr: float | None = Field(None, gt=0)
+    lr_schedule: Literal["constant", "cosine"] | None = None
     weight_decay: float | None = Field(None, ge=0)
+    betas: tuple[float, float] | None = None
     grad_clip: float | None = Field(None, gt=0)
+    precision: Literal["fp32", "fp16", "bf16"] | None = None
+
+
+class BudgetOverrides(_Strict):
+    """Per-method overrides of the budget. Any of steps, K or prompts per update breaks the matched
+    budget: the cell records it and the report flags the row "budget not matched"."""
+
+    steps: int | None = Field(None, gt=0)
+    candidates_per_prompt: int | None = Field(None, ge=2)
+    prompts_per_update: int | None = Field(None, ge=1)
+    micro_batch_prompts: int | None = Field(None, ge=1)  # memory only: does not change the budget
 
 
 class BudgetConfig(_Strict):
@@ -126,6 +140,7 @@ class MethodSpec(_Strict):
     args: dict[str, Any] = Field(default_factory=dict)
     reward: str | None = None  # train on this reward alias instead of every train_rewards entry
     train: TrainOverrides = Field(default_factory=TrainOverrides)
+    budget: BudgetOverrides = Field(default_factory=BudgetOverrides)
 
 
 class Suite(_Strict):
@@ -160,6 +175,33 @@ class Suite(_Strict):
     @property
     def output_dir(self) -> Path:
         return Path(self.output or f"runs/{self.name}")
+
+    def budget_for(self, method: MethodSpec) -> BudgetConfig:
+        """The suite's budget with the method's overrides applied (validated as a whole)."""
+        changes = method.budget.model_dump(exclude_none=True)
+        if "prompts_per_update" in changes and "micro_batch_prompts" not in changes:
+            changes["micro_batch_prompts"] = self.budget.micro_batch_prompts  # re-checked against the new count
+        merged = {**self.budget.model_dump(), **changes}
+        if changes:
+            merged["effective_batch"] = None  # the suite's check is about its own K x prompts
+        return BudgetConfig.model_validate(merged)
+
+    def train_for(self, method: MethodSpec) -> TrainConfig:
+        """The suite's training settings with the method's overrides applied."""
+        return TrainConfig.model_validate({**self.train.model_dump(), **method.train.model_dump(exclude_none=True)})
+
+    def method_overrides(self, method: MethodSpec) -> dict[str, dict[str, Any]]:
+        """What a method changes from the suite's settings: {"train": {...}, "budget": {...}}."""
+        return {what: changes for what, changes in (
+            ("train", method.train.model_dump(exclude_none=True)),
+            ("budget", method.budget.model_dump(exclude_none=True)),
+        ) if changes}
+
+    def budget_matched(self, method: MethodSpec) -> bool:
+        """False when the method sees another number of updates, candidates or prompts per update."""
+        mine, suite = self.budget_for(method), self.budget
+        return (mine.steps, mine.candidates_per_prompt, mine.prompts_per_update) == (
+            suite.steps, suite.candidates_per_prompt, suite.prompts_per_update)
 
 
 # ---- loading -------------------------------------------------------------------------------
@@ -360,7 +402,15 @@ def check_references(suite: Suite, loader: SuiteLoader) -> None:
         except ValidationError as exc:
             raise loader._from_validation(exc, ("methods", i, "args"), entry.config_model) from None
         cls = entry.cls
+        try:
+            suite.budget_for(spec)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise loader.error(("methods", i, "budget"), f"with this method's overrides the budget is invalid: "
+                               f"{first['msg'].removeprefix('Value error, ')}") from None
         if not getattr(cls, "trains", True):
+            if spec.train.model_dump(exclude_none=True) or spec.budget.model_dump(exclude_none=True):
+                raise loader.error(("methods", i), f"method `{spec.method}` does not train; remove its `train:`/`budget:` overrides")
             if spec.reward:
                 raise loader.error(("methods", i, "reward"), f"method `{spec.method}` does not train, so it takes no training reward; remove `reward:`")
             continue

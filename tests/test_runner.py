@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from drpo_bench.config import load_suite
-from drpo_bench.runner import check_output_dir, plan_cells, run_suite
+from drpo_bench.planning import plan_cells
+from drpo_bench.runner import check_output_dir, run_suite
 from drpo_bench.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +145,7 @@ def test_sigkill_loses_nothing_and_resumes_from_checkpoint(tmp_path):
 
 
 def test_lr_schedules():
-    from drpo_bench.runner import lr_factor
+    from drpo_bench.training import lr_factor
 
     assert [lr_factor("constant", s, 10) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
     cosine = [lr_factor("cosine", s, 10) for s in range(10)]

@@ -6,7 +6,7 @@ import pytest
 
 from drpo_bench.cli import main
 from drpo_bench.config import load_suite
-from drpo_bench.runner import plan_cells
+from drpo_bench.planning import plan_cells
 
 SUITES = sorted((Path(__file__).resolve().parents[1] / "suites").rglob("*.yaml"))
 
