@@ -9,8 +9,9 @@ A suite file (YAML) says what to compare::
     train_rewards: [clip]
     methods:
       - {id: base, method: base}
-      - {id: drpo, method: drpo, args: {K_top: 4}}
-      - {id: drpo-checker, method: drpo, reward: checker}
+      - {id: drpo, method: drpo, args: {n_pos: 4, n_neg: 4}}
+      - {id: drpo-checker, method: drpo, reward: checker, args: {n_pos: 4, n_neg: 4}}
+      - {id: draft, method: draft, train: {lr: 1.0e-3}}   # a method's own settings
     seeds: [0, 1, 2]
     budget: {steps: 40, candidates_per_prompt: 16, prompts_per_update: 8}
     eval: {images_per_prompt: 4, metrics: [checker, clip, diversity]}
@@ -64,7 +65,6 @@ class TrainConfig(_Strict):
     grad_clip: float | None = Field(1.0, gt=0)  # published clip norm; null disables
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # CPU-safe default; paper: fp16 (SD-Turbo), bf16 (SDXL)
     checkpoint_every: int = Field(10, ge=1)  # optimizer updates between resumable checkpoints
-    device: str = "auto"  # "auto" = cuda if available, else cpu
     count_flops: bool = True  # count FLOPs per phase during the first update (left out of timing means)
 
 

@@ -14,7 +14,7 @@ FLOPs are counted (torch.utils.flop_counter on the real kernels), then ``--updat
 Output: seconds per update, phase breakdown, peak memory, counted FLOPs, achieved TFLOP/s and
 its fraction of the device's dense bf16/fp16 peak, and the FLOPs drpo_bench/phase_models.py
 predicts for the same setting. The drift loss is a compact stand-in of the spec's field
-(shared/specs/drpo.md) so this script does not depend on the trainer's internals.
+(docs/drpo.md) so this script does not depend on the trainer's internals.
 """
 
 from __future__ import annotations

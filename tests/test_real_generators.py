@@ -222,7 +222,7 @@ def test_missing_weights_are_one_clear_error(tmp_path, monkeypatch):
 
 def test_tiny_twins_keep_the_real_structure():
     """The tiny UNets differ from the full-size configs (drpo_bench.architectures) only in sizes."""
-    architectures = pytest.importorskip("drpo_bench.architectures")
+    from drpo_bench import architectures
     from drpo_bench.testing import TINY_SD_UNET, TINY_SDXL_UNET
 
     def norm(value):

@@ -68,11 +68,9 @@ def test_training_moves_the_adapter(toy_run):
 def test_rerun_skips_every_complete_cell(toy_run):
     suite, out, _ = toy_run
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/cell.json")}
-    start = time.perf_counter()
     summary = run_suite(suite, out, quiet=True)
     assert set(summary.statuses.values()) == {"skipped"}
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/cell.json")} == before
-    assert time.perf_counter() - start < 30
 
 
 def test_rerun_with_other_settings_is_refused(toy_run):
