@@ -185,8 +185,8 @@ class _Checker:
             if key_node.tag == MERGE_TAG:
                 ident: Any = (MERGE_TAG,)  # two `<<:` in one mapping: write `<<: [*a, *b]` instead
             else:
-                # the constructed value, so `1` and `0x1` (or `true` and `yes`) count as the same key
-                ident = (key_node.tag, self.loader.construct_object(key_node))
+                # the constructed value, as the dict sees it: `1`, `0x1` and `true` are one key, "1" another
+                ident = self.loader.construct_object(key_node)
             if ident in seen:
                 raise self.error(
                     _line(key_node),

@@ -72,6 +72,8 @@ def test_duplicate_key_in_one_flow_mapping_and_equal_spellings():
     assert "line 2: duplicate key `method` (first at line 2)" in refused("methods:\n  - {id: a, method: base, method: raft}\n")
     # the same key spelled two ways is still the same key
     assert "duplicate key `0x1` (first at line 1)" in refused("1: a\n0x1: b\n")
+    assert "duplicate key `1` (first at line 1)" in refused("true: a\n1: b\n")  # True == 1 as a dict key
+    assert load_yaml("1: a\n'1': b\n", "s")[0] == {1: "a", "1": "b"}
 
 
 def test_distinct_mappings_may_reuse_keys():
