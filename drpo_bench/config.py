@@ -23,6 +23,7 @@ anything (no weights are loaded).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drpo_bench.errors import ConfigError, UserError, nearest
+from drpo_bench.yaml_strict import load_yaml, safe_name
 
 
 class _Strict(BaseModel):
@@ -284,8 +286,8 @@ class SuiteLoader:
             raise ConfigError(f"suite file {self.path} does not exist.{hint} List suites with `drpo-bench ls suites`.")
         text = self.path.read_text()
         try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            raw = yaml.safe_load(text)
+            # strict and bounded: duplicate keys refused, aliases expanded within limits (yaml_strict)
+            raw, node = load_yaml(text, str(self.path))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -300,12 +302,21 @@ class SuiteLoader:
         raw = self.read()
         for item in overrides or []:
             apply_override(raw, item)
+        self._check_finite(raw)
         try:
             suite = Suite.model_validate(raw)
         except ValidationError as exc:
             raise self._from_validation(exc) from None
         check_references(suite, self)
         return suite
+
+    def _check_finite(self, value: Any, loc: tuple[Any, ...] = ()) -> None:
+        """NaN or infinity anywhere (a learning rate, a method argument) would train garbage: refuse it."""
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.error(loc, f"{value} is not a finite number; use a finite value")
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            self._check_finite(item, (*loc, key))
 
     def _from_validation(self, exc: ValidationError, prefix: tuple[Any, ...] = (), model: type[BaseModel] = Suite) -> ConfigError:
         messages = []
@@ -356,7 +367,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         target = nxt
     last = parts[-1]
     try:
-        parsed = yaml.safe_load(value)
+        parsed = load_yaml(value, f"override {item!r}")[0]
     except yaml.YAMLError:
         parsed = value
     if isinstance(target, list):
@@ -383,8 +394,20 @@ def check_references(suite: Suite, loader: SuiteLoader) -> None:
             raise loader._from_validation(exc, (*loc, "args"), entry.config_model) from None
         return entry
 
+    def safe(value: str, what: str, loc: tuple[Any, ...]) -> None:
+        try:
+            safe_name(value, what)
+        except ConfigError as exc:
+            raise loader.error(loc, str(exc)) from None
+
+    safe(suite.name, "suite name", ("name",))
     for i, gen in enumerate(suite.generators):
+        safe(gen.label, "generator id", ("generators", i, "id" if gen.id else "name"))
         parse(GENERATORS, gen, ("generators", i))
+    for alias in suite.rewards:
+        safe(alias, "reward alias", ("rewards", alias))
+    for i, spec in enumerate(suite.methods):
+        safe(spec.id, "method id", ("methods", i, "id"))
     reward_entries = {alias: parse(REWARDS, spec, ("rewards", alias)) for alias, spec in suite.rewards.items()}
     parse(PROMPTS, suite.prompts, ("prompts",))
 

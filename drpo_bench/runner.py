@@ -36,6 +36,7 @@ from drpo_bench.prompts.base import Prompt, PromptSet
 from drpo_bench.registry import GENERATORS, METHODS, METRICS, PROMPTS, REWARDS
 from drpo_bench.store import CellFolder, CellRecord, write_json, write_text
 from drpo_bench.training import drop_checkpoints, train_cell
+from drpo_bench.yaml_strict import ensure_inside
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,7 +128,7 @@ class CellRunner:
     # ---- one cell --------------------------------------------------------------------------
     def run(self, cell: Cell, progress: Progress | None) -> str:
         """Returns "skipped", "done" or "resumed"."""
-        folder = CellFolder(self.output / cell.id)
+        folder = CellFolder(ensure_inside(self.output, self.output / cell.id))  # ids are safe names; belt and braces
         fingerprint = cell.fingerprint
         record = folder.read_cell()
         if record is not None and record.status == "complete":

@@ -25,7 +25,7 @@ from drpo_bench.yaml_strict import (
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = sorted((ROOT / "suites").rglob("*.yaml"))
-FIXTURES = Path(__file__).parent / "yaml_fixtures"
+FIXTURES = Path(__file__).parent / "malformed"
 
 
 def refused(text: str, source: str = "suite.yaml") -> str:
