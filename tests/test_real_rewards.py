@@ -57,10 +57,6 @@ def test_differentiable_reward_backprops_into_lora(cls, rewards, generator):
     images = generator.decode(generator.sample(noise, cond))
     scores = reward(images, PROMPTS)
     assert scores.shape == (2,) and scores.dtype == torch.float32 and torch.isfinite(scores).all()
-    if cls is CLIPScoreTiny:  # 100·max(cos, 0): random weights may give cos < 0, where the clamp stops gradients
-        cos = (reward.clip.image_embeds(images) * reward.clip.text_embeds(PROMPTS)).sum(-1)
-        torch.testing.assert_close(scores, 100 * cos.clamp(min=0))
-        scores = cos
     scores.sum().backward()
     grads = [p.grad for p in generator.trainable_parameters() if p.grad is not None]
     assert grads and sum(float(g.abs().sum()) for g in grads) > 0
@@ -79,8 +75,6 @@ def test_pickscore_equals_clipmodel_logits(rewards):
     with torch.no_grad():
         logits = model(input_ids=text.input_ids, attention_mask=text.attention_mask, pixel_values=pixels).logits_per_image
     torch.testing.assert_close(rewards[PickScoreTiny](images, PROMPTS), logits.diagonal(), rtol=1e-4, atol=1e-4)
-    cos = logits.diagonal() / model.logit_scale.exp()
-    torch.testing.assert_close(rewards[CLIPScoreTiny](images, PROMPTS), 100 * cos.clamp(min=0), rtol=1e-4, atol=1e-4)
 
 
 def test_hpsv2_equals_open_clip_forward(rewards):
@@ -151,10 +145,10 @@ def test_missing_weights_are_one_clear_error(tmp_path, monkeypatch):
         PickScore(PickScore.Config())
     with pytest.raises(MissingWeightsError, match="no folder at"):
         PickScore(PickScore.Config(pretrained=str(tmp_path / "none")))
-    with pytest.raises(MissingWeightsError, match="HPS_v2.1_compressed.pt"):
+    with pytest.raises(MissingWeightsError, match=r"HPS_v2_compressed\.pt"):  # the default: v2.0
         HPSv2(HPSv2.Config())
-    with pytest.raises(MissingWeightsError, match="HPS_v2_compressed.pt"):
-        HPSv2(HPSv2.Config(version="v2.0"))
+    with pytest.raises(MissingWeightsError, match=r"HPS_v2\.1_compressed\.pt"):
+        HPSv2(HPSv2.Config(version="v2.1"))
     with pytest.raises(MissingWeightsError, match="improved-aesthetic-predictor"):
         Aesthetic(Aesthetic.Config(clip=str(make_tiny_clip()), head=str(tmp_path / "head.pth")))
     with pytest.raises(MissingWeightsError, match="owlv2"):
@@ -171,3 +165,111 @@ def test_hpsv3_here_says_how_to_serve_it():
 def test_imagereward_here_says_how_to_serve_it():
     with pytest.raises(UserError, match="serve-reward imagereward"):
         ImageReward(ImageReward.Config())
+
+
+# ---- definitions and reporting scales (the paper's tables) ---------------------------------------
+def _samples(images: torch.Tensor, prompts: list[str], tasks: list[str | None] | None = None):
+    from drpo_bench.metrics.base import EvalSamples
+
+    n = len(prompts)
+    return EvalSamples(images=images, latents=torch.zeros(n, 1), prompts=prompts, groups=torch.arange(n),
+                       tasks=tasks or [None] * n)
+
+
+def _tiny_clip_cosine(images: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """cos(image, text) written out with transformers' own CLIPModel and processors; and exp(logit_scale)."""
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    folder = make_tiny_clip()
+    model, tok = CLIPModel.from_pretrained(folder), CLIPTokenizer.from_pretrained(folder)
+    proc = CLIPImageProcessor.from_pretrained(folder)
+    pixels = proc(images=list((images * 255).round().to(torch.uint8)), return_tensors="pt", do_rescale=True).pixel_values
+    text = tok(PROMPTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        image_f = model.get_image_features(pixel_values=pixels)
+        text_f = model.get_text_features(input_ids=text.input_ids, attention_mask=text.attention_mask)
+    image_f = getattr(image_f, "pooler_output", image_f)  # transformers 5 returns an output object
+    text_f = getattr(text_f, "pooler_output", text_f)
+    cos = (image_f / image_f.norm(dim=-1, keepdim=True) * (text_f / text_f.norm(dim=-1, keepdim=True))).sum(-1)
+    return cos, float(model.logit_scale.detach().exp())
+
+
+def test_clip_score_default_is_the_raw_cosine_and_clipscore_is_selectable(rewards):
+    from drpo_bench.metrics.reward_metric import RewardMetric
+
+    images = (torch.rand(2, 3, 32, 32) * 255).round() / 255  # 8-bit exact: our preprocessing is the processor's
+    cos, _ = _tiny_clip_cosine(images)
+    reward = rewards[CLIPScoreTiny]
+    assert CLIPScore.Config().formula == "cosine" and CLIPScoreTiny.Config().formula == "cosine"
+    torch.testing.assert_close(reward(images, PROMPTS), cos, rtol=1e-4, atol=1e-5)  # training sees the cosine
+    clipscore = CLIPScoreTiny(CLIPScoreTiny.Config(formula="clipscore"))
+    torch.testing.assert_close(clipscore(images, PROMPTS), 100 * cos.clamp(min=0), rtol=1e-4, atol=1e-4)
+    # reported: the cosine x100 (the paper's CLIP column); CLIPScore already is x100
+    value = RewardMetric(reward, "clip").compute(_samples(images, PROMPTS))["clip"]
+    assert value.mean == pytest.approx(float(100 * cos.mean()), rel=1e-4, abs=1e-4)
+    other = RewardMetric(clipscore, "clip").compute(_samples(images, PROMPTS))["clip"]
+    assert other.mean == pytest.approx(float(100 * cos.clamp(min=0).mean()), rel=1e-4, abs=1e-4)
+    assert value.definition["scale"] == 100 and other.definition["scale"] == 1
+    assert "max" in other.definition["formula"] and "max" not in value.definition["formula"]
+
+
+def test_pickscore_reports_100_cosine_while_training_sees_logit_scale_cosine(rewards):
+    from drpo_bench.metrics.reward_metric import RewardMetric
+
+    images = (torch.rand(2, 3, 32, 32) * 255).round() / 255
+    cos, logit_scale = _tiny_clip_cosine(images)
+    assert abs(logit_scale - 100) > 1  # the tiny twin's logit_scale is not 100: the test tells the two apart
+    reward = rewards[PickScoreTiny]
+    torch.testing.assert_close(reward(images, PROMPTS), logit_scale * cos, rtol=1e-4, atol=1e-4)
+    value = RewardMetric(reward, "pickscore").compute(_samples(images, PROMPTS))["pickscore"]
+    assert value.mean == pytest.approx(float(100 * cos.mean()), rel=1e-4, abs=1e-4)
+    assert value.definition["logit_scale"] == pytest.approx(logit_scale)
+    assert value.definition["reward"] == "pickscore-tiny" and "100 * cos" in value.definition["formula"]
+    assert PickScore.class_definition()["model"].startswith("yuvalkirstain/PickScore_v1")
+
+
+def test_hpsv2_defaults_to_the_public_eval_version_reported_x100(rewards):
+    from drpo_bench.metrics.reward_metric import RewardMetric
+
+    assert HPSv2.Config().version == "v2.0"  # UGVly/DrPO loads HPS_v2_compressed.pt
+    assert HPSv2.class_definition()["version"] == "v2.0" and HPSv2.report_scale == 100
+    reward = rewards[HPSv2Tiny]
+    images = torch.rand(2, 3, 32, 32)
+    value = RewardMetric(reward, "hpsv2").compute(_samples(images, PROMPTS))["hpsv2"]
+    assert value.mean == pytest.approx(float(100 * reward(images, PROMPTS).mean()), rel=1e-5)
+
+
+class _FixedAdapter:
+    """Stands in for the image-reward package: fixed standardized scores."""
+
+    def score(self, images, prompts):
+        return torch.tensor([0.5, -0.2, 1.1])[: len(prompts)]
+
+
+def test_imagereward_is_reported_x10_and_aesthetics_as_is(rewards):
+    from drpo_bench.metrics.reward_metric import RewardMetric
+
+    reward = ImageReward.__new__(ImageReward)  # the package is not installed here: only the adapter is replaced
+    reward.config, reward.adapter = ImageReward.Config(), _FixedAdapter()
+    images = torch.rand(3, 3, 8, 8)
+    prompts = ["a", "b", "c"]
+    value = RewardMetric(reward, "imagereward").compute(_samples(images, prompts, ["x", "x", "y"]))["imagereward"]
+    assert value.mean == pytest.approx(10 * (0.5 - 0.2 + 1.1) / 3)
+    assert value.per_task == pytest.approx({"x": 10 * 0.15, "y": 11.0})
+    assert value.definition["scale"] == 10 and "ImageReward-v1.0" in value.definition["model"]
+    aes = rewards[AestheticTiny]
+    assert Aesthetic.report_scale == 1
+    got = RewardMetric(aes, "aesthetic").compute(_samples(images[:2], PROMPTS))["aesthetic"].mean
+    assert got == pytest.approx(float(aes(images[:2], PROMPTS).mean()), rel=1e-5)
+
+
+def test_remote_takes_the_served_rewards_definition_and_scale():
+    from drpo_bench.rewards.remote import served_definition
+
+    definition, scale = served_definition({"name": "imagereward"}, "http://127.0.0.1:1")
+    assert scale == 10 and definition["model"] == ImageReward.definition["model"] and "127.0.0.1:1" in definition["served"]
+    sent = {**CLIPScore.clipscore_definition, "scale": 1.0, "range": "x"}
+    definition, scale = served_definition({"name": "clip-score", "definition": sent}, "u")
+    assert scale == 1 and definition["formula"] == CLIPScore.clipscore_definition["formula"]
+    definition, scale = served_definition({"name": "someone-elses"}, "u")
+    assert scale == 1 and definition["model"]

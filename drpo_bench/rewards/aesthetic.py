@@ -62,6 +62,12 @@ class Aesthetic(Reward):
     differentiable: ClassVar[bool] = True
     higher_is_better: ClassVar[bool] = True
     scale: ClassVar[str] = "predicted 1-10 rating; SD-Turbo images ~6"
+    report_scale: ClassVar[float] = 1.0  # the public DrPO eval and the paper's AES column print the head's output as is
+    definition: ClassVar[dict[str, str]] = {
+        "model": "improved-aesthetic-predictor sac+logos+ava1-l14-linearMSE.pth on openai/clip-vit-large-patch14",
+        "version": "v2 (linear MSE head)",
+        "formula": "mlp(normalize(clip_image_embeds)) (public DrPO eval: raw head output; paper tables: x1)",
+    }
 
     def __init__(self, config: AestheticConfig) -> None:
         self.config = config
@@ -105,6 +111,9 @@ class AestheticTiny(Aesthetic):
     """The aesthetic predictor's classes with tiny random weights (built offline, cached): for tests."""
 
     Config: ClassVar[type[StrictConfig]] = TinyConfig
+    definition: ClassVar[dict[str, str]] = {
+        **Aesthetic.definition, "model": "tiny random CLIP + head (drpo_bench.testing.make_tiny_aesthetic)", "version": "test",
+    }
 
     def locations(self) -> tuple[Path, Path]:
         from drpo_bench.testing import make_tiny_aesthetic

@@ -46,6 +46,12 @@ class HPSv3(Reward):
     differentiable: ClassVar[bool] = False
     higher_is_better: ClassVar[bool] = True
     scale: ClassVar[str] = "HPSv3 mean score (~5-15 for SD-class images)"
+    report_scale: ClassVar[float] = 1.0  # the paper shows HPSv3 only as training curves, on its own scale
+    definition: ClassVar[dict[str, str]] = {
+        "model": "MizzenAI/HPSv3 (Qwen2-VL-7B + reward head)",
+        "version": "v3",
+        "formula": "mu of HPSv3's (mu, sigma) output for (image, prompt)",
+    }
 
     def __init__(self, config: HPSv3Config) -> None:
         try:
