@@ -16,7 +16,10 @@ from drpo_bench.config import BudgetConfig, ComponentSpec, EvalConfig, MethodSpe
 from drpo_bench.registry import METHODS
 
 #: TrainConfig fields that cannot change a result: left out of the fingerprint
-BOOKKEEPING = {"checkpoint_every", "count_flops", "device"}
+BOOKKEEPING = {"checkpoint_every", "count_flops"}
+#: bump when a metric's reported definition or scale changes in code (e.g. PickScore reported as
+#: 100 x cosine, HPSv2 v2.0 by default): cells from before then are not mixed with newer ones
+METRIC_CONVENTIONS = 2
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class Cell:
             "budget": self.budget.model_dump() if self.trains else None,
             "train": self.train.model_dump(exclude=BOOKKEEPING) if self.trains else None,
             "eval": self.eval.model_dump(),
+            "metric_conventions": METRIC_CONVENTIONS,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
