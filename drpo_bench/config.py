@@ -426,11 +426,19 @@ def check_references(suite: Suite, loader: SuiteLoader) -> None:
             raise loader._from_validation(exc, ("methods", i, "args"), entry.config_model) from None
         cls = entry.cls
         try:
-            suite.budget_for(spec)
+            budget = suite.budget_for(spec)
         except ValidationError as exc:
             first = exc.errors()[0]
             raise loader.error(("methods", i, "budget"), f"with this method's overrides the budget is invalid: "
                                f"{first['msg'].removeprefix('Value error, ')}") from None
+        config = entry.parse_config(spec.args)
+        check_nested(config, ("methods", i, "args"), loader)
+        if getattr(cls, "trains", True):
+            try:
+                cls.check_budget(config, budget.candidates_per_prompt)
+            except ValueError as exc:
+                where = ("methods", i, "budget") if spec.budget.candidates_per_prompt else ("methods", i, "args")
+                raise loader.error(where, f"{exc} (budget.candidates_per_prompt = {budget.candidates_per_prompt})") from None
         if not getattr(cls, "trains", True):
             if spec.train.model_dump(exclude_none=True) or spec.budget.model_dump(exclude_none=True):
                 raise loader.error(("methods", i), f"method `{spec.method}` does not train; remove its `train:`/`budget:` overrides")
@@ -461,10 +469,35 @@ def check_references(suite: Suite, loader: SuiteLoader) -> None:
                 raise loader.error(("eval", "metrics", i, "args"), f"`{metric.name}` is a reward alias; set its args under `rewards:`")
             continue
         if metric.name in METRICS:
-            parse(METRICS, metric, ("eval", "metrics", i))
+            entry = parse(METRICS, metric, ("eval", "metrics", i))
+            check_nested(entry.parse_config(metric.args), ("eval", "metrics", i, "args"), loader)
             continue
         valid = list(suite.rewards) + METRICS.names()
         raise loader.error(("eval", "metrics", i), f"`{metric.name}` is neither a reward alias nor a registered metric; nearest: {', '.join(nearest(metric.name, valid))}")
+
+
+#: nested components a config may name: (name field, its args field, registry)
+NESTED_COMPONENTS = (("features", "feature_args", "FEATURES"),)
+
+
+def check_nested(config: Any, loc: tuple[Any, ...], loader: SuiteLoader) -> None:
+    """A config that names another registered component (DrPO's or the diversity metric's feature
+    encoder) has that name and its args checked too, before anything is built."""
+    import drpo_bench.registry as registry
+
+    for name_field, args_field, registry_name in NESTED_COMPONENTS:
+        name = getattr(config, name_field, None)
+        if not isinstance(name, str):
+            continue
+        reg = getattr(registry, registry_name)
+        try:
+            entry = reg.get(name)
+        except UserError as exc:
+            raise loader.error((*loc, name_field), str(exc)) from None
+        try:
+            entry.parse_config(getattr(config, args_field, None) or {})
+        except ValidationError as exc:
+            raise loader._from_validation(exc, (*loc, args_field), entry.config_model) from None
 
 
 def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:

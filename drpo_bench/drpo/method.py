@@ -96,14 +96,17 @@ class DrPO(Method):
 
     config: Config
 
-    def setup(self, ctx: TrainContext) -> None:
-        k = ctx.candidates_per_prompt
-        if self.config.n_pos + self.config.n_neg > k:
+    @classmethod
+    def check_budget(cls, config: Any, candidates_per_prompt: int) -> None:
+        if config.n_pos + config.n_neg > candidates_per_prompt:
             raise ValueError(
-                f"drpo: n_pos + n_neg = {self.config.n_pos + self.config.n_neg} exceeds the "
-                f"{k} candidates per prompt; positives and negatives must be disjoint. Lower "
+                f"drpo: n_pos + n_neg = {config.n_pos + config.n_neg} exceeds the "
+                f"{candidates_per_prompt} candidates per prompt; positives and negatives must be disjoint. Lower "
                 "n_pos/n_neg or raise budget.candidates_per_prompt."
             )
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.check_budget(self.config, ctx.candidates_per_prompt)
         self.encoder = build_feature_encoder(self.config.features, self.config.feature_args, ctx.generator)
 
     def _feature_precision(self, x: torch.Tensor) -> Any:
