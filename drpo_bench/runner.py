@@ -25,16 +25,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from drpo_bench import __version__
 from drpo_bench.config import ComponentSpec, Suite
-from drpo_bench.errors import UserError
+from drpo_bench.errors import NonFiniteError, UserError
 from drpo_bench.evaluation import evaluate
 from drpo_bench.ledger import Ledger
+from drpo_bench.locks import GATE_NAME, LOCK_NAME, FileLock, LockedError, describe, holder_info, is_free
 from drpo_bench.methods import Method
 from drpo_bench.metrics.base import Metric
 from drpo_bench.metrics.reward_metric import RewardMetric
 from drpo_bench.planning import Cell, plan_cells
 from drpo_bench.prompts.base import Prompt, PromptSet
 from drpo_bench.registry import GENERATORS, METHODS, METRICS, PROMPTS, REWARDS
-from drpo_bench.store import CellFolder, CellRecord, write_json, write_text
+from drpo_bench.store import CellFolder, CellRecord, CorruptCellError, read_json, write_json, write_text
 from drpo_bench.training import drop_checkpoints, train_cell
 from drpo_bench.yaml_strict import ensure_inside
 
@@ -101,6 +102,7 @@ class CellRunner:
         self._rewards: dict[str, Any] = {}
         self._prompt_set: PromptSet | None = None
         self._env = environment_info()
+        self.cell_wait: float | None = 0.0  # a busy cell is deferred (0) or waited for (None)
 
     # ---- shared components -----------------------------------------------------------------
     def reward(self, alias: str, device: torch.device) -> Any:
@@ -129,6 +131,17 @@ class CellRunner:
     def run(self, cell: Cell, progress: Progress | None) -> str:
         """Returns "skipped", "done" or "resumed"."""
         folder = CellFolder(ensure_inside(self.output, self.output / cell.id))  # ids are safe names; belt and braces
+        folder.path.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = FileLock(folder.file(LOCK_NAME), wait=self.cell_wait, what="run training this cell").acquire()
+        except LockedError:
+            return "busy"
+        try:
+            return self._run_locked(cell, folder, progress)
+        finally:
+            lock.release()
+
+    def _run_locked(self, cell: Cell, folder: CellFolder, progress: Progress | None) -> str:
         fingerprint = cell.fingerprint
         record = folder.read_cell()
         if record is not None and record.status == "complete":
@@ -137,8 +150,12 @@ class CellRunner:
                     f"cell {cell.id} in {self.output} was run with other settings (fingerprint "
                     f"{record.fingerprint} != {fingerprint}). Use another --output, or delete that cell folder to rerun it."
                 )
+            folder.verify(record)
+            drop_checkpoints(folder)  # left behind by a kill between cell.json and the clean-up
+            folder.remove_leftovers()
             return "skipped"
-        folder.path.mkdir(parents=True, exist_ok=True)
+        folder.remove_leftovers()
+        folder.file(CellFolder.ERROR).unlink(missing_ok=True)  # a previous failure, being retried
         started = time.time()
         seed_everything(cell.seed)
         generator = build(GENERATORS, cell.generator)
@@ -177,6 +194,7 @@ class CellRunner:
             budget_matched=cell.budget_matched,
             higher_is_better={k: v.higher_is_better for k, v in result.metrics.items()},
             metric_definitions={k: v.definition for k, v in result.metrics.items()},
+            checksums=folder.checksums(),
             resumed_from_step=resumed_from,
             wall_seconds_this_run=time.time() - started,
             **self._env,
@@ -196,29 +214,121 @@ class RunSummary:
 
 
 def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool = False, quiet: bool = False,
-              shard: tuple[int, int] = (0, 1), console: Console | None = None) -> RunSummary:
+              shard: tuple[int, int] = (0, 1), console: Console | None = None, wait: float = 0.0) -> RunSummary:
+    """Run the suite's cells (those of ``shard``) into ``output``.
+
+    Several runs may work in one folder at once (e.g. shards): each cell is trained once, by
+    whichever run gets to it first. A run whose settings differ from a live run's, or from cells
+    already in the folder, is refused before it writes anything (``wait``: seconds to wait for
+    the folder's gate).
+    """
     output = Path(output or suite.output_dir)
     check_output_dir(output, allow_reference)
     console = console or Console(stderr=True)
+    planned = plan_cells(suite)
+    cells = [c for i, c in enumerate(planned) if i % shard[1] == shard[0]]
     output.mkdir(parents=True, exist_ok=True)
-    write_json(output / "suite.json", suite.model_dump(mode="json"))
-    cells = [c for i, c in enumerate(plan_cells(suite)) if i % shard[1] == shard[0]]
+    with FileLock(output / GATE_NAME, wait=wait, what="drpo-bench run", record=False):
+        live = not is_free(output / LOCK_NAME)
+        settings_file = output / SETTINGS_NAME
+        settings = _read_settings(settings_file) if live else {"cells": {}, "holders": []}
+        refuse_other_settings(output, cells, settings if live else None)
+        run_lock = FileLock(output / LOCK_NAME, shared=True).acquire()
+        settings["cells"].update({c.id: c.fingerprint for c in planned})
+        settings["holders"].append(holder_info())
+        write_json(settings_file, settings)
+        write_json(output / "suite.json", suite.model_dump(mode="json"))
+    try:
+        return _run_cells(suite, output, cells, quiet, console)
+    finally:
+        run_lock.release()
+
+
+#: the settings (cell id -> fingerprint) and holders of the runs live in a folder
+SETTINGS_NAME = ".drpo-bench.settings.json"
+
+
+def _read_settings(path: Path) -> dict[str, Any]:
+    try:
+        data = read_json(path)
+        if isinstance(data.get("cells"), dict) and isinstance(data.get("holders"), list):
+            return data
+    except (OSError, ValueError, AttributeError):
+        pass
+    return {"cells": {}, "holders": []}
+
+
+def refuse_other_settings(output: Path, cells: list[Cell], live: dict[str, Any] | None = None) -> None:
+    """Refuse, before anything is written, a run whose cells clash with a live run's settings or
+    with cells (finished or checkpointed) already in the folder."""
+    if live:
+        clashes = [c.id for c in cells if live["cells"].get(c.id, c.fingerprint) != c.fingerprint]
+        if clashes:
+            holders = "; ".join(describe(h) for h in live["holders"][-3:])
+            raise UserError(
+                f"{output} is in use by a run with other settings for {len(clashes)} cell(s) ({', '.join(clashes[:3])}"
+                f"{', ...' if len(clashes) > 3 else ''}): {holders}. Nothing was written. Wait for it, or use another --output."
+            )
+    clashes = []
+    for cell in cells:
+        folder = CellFolder(output / cell.id)
+        if not folder.path.is_dir():
+            continue
+        try:
+            record = folder.read_cell()
+        except CorruptCellError:
+            continue  # reported when the cell runs
+        recorded = record.fingerprint if record is not None else None
+        pointer = folder.file(CellFolder.CHECKPOINT)
+        if recorded is None and pointer.exists():
+            try:
+                recorded = read_json(pointer).get("fingerprint")
+            except (ValueError, OSError, AttributeError):
+                continue
+        if recorded is not None and recorded != cell.fingerprint:
+            clashes.append(cell.id)
+    if clashes:
+        raise UserError(
+            f"{output} holds {len(clashes)} cell(s) run with other settings ({', '.join(clashes[:4])}"
+            f"{', ...' if len(clashes) > 4 else ''}); nothing was written. Use another --output, or delete those "
+            "cell folders to rerun them with these settings."
+        )
+
+
+def _run_cells(suite: Suite, output: Path, cells: list[Cell], quiet: bool, console: Console) -> RunSummary:
     runner = CellRunner(suite, output, console, quiet)
     statuses: dict[str, str] = {}
     failures: dict[str, str] = {}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=quiet, transient=False) as progress:
         overall = progress.add_task(f"[bold]{suite.name}[/]: cells", total=len(cells))
-        for cell in cells:
+        queue, deferred = list(cells), []
+        while queue or deferred:
+            if not queue:  # only cells another run was on are left: now wait for each
+                queue, deferred = deferred, []
+                runner.cell_wait = None
+            cell = queue.pop(0)
+            error_file = output / cell.id / CellFolder.ERROR
             try:
-                statuses[cell.id] = runner.run(cell, progress)
+                status = runner.run(cell, progress)
+                if status == "busy":  # another run is on it: do the others first, then wait for it
+                    deferred.append(cell)
+                    continue
+                statuses[cell.id] = status
+            except CorruptCellError as exc:  # a clear message, no traceback; the other cells go on
+                statuses[cell.id], failures[cell.id] = "failed", str(exc)
+                console.print(f"[red]cell {cell.id}: {exc}[/]")
             except UserError:
                 raise
+            except NonFiniteError as exc:  # a diagnosis, not a traceback: which update, phase, value
+                statuses[cell.id], failures[cell.id] = "failed", str(exc)
+                write_text(error_file, f"{exc}\n\nThe cell stopped; the suite went on. Fix the cause and rerun: "
+                                       "the cell restarts from its last checkpoint.\n")
+                console.print(f"[red]cell {cell.id} failed: {exc} (in {error_file})[/]")
             except Exception as exc:  # noqa: BLE001 - one broken cell must not lose the others
                 statuses[cell.id] = "failed"
                 failures[cell.id] = f"{type(exc).__name__}: {exc}"
-                (output / cell.id).mkdir(parents=True, exist_ok=True)
-                write_text(output / cell.id / "error.txt", traceback.format_exc())
-                console.print(f"[red]cell {cell.id} failed: {failures[cell.id]} (traceback in {output / cell.id / 'error.txt'})[/]")
+                write_text(error_file, traceback.format_exc())
+                console.print(f"[red]cell {cell.id} failed: {failures[cell.id]} (traceback in {error_file})[/]")
             progress.update(overall, advance=1)
     return RunSummary(output, statuses, failures)

@@ -105,6 +105,7 @@ class CellRecord(_Record):
     budget_matched: bool = True
     higher_is_better: dict[str, bool] = Field(default_factory=dict)
     metric_definitions: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    checksums: dict[str, str] = Field(default_factory=dict)  # sha256 of the cell's files, verified on skip
     resumed_from_step: int | None = None
     wall_seconds_this_run: float = 0.0
     versions: dict[str, Any] = Field(default_factory=dict)
@@ -193,6 +194,28 @@ class CellFolder:
                 raise CorruptCellError(path, f"line {number}: {exc}") from None
         return rows
 
+    # -- integrity --
+    #: files whose checksums cell.json records (those that exist when it is written)
+    CHECKED = (EVAL, LEDGER, TRAIN_LOG, ADAPTER, SAMPLES)
+
+    def checksums(self) -> dict[str, str]:
+        return {name: sha256_file(self.file(name)) for name in self.CHECKED if self.file(name).exists()}
+
+    def verify(self, record: CellRecord) -> None:
+        """A finished cell's files are the ones its cell.json recorded (and they parse): else corrupt."""
+        for name, expected in record.checksums.items():
+            path = self.file(name)
+            if not path.exists():
+                raise CorruptCellError(path, "missing, though the finished cell recorded it")
+            if sha256_file(path) != expected:
+                raise CorruptCellError(path, "its checksum differs from the one recorded in cell.json")
+        self.read_eval()
+
+    def remove_leftovers(self) -> None:
+        """Temp files of interrupted atomic writes (``.name.XXXX.tmp``)."""
+        for tmp in self.path.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
     # -- writing (atomic) --
     def write_cell(self, record: CellRecord) -> None:
         write_json(self.file(self.CELL), record.model_dump(mode="json"))
@@ -202,6 +225,16 @@ class CellFolder:
 
     def write_ledger(self, ledger_json: dict[str, Any]) -> None:
         write_json(self.file(self.LEDGER), ledger_json)
+
+
+def sha256_file(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class CorruptCellError(UserError):

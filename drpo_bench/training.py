@@ -21,11 +21,11 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from drpo_bench.errors import UserError
+from drpo_bench.errors import NonFiniteError, UserError
 from drpo_bench.ledger import Ledger
 from drpo_bench.methods import Method, TrainContext
 from drpo_bench.planning import Cell
-from drpo_bench.store import CellFolder, read_json, save_safetensors, torch_save_atomic, write_json, write_text
+from drpo_bench.store import CellFolder, CorruptCellError, read_json, save_safetensors, torch_save_atomic, write_json, write_text
 
 
 def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, reward: Any, train_prompts: list[str],
@@ -49,7 +49,7 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
     )
     method.setup(ctx)
 
-    start, resumed_from = resume(folder, cell.fingerprint, generator, optimizer, scaler, method, console)
+    start, resumed_from = resume(folder, cell.fingerprint, generator, optimizer, scaler, method, ledger, console)
     log_path = folder.file(CellFolder.TRAIN_LOG)
     truncate_log(log_path, start)
     task = progress.add_task(f"  {cell.id}", total=budget.steps, completed=start) if progress else None
@@ -63,18 +63,28 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
             ctx.noise_rng.manual_seed(update_seed(cell.seed, step))
             ledger.begin_update()
             losses, logs = [], {}
-            for i in range(0, len(chosen), budget.micro):
-                with autocast(device, tcfg.precision):
-                    out = method.step(chosen[i : i + budget.micro], ctx)
-                losses.append(out.loss)
-                for k, v in out.logs.items():
-                    logs[k] = logs.get(k, 0.0) + v / micro_steps
-            with ledger.phase("optimizer"):
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip or float("inf"))
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+            try:
+                for i in range(0, len(chosen), budget.micro):
+                    with autocast(device, tcfg.precision):
+                        out = method.step(chosen[i : i + budget.micro], ctx)
+                    if not math.isfinite(out.loss):
+                        raise NonFiniteError("loss", f"{cell.method.method} returned loss {out.loss}")
+                    losses.append(out.loss)
+                    for k, v in out.logs.items():
+                        logs[k] = logs.get(k, 0.0) + v / micro_steps
+                with ledger.phase("optimizer"):
+                    scaler.unscale_(optimizer)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip or float("inf"))
+                    # fp16: the scaler skips an update with inf gradients by design; elsewhere it is a failure
+                    if tcfg.precision != "fp16" and not torch.isfinite(grad_norm):
+                        raise NonFiniteError("gradient", f"LoRA gradient norm is {float(grad_norm)} "
+                                             f"(learning rate {optimizer.param_groups[0]['lr']})")
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+            except NonFiniteError as exc:
+                exc.update = step + 1
+                raise
             record = ledger.end_update()
             entry = {"step": step + 1, "loss": sum(losses) / len(losses), "grad_norm": float(grad_norm), **logs}
             if record is not None:
@@ -82,7 +92,7 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
             log.write(json.dumps(entry) + "\n")
             log.flush()
             if (step + 1) % tcfg.checkpoint_every == 0 and step + 1 < budget.steps:
-                checkpoint(folder, cell.fingerprint, step + 1, generator, optimizer, scaler, method)
+                checkpoint(folder, cell.fingerprint, step + 1, generator, optimizer, scaler, method, ledger)
             if progress is not None and task is not None:
                 progress.update(task, advance=1, description=f"  {cell.id} loss {entry['loss']:.3g}")
     generator.train(False)
@@ -95,13 +105,14 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
 
 
 def checkpoint(folder: CellFolder, fingerprint: str, step: int, generator: Any, optimizer: Any, scaler: Any,
-               method: Method) -> None:
+               method: Method, ledger: Ledger) -> None:
     target = folder.file(f"checkpoint-{step}")
     target.mkdir(exist_ok=True)
     save_safetensors({k: v.detach().cpu().contiguous() for k, v in generator.adapter_state_dict().items()},
                      target / "adapter.safetensors")
     torch_save_atomic({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                        "method": method.state_dict()}, target / "training_state.pt")
+    write_json(target / "ledger.json", {"updates": ledger.to_json()["updates"]})  # the ledger spans resumes
     # the pointer is the commit: written last, atomically
     write_json(folder.file(CellFolder.CHECKPOINT), {"step": step, "folder": target.name, "fingerprint": fingerprint})
     for old in folder.path.glob("checkpoint-*"):
@@ -110,22 +121,31 @@ def checkpoint(folder: CellFolder, fingerprint: str, step: int, generator: Any, 
 
 
 def resume(folder: CellFolder, fingerprint: str, generator: Any, optimizer: Any, scaler: Any, method: Method,
-           console: Console | None = None) -> tuple[int, int | None]:
+           ledger: Ledger, console: Console | None = None) -> tuple[int, int | None]:
     pointer = folder.file(CellFolder.CHECKPOINT)
     if not pointer.exists():
         return 0, None
-    info = read_json(pointer)
+    try:
+        info = read_json(pointer)
+        int(info["step"]), str(info["folder"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CorruptCellError(pointer, f"{type(exc).__name__}: {exc}") from None
     if info.get("fingerprint") != fingerprint:
         raise UserError(
             f"cell folder {folder.path} holds a checkpoint from other settings. Use another --output, "
             "or delete that folder to start the cell over."
         )
     target = folder.file(info["folder"])
-    generator.load_adapter(target / "adapter.safetensors")
-    state = torch.load(target / "training_state.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-    method.load_state_dict(state["method"])
+    try:
+        generator.load_adapter(target / "adapter.safetensors")
+        state = torch.load(target / "training_state.pt", map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        method.load_state_dict(state["method"])
+        if (target / "ledger.json").exists():
+            ledger.restore(read_json(target / "ledger.json")["updates"][: int(info["step"])])
+    except Exception as exc:  # noqa: BLE001 - whatever the loaders raise (safetensors, pickle, shapes): it does not load
+        raise CorruptCellError(target, f"checkpoint does not load: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     if console is not None:
         console.print(f"[yellow]resuming {folder.path.name} from step {info['step']}[/]")
     return int(info["step"]), int(info["step"])

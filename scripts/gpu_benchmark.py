@@ -336,7 +336,7 @@ def run_method(method: str, s: Stack, args: argparse.Namespace) -> dict[str, Any
         opt.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
         return {"error": f"CUDA out of memory: {str(exc).splitlines()[0]}. Try a smaller --micro-batch or --reward pickscore."}
-    summary = ledger.summary(skip_first=1)
+    summary = ledger.summary()
     checkpointed = ["generator"] if args.checkpoint_generator else []
     if draft and args.draft_checkpointing:
         checkpointed += ["vae", "reward"]

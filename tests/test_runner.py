@@ -126,6 +126,10 @@ def test_sigkill_loses_nothing_and_resumes_from_checkpoint(tmp_path):
     assert info["resumed_from_step"] >= 4
     steps = [json.loads(x)["step"] for x in (victim / "train.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 13)), "no step lost or repeated"
+    ledger = json.loads((victim / "ledger.json").read_text())
+    assert len(ledger["updates"]) == 12, "the ledger spans both processes of the resumed cell"
+    assert ledger["summary"]["processes"] == 2 and sum(u["warmup"] for u in ledger["updates"]) == 2
+    assert not list(victim.glob("checkpoint*")) and not list(victim.glob(".*.tmp")), "nothing left behind"
 
     # resuming is exact: an uninterrupted run of the same cell ends with the same adapter and scores
     clean = tmp_path / "clean"

@@ -6,7 +6,14 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 from drpo_bench.ledger import PHASES
-from drpo_bench.report.results import CellResult, Estimate, group_rows, load_results, load_suite_snapshot
+from drpo_bench.report.results import (
+    CellResult,
+    Estimate,
+    group_rows,
+    load_results,
+    load_results_and_problems,
+    load_suite_snapshot,
+)
 from drpo_bench.store import write_text
 
 
@@ -91,7 +98,7 @@ def settings_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: bo
             continue
         changes = "; ".join(f"{what}.{k} = {v}" for what, values in info.overrides.items() for k, v in values.items())
         budget = info.budget or {}
-        body.append(_row_label(key, multi) + [changes, "yes" if _budget_matched(cells) else "**no**",
+        body.append(_row_label(key, multi) + [changes, "yes" if _budget_matched(cells) else "no",
                                               f"{budget.get('steps')} × {budget.get('candidates_per_prompt')} × "
                                               f"{budget.get('prompts_per_update')}"])
     if not body:
@@ -225,9 +232,20 @@ def compute_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: boo
 # ---- renderers -----------------------------------------------------------------------------
 
 
+def md_escape(text: str) -> str:
+    """User-given names (aliases, task names, prompts) as literal Markdown text: no raw HTML, no
+    table breaks, no emphasis."""
+    text = html.escape(str(text), quote=False)
+    for ch in "\\|*_`[]":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
 def to_markdown(table: Table) -> str:
-    lines = [f"### {table.title}", "", "| " + " | ".join(table.headers) + " |", "|" + "---|" * len(table.headers)]
+    headers = [md_escape(h) for h in table.headers]
+    lines = [f"### {md_escape(table.title)}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for i, row in enumerate(table.rows):
+        row = [md_escape(c) for c in row]
         cells = [f"**{c}**" if table.bold and table.bold[i][j] else c for j, c in enumerate(row)]
         lines.append("| " + " | ".join(cells) + " |")
     if table.note:
@@ -309,6 +327,7 @@ def build_report(folder: str | Path, formats: tuple[str, ...] = ("md", "tex", "h
     """Writes report.md / report.tex / report.html and figures/ into ``folder``; returns paths."""
     folder = Path(folder)
     results = load_results(folder)
+    _, problems = load_results_and_problems(folder)
     rows = group_rows(results, load_suite_snapshot(folder))
     multi = len({k[0] for k in rows}) > 1
     tables = [alignment_table(rows, multi)]
@@ -335,7 +354,10 @@ def build_report(folder: str | Path, formats: tuple[str, ...] = ("md", "tex", "h
     written: dict[str, Path] = {}
     if "md" in formats:
         parts = [f"# {suite}: results\n", f"_{provenance}_\n"] + [to_markdown(t) for t in tables]
-        parts += ["### Metric definitions\n\n" + "\n".join(f"- {d}" for d in definitions) + "\n"]
+        parts += ["### Metric definitions\n\n" + "\n".join(f"- {md_escape(d)}" for d in definitions) + "\n"]
+        if problems:
+            parts += ["### Cells not in the tables\n\n" + "\n".join(f"- {md_escape(k)}: {md_escape(v)}"
+                                                                    for k, v in problems.items()) + "\n"]
         parts += [f"### {title}\n\n![{title}]({src})\n" for title, src in figures + grids]
         written["md"] = folder / "report.md"
         write_text(written["md"], "\n".join(parts))
@@ -348,6 +370,9 @@ def build_report(folder: str | Path, formats: tuple[str, ...] = ("md", "tex", "h
     if "html" in formats:
         body = "".join(to_html(t) for t in tables)
         body += "<h3>Metric definitions</h3><ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in definitions) + "</ul>"
+        if problems:
+            body += "<h3>Cells not in the tables</h3><ul>" + "".join(
+                f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in problems.items()) + "</ul>"
         body += "".join(f"<h3>{html.escape(t)}</h3><img src='{html.escape(s)}' alt='{html.escape(t)}'>" for t, s in figures + grids)
         page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(suite)}</title>"
                 "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"

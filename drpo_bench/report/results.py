@@ -12,7 +12,7 @@ from typing import Any
 from scipy import stats
 
 from drpo_bench.errors import UserError
-from drpo_bench.store import CellFolder, CellRecord, MetricRecord
+from drpo_bench.store import CellFolder, CellRecord, CorruptCellError, MetricRecord
 
 
 @dataclass
@@ -52,17 +52,32 @@ def load_results(folder: str | Path) -> list[CellResult]:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"results folder {folder} does not exist; run a suite first (`drpo-bench run SUITE`)")
-    results = []
-    for cell_json in sorted(folder.glob(f"*/{CellFolder.CELL}")):
-        cell = CellFolder(cell_json.parent)
-        info = cell.read_cell()
-        if info is None or info.status != "complete":
-            continue
-        results.append(CellResult(info.cell_id, info, cell.read_eval().metrics, cell.read_ledger_summary(),
-                                  cell.read_train_log(), cell.path))
+    results, _ = load_results_and_problems(folder)
     if not results:
         raise UserError(f"no complete cells in {folder}: is it a results folder written by `drpo-bench run`?")
     return results
+
+
+def load_results_and_problems(folder: Path) -> tuple[list[CellResult], dict[str, str]]:
+    """Complete cells, and {cell folder: why it is not in the tables} for failed or corrupt ones."""
+    results, problems = [], {}
+    for cell_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        cell = CellFolder(cell_dir)
+        try:
+            info = cell.read_cell()
+            if info is None or info.status != "complete":
+                error = cell.file(CellFolder.ERROR)
+                if error.exists():
+                    lines = error.read_text(errors="replace").strip().splitlines() or ["?"]
+                    problems[cell_dir.name] = "failed: " + (lines[-1] if lines[0].startswith("Traceback") else lines[0])
+                elif info is not None or cell.file(CellFolder.CHECKPOINT).exists():
+                    problems[cell_dir.name] = "unfinished (rerun the suite to resume it)"
+                continue
+            results.append(CellResult(info.cell_id, info, cell.read_eval().metrics, cell.read_ledger_summary(),
+                                      cell.read_train_log(), cell.path))
+        except CorruptCellError as exc:
+            problems[cell_dir.name] = f"corrupt: {exc}"
+    return results, problems
 
 
 def group_rows(results: list[CellResult], suite: dict[str, Any] | None = None) -> dict[tuple[str, str, str], list[CellResult]]:

@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from drpo_bench.errors import NonFiniteError
+
 
 class Reward(abc.ABC):
     """A reward model or program.
@@ -64,9 +66,22 @@ class Reward(abc.ABC):
         if len(prompts) != images.shape[0]:
             raise ValueError(f"{self.registry_name}: {images.shape[0]} images but {len(prompts)} prompts")
         if self.differentiable and torch.is_grad_enabled():
-            return self.score(images, prompts)
-        with torch.no_grad():
-            return self.score(images, prompts)
+            scores = self.score(images, prompts)
+        else:
+            with torch.no_grad():
+                scores = self.score(images, prompts)
+        check_finite_scores(scores, self.registry_name)
+        return scores
+
+
+def check_finite_scores(scores: torch.Tensor, reward: str) -> None:
+    """A NaN or infinite score would rank first or last by accident: stop with a diagnosis instead."""
+    bad = ~torch.isfinite(scores.detach())
+    if bool(bad.any()):
+        values = scores.detach()[bad].flatten()[:3].tolist()
+        raise NonFiniteError(f"reward from `{reward}`",
+                             f"{int(bad.sum())} of {scores.numel()} scores are not finite (e.g. {values}); "
+                             "check the reward model and its inputs")
 
 
 def definition_record(definition: dict[str, str], report_scale: float, scale: str) -> dict[str, Any]:
