@@ -84,8 +84,11 @@ class HPSv3(Reward):
             checkpoint, base, device=device, dtype=dtype, image_tokens=config.image_tokens, resample=config.resample
         )
         if config.gradient_checkpointing:
-            self.model.network.model.gradient_checkpointing_enable({"use_reentrant": False})
-            self.model.network.model.train()  # transformers checkpoints only in training mode (no dropout here)
+            qwen = self.model.network.model
+            # transformers >= 5: activation_checkpointing_enable; older: gradient_checkpointing_enable
+            enable = getattr(qwen, "activation_checkpointing_enable", None) or qwen.gradient_checkpointing_enable
+            enable({"use_reentrant": False})
+            qwen.train()  # transformers checkpoints only in training mode (Qwen2-VL has no dropout; the head stays eval)
 
     def locate(self) -> tuple[Path, Path]:
         """(HPSv3.safetensors, the Qwen2-VL-7B-Instruct config/tokenizer folder)."""
