@@ -452,7 +452,8 @@ QWEN2_VL_SPECIAL_TOKENS = (
 #: text and image parts (default system turn when none is given; ``add_generation_prompt``).
 QWEN2_VL_TINY_CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
@@ -502,7 +503,9 @@ def build_tiny_qwen2_tokenizer(folder: Path) -> Any:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=4000, special_tokens=list(QWEN2_VL_SPECIAL_TOKENS), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=4000,  # more than the corpus can merge: every word of the instruction becomes one token
+        special_tokens=list(QWEN2_VL_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     corpus = [INSTRUCTION.replace("{text_prompt}", ""), REWARD_SUFFIX.replace("<|Reward|>", ""),

@@ -70,7 +70,8 @@ def test_tiny_twin_is_in_the_public_layout():
     assert {k.split(".")[0] for k in keys} == {"visual", "model", "lm_head", "rm_head"}
     assert {k.split(".")[1] for k in keys if k.startswith("rm_head.")} == {"0", "3", "5"}
     base = folder / "base"
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.json", "preprocessor_config.json"):
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.json",
+                 "preprocessor_config.json"):
         assert (base / name).is_file(), name
     config = json.loads((base / "config.json").read_text())
     assert config["model_type"] == "qwen2_vl" and config["vocab_size"] > rows  # padded config, resized file
@@ -87,11 +88,14 @@ def test_loader_reads_the_twin_and_the_newer_key_layout(reward, tmp_path):
     assert not hasattr(network, "lm_head"), "the LM head is not part of the score"
     state = load_file(str(folder / "HPSv3.safetensors"))
     torch.testing.assert_close(network.rm_head[5].weight, state["rm_head.5.weight"])
-    torch.testing.assert_close(network.model.language_model.layers[1].mlp.up_proj.weight, state["model.layers.1.mlp.up_proj.weight"])
+    torch.testing.assert_close(network.model.language_model.layers[1].mlp.up_proj.weight,
+                               state["model.layers.1.mlp.up_proj.weight"])
     torch.testing.assert_close(network.model.visual.patch_embed.proj.weight, state["visual.patch_embed.proj.weight"])
     # the same weights saved under transformers >= 4.52 names score the same
-    renamed = {("model." + k if k.startswith("visual.") else
-                "model.language_model." + k[len("model."):] if k.startswith("model.") else k): v for k, v in state.items()}
+    def newer(k: str) -> str:
+        return "model." + k if k.startswith("visual.") else "model.language_model." + k[6:] if k.startswith("model.") else k
+
+    renamed = {newer(k): v for k, v in state.items()}
     save_file(renamed, str(tmp_path / "HPSv3.safetensors"))
     other = load_hpsv3(tmp_path / "HPSv3.safetensors", folder / "base", device=torch.device("cpu"),
                        dtype=torch.float32, image_tokens=16)
@@ -191,7 +195,8 @@ def test_gradient_checkpointing_changes_nothing_but_memory(reward):
     grads, calls = [], []
     for r in (reward, ckpt):
         count = [0]
-        hook = r.model.network.model.language_model.layers[0].self_attn.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+        attn = r.model.network.model.language_model.layers[0].self_attn  # (layer hooks sit outside the checkpoint)
+        hook = attn.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
         x = images.clone().requires_grad_(True)
         r(x, PROMPTS).sum().backward()
         hook.remove()
@@ -239,8 +244,10 @@ def test_real_size_preprocessing_equals_the_processor_and_the_packages_pil_path(
 
     u8 = (image[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
     pil = Image.fromarray(u8).resize((448, 448), Image.BICUBIC)  # qwen-vl-utils fetch_image
-    package = Qwen2VLImageProcessor()(images=[pil], return_tensors="pt")["pixel_values"]  # base config's wide pixel range: no second resize
-    ours_u8, _ = qwen2vl_pixel_values(torch.from_numpy(np.ascontiguousarray(u8)).permute(2, 0, 1)[None].float() / 255, prep)
+    # then the processor with the base model's wide pixel range: no second resize
+    package = Qwen2VLImageProcessor()(images=[pil], return_tensors="pt")["pixel_values"]
+    quantized = torch.from_numpy(np.ascontiguousarray(u8)).permute(2, 0, 1)[None].float() / 255
+    ours_u8, _ = qwen2vl_pixel_values(quantized, prep)
     diff = (ours_u8 - package).abs()
     assert float(diff.max()) < 0.02 and float(diff.mean()) < 0.006
 

@@ -11,7 +11,8 @@ Three names:
   ``Qwen/Qwen2-VL-7B-Instruct`` (its 16 GB of weights are not read: the checkpoint holds them)::
 
       huggingface-cli download MizzenAI/HPSv3 HPSv3.safetensors --local-dir models/
-      huggingface-cli download Qwen/Qwen2-VL-7B-Instruct --include '*.json' '*.txt' --local-dir models/Qwen2-VL-7B-Instruct
+      huggingface-cli download Qwen/Qwen2-VL-7B-Instruct --include '*.json' '*.txt' \
+          --local-dir models/Qwen2-VL-7B-Instruct
 
 * ``hpsv3-package`` — the ``hpsv3`` package's own inferencer (``pip install hpsv3``, which pins
   its own transformers), for users who prefer the authors' code; non-differentiable. Serve it
@@ -75,7 +76,8 @@ class HPSv3(Reward):
     def __init__(self, config: HPSv3Config) -> None:
         self.config = config
         device = resolve_device(config.device)
-        dtype = torch.bfloat16 if config.dtype == "auto" and device.type == "cuda" else resolve_dtype(config.dtype, device)
+        auto_bf16 = config.dtype == "auto" and device.type == "cuda"
+        dtype = torch.bfloat16 if auto_bf16 else resolve_dtype(config.dtype, device)
         try:
             checkpoint, base = self.locate()
         except MissingWeightsError as exc:
@@ -88,7 +90,7 @@ class HPSv3(Reward):
             # transformers >= 5: activation_checkpointing_enable; older: gradient_checkpointing_enable
             enable = getattr(qwen, "activation_checkpointing_enable", None) or qwen.gradient_checkpointing_enable
             enable({"use_reentrant": False})
-            qwen.train()  # transformers checkpoints only in training mode (Qwen2-VL has no dropout; the head stays eval)
+            qwen.train()  # transformers checkpoints only in training mode (Qwen2-VL: no dropout; head stays eval)
 
     def locate(self) -> tuple[Path, Path]:
         """(HPSv3.safetensors, the Qwen2-VL-7B-Instruct config/tokenizer folder)."""

@@ -237,7 +237,9 @@ def rm_head_from_shapes(state: dict[str, torch.Tensor]) -> nn.Sequential:
             f"HPSv3: the checkpoint has no {exc.args[0]}: it is not an HPSv3 reward-model file "
             "(expected HPSv3.safetensors from MizzenAI/HPSv3)."
         ) from exc
-    return nn.Sequential(nn.Linear(d, h1), nn.ReLU(), nn.Dropout(0.05), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, out))
+    return nn.Sequential(
+        nn.Linear(d, h1), nn.ReLU(), nn.Dropout(0.05), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, out)
+    )
 
 
 class HPSv3Network(nn.Module):
@@ -251,15 +253,19 @@ class HPSv3Network(nn.Module):
         self.reward_token_id = reward_token_id
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_grid_thw: torch.Tensor,
     ) -> torch.Tensor:
         """Token ids (B, L) with one ``<|Reward|>`` each, patches (B * N, D), grid (B, 3) -> (B, 2) (mu, sigma)."""
         visual, lm = self.model.visual, self.model.language_model
         embeds = lm.embed_tokens(input_ids)  # (B, L, hidden)
-        image_embeds = visual(pixel_values.to(visual.dtype), grid_thw=image_grid_thw).pooler_output  # (B * N / merge^2, hidden)
+        image_embeds = visual(pixel_values.to(visual.dtype), grid_thw=image_grid_thw).pooler_output  # (B·N/m², hidden)
         image_mask = (input_ids == self.image_token_id).unsqueeze(-1)  # (B, L, 1)
         if int(image_mask.sum()) != image_embeds.shape[0]:
-            raise ValueError(f"HPSv3: {int(image_mask.sum())} image tokens for {image_embeds.shape[0]} image embeddings")
+            raise ValueError(f"HPSv3: {int(image_mask.sum())} image tokens, {image_embeds.shape[0]} image embeddings")
         embeds = embeds.masked_scatter(image_mask, image_embeds.to(embeds.dtype))
         b, length = input_ids.shape
         positions = torch.arange(length, device=input_ids.device).view(1, 1, length).expand(3, b, length)
@@ -318,12 +324,14 @@ class HPSv3Tokens:
         if key not in self._cache:
             text = self.text(prompt)
             if text.count(IMAGE_PAD) != 1:
-                raise ValueError(f"HPSv3: the chat template rendered {text.count(IMAGE_PAD)} {IMAGE_PAD} tokens, expected 1")
+                raise ValueError(f"HPSv3: the chat template rendered {text.count(IMAGE_PAD)} {IMAGE_PAD}, expected 1")
             text = text.replace(IMAGE_PAD, IMAGE_PAD * image_tokens)
             self._cache[key] = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         return self._cache[key]
 
-    def batch(self, prompts: Sequence[str], image_tokens: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, prompts: Sequence[str], image_tokens: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) ids right-padded with the pad id, and the (B, L) attention mask."""
         rows = [self.ids(p, image_tokens) for p in prompts]
         length = max(len(r) for r in rows)
