@@ -206,6 +206,20 @@ def test_gradient_checkpointing_changes_nothing_but_memory(reward):
     torch.testing.assert_close(grads[0], grads[1])
 
 
+def test_bf16_weights_give_close_fp32_scores_and_gradients(reward):
+    """HPSv3's own dtype: Qwen2-VL in bf16, patches cast to the tower's dtype, the head in fp32."""
+    bf16 = HPSv3Tiny(HPSv3Tiny.Config(dtype="bf16"))
+    assert bf16.model.network.model.language_model.embed_tokens.weight.dtype == torch.bfloat16
+    assert bf16.model.network.rm_head[0].weight.dtype == torch.float32
+    images = _smooth(64, 64, seed=8, batch=2).requires_grad_(True)
+    scores = bf16(images, PROMPTS)
+    assert scores.dtype == torch.float32 and torch.isfinite(scores).all()
+    scores.sum().backward()
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+    with torch.no_grad():
+        torch.testing.assert_close(scores.detach(), reward(images.detach(), PROMPTS), atol=0.02, rtol=0.05)
+
+
 # ---- preprocessing against transformers' Qwen2VLImageProcessor ----------------------------------------
 
 

@@ -14,8 +14,9 @@ ranking loss. Everything below was checked against the package's source (file, f
   have that many rows (151 658 for the Qwen2-VL tokenizer), not the config's padded 152 064; the
   loader takes the row count from the file. Key layout: transformers < 4.52 names (``visual.*``,
   ``model.*`` for the language model) or the newer ones (``model.visual.*``,
-  ``model.language_model.*``); both are accepted (the package's later ``inference.py`` remaps the
-  old names the same way). ``lm_head`` is not used for the score and is not loaded.
+  ``model.language_model.*``); both are accepted (the package's ``Qwen2VLRewardModelBT.forward``
+  reads ``self.model.language_model``, the newer naming, while the released file is commonly
+  remapped from the older one). ``lm_head`` is not used for the score and is not loaded.
 * **Reward head** (``hpsv3/model/qwen2vl_trainer.py``, ``Qwen2VLRewardModelBT.__init__``,
   ``rm_head_type="ranknet"``, ``rm_head_kwargs=None``): ``Linear(hidden, 1024) - ReLU - Dropout -
   Linear(1024, 16) - ReLU - Linear(16, 2)`` (keys ``rm_head.0/3/5``), kept in fp32 and run on
@@ -399,8 +400,8 @@ def load_hpsv3(
     state = read_state(checkpoint, device)
     rm_head = rm_head_from_shapes(state)
     mapped: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        new = checkpoint_key(key)
+    for key in list(state):  # pop as we convert: one copy of 8 B weights at a time, not two
+        value, new = state.pop(key), checkpoint_key(key)
         if new is not None:
             mapped[new] = value.to(torch.float32 if new.startswith("rm_head.") else dtype)
     embed = mapped.get("model.language_model.embed_tokens.weight")
