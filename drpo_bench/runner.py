@@ -170,8 +170,9 @@ class CellRunner:
             resumed_from = train_cell(cell, folder, generator, method, reward, train_prompts, ledger, progress,
                                       None if self.quiet else self.console)
             generator.save_adapter(folder.file(CellFolder.ADAPTER))
-        result = evaluate(cell, generator, self.prompts(cell.eval.split), self.metrics(generator.device),
-                          folder.file(CellFolder.SAMPLES))
+        result, scores = evaluate(cell, generator, self.prompts(cell.eval.split), self.metrics(generator.device),
+                                  folder.file(CellFolder.SAMPLES))
+        folder.write_scores(scores)
         folder.write_eval(result)
         folder.write_ledger(ledger.to_json())
         budget = cell.budget.model_dump()
