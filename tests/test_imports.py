@@ -12,7 +12,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("drpo_bench", "baselines")
 #: modules that only tests may import
-TEST_ONLY = ("drpo_bench.testing",)
+TEST_ONLY = ("drpo_bench.testing", "tests", "conftest")
 
 
 def _modules() -> dict[str, Path]:

@@ -232,7 +232,7 @@ class LatentMAEFeaturesTiny(LatentMAEFeatures):
         )
 
     def checkpoint_path(self) -> Path:
-        from drpo_bench.testing import make_tiny_mae_latent
+        from drpo_bench.tiny import make_tiny_mae_latent
 
         return make_tiny_mae_latent() / "mae_latent_256_torch.pth"
 
@@ -316,7 +316,7 @@ class ViTMAEFeaturesTiny(ViTMAEFeatures):
     """vit-mae with a tiny random-init ViTMAEModel (built offline, cached): for tests."""
 
     def folder(self) -> Path:
-        from drpo_bench.testing import make_tiny_vit_mae
+        from drpo_bench.tiny import make_tiny_vit_mae
 
         return make_tiny_vit_mae()
 
