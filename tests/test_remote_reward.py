@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from drpo_bench.registry import REWARDS
+
 from drpo_bench.errors import UserError
 from drpo_bench.rewards.jpeg import JPEGCompressibility
-from drpo_bench.rewards.pickscore import PickScoreTiny
 from drpo_bench.rewards.remote import RemoteReward, decode_png, encode_png, quantize
 from drpo_bench.serve import add_serve_reward_parser, make_server, run_serve_reward
 
@@ -51,7 +52,7 @@ def test_png_roundtrip_is_8bit_quantization():
 
 def test_http_scores_equal_in_process_scores():
     images = torch.rand(len(PROMPTS), 3, 32, 32)
-    local = PickScoreTiny(PickScoreTiny.Config())(quantize(images), PROMPTS)
+    local = REWARDS.build("pickscore-tiny")(quantize(images), PROMPTS)
     with served("pickscore-tiny") as url:
         remote = RemoteReward(RemoteReward.Config(url=url, batch_size=2))
         assert remote.remote_name == "pickscore-tiny" and remote.higher_is_better and not remote.differentiable

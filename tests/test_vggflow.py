@@ -280,7 +280,7 @@ def test_validate_refuses_a_black_box_reward(tmp_path, capsys):
 
 def test_one_bf16_step_on_the_tiny_sd_turbo_twin():
     from drpo_bench.generators.sd_turbo import SDTurboTinyGenerator
-    from drpo_bench.rewards.pickscore import PickScoreTiny
+    from drpo_bench.registry import REWARDS
 
     start = time.perf_counter()
     gen = SDTurboTinyGenerator(SDTurboTinyGenerator.Config())
@@ -288,7 +288,7 @@ def test_one_bf16_step_on_the_tiny_sd_turbo_twin():
         for name, p in gen.unet.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.01, generator=torch.Generator().manual_seed(1))
-    ctx = _context(generator=gen, reward=PickScoreTiny(PickScoreTiny.Config()), k=2)
+    ctx = _context(generator=gen, reward=REWARDS.build("pickscore-tiny"), k=2)
     method = _method()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = method.step(["a photo of a red cat"], ctx)
