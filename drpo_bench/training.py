@@ -28,6 +28,10 @@ from drpo_bench.planning import Cell
 from drpo_bench.store import CellFolder, CorruptCellError, read_json, save_safetensors, torch_save_atomic, write_json, write_text
 
 
+#: fp16 updates in a row that may overflow while the loss scale backs off (65536 halves to ~1e-3)
+MAX_FP16_SKIPS = 25
+
+
 def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, reward: Any, train_prompts: list[str],
                ledger: Ledger, progress: Progress | None = None, console: Console | None = None) -> int | None:
     """Train ``cell`` in place (its LoRA in ``generator``); returns the step it resumed from, if any."""
@@ -55,6 +59,8 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
     task = progress.add_task(f"  {cell.id}", total=budget.steps, completed=start) if progress else None
     generator.train(True)
     micro_steps = budget.prompts_per_update // budget.micro
+    fp16 = tcfg.precision == "fp16"
+    skipped_in_a_row = 0  # fp16: updates the scaler skipped for an overflow, one after another
     with log_path.open("a") as log:
         for step in range(start, budget.steps):
             chosen = update_prompts(train_prompts, budget.prompts_per_update, cell.seed, step)
@@ -67,7 +73,7 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
                 for i in range(0, len(chosen), budget.micro):
                     with autocast(device, tcfg.precision):
                         out = method.step(chosen[i : i + budget.micro], ctx)
-                    if not math.isfinite(out.loss):
+                    if not math.isfinite(out.loss) and not fp16:
                         raise NonFiniteError("loss", f"{cell.method.method} returned loss {out.loss}")
                     losses.append(out.loss)
                     for k, v in out.logs.items():
@@ -75,10 +81,16 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
                 with ledger.phase("optimizer"):
                     scaler.unscale_(optimizer)
                     grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip or float("inf"))
-                    # fp16: the scaler skips an update with inf gradients by design; elsewhere it is a failure
-                    if tcfg.precision != "fp16" and not torch.isfinite(grad_norm):
+                    overflow = not torch.isfinite(grad_norm) or not all(math.isfinite(v) for v in losses)
+                    if overflow and not fp16:
                         raise NonFiniteError("gradient", f"LoRA gradient norm is {float(grad_norm)} "
                                              f"(learning rate {optimizer.param_groups[0]['lr']})")
+                    # fp16: an overflow is expected while the scaler searches its scale; the scaler skips
+                    # the update and halves the scale. Only a run of them means the values themselves are bad
+                    skipped_in_a_row = skipped_in_a_row + 1 if overflow else 0
+                    if skipped_in_a_row > MAX_FP16_SKIPS:
+                        raise NonFiniteError("loss or gradient", f"{skipped_in_a_row} fp16 updates in a row overflowed "
+                                             f"(loss scale now {scaler.get_scale():g}); the values are not finite at any scale")
                     scaler.step(optimizer)
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
@@ -86,7 +98,10 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
                 exc.update = step + 1
                 raise
             record = ledger.end_update()
-            entry = {"step": step + 1, "loss": sum(losses) / len(losses), "grad_norm": float(grad_norm), **logs}
+            loss = sum(losses) / len(losses)
+            entry = {"step": step + 1, "loss": loss if math.isfinite(loss) else None, "grad_norm": float(grad_norm), **logs}
+            if fp16 and skipped_in_a_row:
+                entry["skipped_overflow"] = True  # the fp16 scaler skipped this update and halved its scale
             if record is not None:
                 entry["seconds"] = record.seconds
             log.write(json.dumps(entry) + "\n")
@@ -94,7 +109,7 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
             if (step + 1) % tcfg.checkpoint_every == 0 and step + 1 < budget.steps:
                 checkpoint(folder, cell.fingerprint, step + 1, generator, optimizer, scaler, method, ledger)
             if progress is not None and task is not None:
-                progress.update(task, advance=1, description=f"  {cell.id} loss {entry['loss']:.3g}")
+                progress.update(task, advance=1, description=f"  {cell.id} loss {loss:.3g}")
     generator.train(False)
     if progress is not None and task is not None:
         progress.remove_task(task)
