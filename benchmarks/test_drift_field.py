@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import torch
 
+from drpo_bench.drpo.field import drift_loss
+
 CASES = {
     "sd-turbo-l4-patch2": (24 * 16, 8 * 16, 8 * 16, 2048, False),
     "sd-turbo-l4-mean": (24, 8, 8, 2048, False),
@@ -25,17 +27,8 @@ CASES = {
 }
 
 
-def _drift_loss() -> Any:
-    try:
-        from drpo_bench.drpo.field import drift_loss
-    except ImportError as exc:  # the field is written elsewhere; skip until it lands
-        pytest.skip(f"drpo_bench.drpo.field.drift_loss not importable yet: {exc}")
-    return drift_loss
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_drift_field_forward_backward(benchmark: Any, case: str) -> None:
-    drift_loss = _drift_loss()
     n, p, q, d, self_neg = CASES[case]
     g = torch.Generator().manual_seed(0)
     gen = torch.randn(1, n, d, generator=g).requires_grad_(True)

@@ -44,20 +44,17 @@ def test_tiny_sd_turbo_update(benchmark: Any, tiny_stack: Any, method: str) -> N
 
 
 def test_shapes_world_drpo_step(benchmark: Any) -> None:
-    try:
-        from drpo_bench.methods import TrainContext
-        from drpo_bench.registry import GENERATORS, METHODS, REWARDS
+    from drpo_bench.methods import TrainContext
+    from drpo_bench.registry import GENERATORS, METHODS, REWARDS
 
-        generator = GENERATORS.get("shapes").cls()
-        reward = REWARDS.get("shapes-checker").cls()
-        method_entry = METHODS.get("drpo")
-        method = method_entry.cls(method_entry.parse_config({}))
-        ctx = TrainContext(generator=generator, reward=reward, ledger=Ledger("cpu", enabled=False),
-                           candidates_per_prompt=24, noise_rng=torch.Generator().manual_seed(0))
-        method.setup(ctx)
-        opt = torch.optim.AdamW(generator.trainable_parameters(), lr=1e-4)
-    except Exception as exc:  # noqa: BLE001 - the shapes world is built elsewhere; skip until it lands
-        pytest.skip(f"shapes-world DrPO not available yet: {type(exc).__name__}: {exc}")
+    generator = GENERATORS.get("shapes").cls()
+    reward = REWARDS.get("shapes-checker").cls()
+    method_entry = METHODS.get("drpo")
+    method = method_entry.cls(method_entry.parse_config({}))
+    ctx = TrainContext(generator=generator, reward=reward, ledger=Ledger("cpu", enabled=False),
+                       candidates_per_prompt=24, noise_rng=torch.Generator().manual_seed(0))
+    method.setup(ctx)
+    opt = torch.optim.AdamW(generator.trainable_parameters(), lr=1e-4)
     prompts = ["a red circle", "two blue squares"]
 
     def step() -> None:

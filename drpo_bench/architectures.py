@@ -3,7 +3,7 @@
 Every entry of ``ARCHITECTURES`` names one network of the paper's setups (generators, VAE,
 text encoders, reward models, feature encoders, FID's Inception) with
 
-- ``config``: the public hub configuration values (shared/specs/architectures.md), full size;
+- ``config``: the public hub configuration values (docs/architectures-reference.md), full size;
 - ``tiny_config``: the same classes at toy sizes (CPU tests, ``gpu_benchmark.py --tiny``);
 - ``build(name, device=..., dtype=..., tiny=...)``: the module with random weights. On the
   ``meta`` device nothing is allocated, so an 8.3 B-parameter model builds in milliseconds and
@@ -43,7 +43,7 @@ ShapeDict = dict[str, int]
 UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 # ---------------------------------------------------------------------------------------------
-# Configurations (public hub values; see shared/specs/architectures.md)
+# Configurations (public hub values; see docs/architectures-reference.md)
 # ---------------------------------------------------------------------------------------------
 
 SD_TURBO_UNET: dict[str, Any] = dict(

@@ -44,7 +44,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = _console()
     output = Path(args.output) if args.output else suite.output_dir
     console.print(f"[bold]drpo-bench run[/] {args.suite} → {output}")
-    summary = run_suite(suite, output, allow_reference=args.update_reference, quiet=args.quiet, shard=shard, console=console)
+    summary = run_suite(suite, output, allow_reference=args.update_reference, quiet=args.quiet, shard=shard,
+                        console=console, wait=args.wait)
     counts = {s: list(summary.statuses.values()).count(s) for s in ("done", "resumed", "skipped", "failed")}
     console.print("cells: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
     try:
@@ -89,7 +90,7 @@ def _parse_shard(text: str | None) -> tuple[int, int]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from drpo_bench.config import load_suite
-    from drpo_bench.runner import plan_cells
+    from drpo_bench.planning import plan_cells
 
     console = _console()
     for path in args.suites:
@@ -161,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", help="run only cells i, i+n, i+2n, ... (i/n), for several processes or jobs")
     run.add_argument("--update-reference", action="store_true", help="allow writing into the committed results/ folder")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                     help="wait this long for another run's check-in on the same --output (default: refuse at once)")
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check suites: schema, names, pairings; loads no weights")

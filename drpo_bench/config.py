@@ -9,8 +9,9 @@ A suite file (YAML) says what to compare::
     train_rewards: [clip]
     methods:
       - {id: base, method: base}
-      - {id: drpo, method: drpo, args: {K_top: 4}}
-      - {id: drpo-checker, method: drpo, reward: checker}
+      - {id: drpo, method: drpo, args: {n_pos: 4, n_neg: 4}}
+      - {id: drpo-checker, method: drpo, reward: checker, args: {n_pos: 4, n_neg: 4}}
+      - {id: draft, method: draft, train: {lr: 1.0e-3}}   # a method's own settings
     seeds: [0, 1, 2]
     budget: {steps: 40, candidates_per_prompt: 16, prompts_per_update: 8}
     eval: {images_per_prompt: 4, metrics: [checker, clip, diversity]}
@@ -22,6 +23,7 @@ anything (no weights are loaded).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drpo_bench.errors import ConfigError, UserError, nearest
+from drpo_bench.yaml_strict import load_yaml, safe_name
 
 
 class _Strict(BaseModel):
@@ -64,16 +67,29 @@ class TrainConfig(_Strict):
     grad_clip: float | None = Field(1.0, gt=0)  # published clip norm; null disables
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # CPU-safe default; paper: fp16 (SD-Turbo), bf16 (SDXL)
     checkpoint_every: int = Field(10, ge=1)  # optimizer updates between resumable checkpoints
-    device: str = "auto"  # "auto" = cuda if available, else cpu
     count_flops: bool = True  # count FLOPs per phase during the first update (left out of timing means)
 
 
 class TrainOverrides(_Strict):
-    """Per-method overrides of TrainConfig (e.g. a baseline's own learning rate)."""
+    """Per-method overrides of TrainConfig, where a method's public runs differ (e.g. its own
+    learning rate or precision). Unset fields take the suite's ``train:`` value."""
 
     lr: float | None = Field(None, gt=0)
+    lr_schedule: Literal["constant", "cosine"] | None = None
     weight_decay: float | None = Field(None, ge=0)
+    betas: tuple[float, float] | None = None
     grad_clip: float | None = Field(None, gt=0)
+    precision: Literal["fp32", "fp16", "bf16"] | None = None
+
+
+class BudgetOverrides(_Strict):
+    """Per-method overrides of the budget. Any of steps, K or prompts per update breaks the matched
+    budget: the cell records it and the report flags the row "budget not matched"."""
+
+    steps: int | None = Field(None, gt=0)
+    candidates_per_prompt: int | None = Field(None, ge=2)
+    prompts_per_update: int | None = Field(None, ge=1)
+    micro_batch_prompts: int | None = Field(None, ge=1)  # memory only: does not change the budget
 
 
 class BudgetConfig(_Strict):
@@ -126,6 +142,7 @@ class MethodSpec(_Strict):
     args: dict[str, Any] = Field(default_factory=dict)
     reward: str | None = None  # train on this reward alias instead of every train_rewards entry
     train: TrainOverrides = Field(default_factory=TrainOverrides)
+    budget: BudgetOverrides = Field(default_factory=BudgetOverrides)
 
 
 class Suite(_Strict):
@@ -160,6 +177,33 @@ class Suite(_Strict):
     @property
     def output_dir(self) -> Path:
         return Path(self.output or f"runs/{self.name}")
+
+    def budget_for(self, method: MethodSpec) -> BudgetConfig:
+        """The suite's budget with the method's overrides applied (validated as a whole)."""
+        changes = method.budget.model_dump(exclude_none=True)
+        if "prompts_per_update" in changes and "micro_batch_prompts" not in changes:
+            changes["micro_batch_prompts"] = self.budget.micro_batch_prompts  # re-checked against the new count
+        merged = {**self.budget.model_dump(), **changes}
+        if changes:
+            merged["effective_batch"] = None  # the suite's check is about its own K x prompts
+        return BudgetConfig.model_validate(merged)
+
+    def train_for(self, method: MethodSpec) -> TrainConfig:
+        """The suite's training settings with the method's overrides applied."""
+        return TrainConfig.model_validate({**self.train.model_dump(), **method.train.model_dump(exclude_none=True)})
+
+    def method_overrides(self, method: MethodSpec) -> dict[str, dict[str, Any]]:
+        """What a method changes from the suite's settings: {"train": {...}, "budget": {...}}."""
+        return {what: changes for what, changes in (
+            ("train", method.train.model_dump(exclude_none=True)),
+            ("budget", method.budget.model_dump(exclude_none=True)),
+        ) if changes}
+
+    def budget_matched(self, method: MethodSpec) -> bool:
+        """False when the method sees another number of updates, candidates or prompts per update."""
+        mine, suite = self.budget_for(method), self.budget
+        return (mine.steps, mine.candidates_per_prompt, mine.prompts_per_update) == (
+            suite.steps, suite.candidates_per_prompt, suite.prompts_per_update)
 
 
 # ---- loading -------------------------------------------------------------------------------
@@ -242,8 +286,8 @@ class SuiteLoader:
             raise ConfigError(f"suite file {self.path} does not exist.{hint} List suites with `drpo-bench ls suites`.")
         text = self.path.read_text()
         try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            raw = yaml.safe_load(text)
+            # strict and bounded: duplicate keys refused, aliases expanded within limits (yaml_strict)
+            raw, node = load_yaml(text, str(self.path))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -258,12 +302,21 @@ class SuiteLoader:
         raw = self.read()
         for item in overrides or []:
             apply_override(raw, item)
+        self._check_finite(raw)
         try:
             suite = Suite.model_validate(raw)
         except ValidationError as exc:
             raise self._from_validation(exc) from None
         check_references(suite, self)
         return suite
+
+    def _check_finite(self, value: Any, loc: tuple[Any, ...] = ()) -> None:
+        """NaN or infinity anywhere (a learning rate, a method argument) would train garbage: refuse it."""
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.error(loc, f"{value} is not a finite number; use a finite value")
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            self._check_finite(item, (*loc, key))
 
     def _from_validation(self, exc: ValidationError, prefix: tuple[Any, ...] = (), model: type[BaseModel] = Suite) -> ConfigError:
         messages = []
@@ -314,7 +367,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         target = nxt
     last = parts[-1]
     try:
-        parsed = yaml.safe_load(value)
+        parsed = load_yaml(value, f"override {item!r}")[0]
     except yaml.YAMLError:
         parsed = value
     if isinstance(target, list):
@@ -341,8 +394,20 @@ def check_references(suite: Suite, loader: SuiteLoader) -> None:
             raise loader._from_validation(exc, (*loc, "args"), entry.config_model) from None
         return entry
 
+    def safe(value: str, what: str, loc: tuple[Any, ...]) -> None:
+        try:
+            safe_name(value, what)
+        except ConfigError as exc:
+            raise loader.error(loc, str(exc)) from None
+
+    safe(suite.name, "suite name", ("name",))
     for i, gen in enumerate(suite.generators):
+        safe(gen.label, "generator id", ("generators", i, "id" if gen.id else "name"))
         parse(GENERATORS, gen, ("generators", i))
+    for alias in suite.rewards:
+        safe(alias, "reward alias", ("rewards", alias))
+    for i, spec in enumerate(suite.methods):
+        safe(spec.id, "method id", ("methods", i, "id"))
     reward_entries = {alias: parse(REWARDS, spec, ("rewards", alias)) for alias, spec in suite.rewards.items()}
     parse(PROMPTS, suite.prompts, ("prompts",))
 
@@ -360,7 +425,23 @@ def check_references(suite: Suite, loader: SuiteLoader) -> None:
         except ValidationError as exc:
             raise loader._from_validation(exc, ("methods", i, "args"), entry.config_model) from None
         cls = entry.cls
+        try:
+            budget = suite.budget_for(spec)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise loader.error(("methods", i, "budget"), f"with this method's overrides the budget is invalid: "
+                               f"{first['msg'].removeprefix('Value error, ')}") from None
+        config = entry.parse_config(spec.args)
+        check_nested(config, ("methods", i, "args"), loader)
+        if getattr(cls, "trains", True):
+            try:
+                cls.check_budget(config, budget.candidates_per_prompt)
+            except ValueError as exc:
+                where = ("methods", i, "budget") if spec.budget.candidates_per_prompt else ("methods", i, "args")
+                raise loader.error(where, f"{exc} (budget.candidates_per_prompt = {budget.candidates_per_prompt})") from None
         if not getattr(cls, "trains", True):
+            if spec.train.model_dump(exclude_none=True) or spec.budget.model_dump(exclude_none=True):
+                raise loader.error(("methods", i), f"method `{spec.method}` does not train; remove its `train:`/`budget:` overrides")
             if spec.reward:
                 raise loader.error(("methods", i, "reward"), f"method `{spec.method}` does not train, so it takes no training reward; remove `reward:`")
             continue
@@ -388,10 +469,35 @@ def check_references(suite: Suite, loader: SuiteLoader) -> None:
                 raise loader.error(("eval", "metrics", i, "args"), f"`{metric.name}` is a reward alias; set its args under `rewards:`")
             continue
         if metric.name in METRICS:
-            parse(METRICS, metric, ("eval", "metrics", i))
+            entry = parse(METRICS, metric, ("eval", "metrics", i))
+            check_nested(entry.parse_config(metric.args), ("eval", "metrics", i, "args"), loader)
             continue
         valid = list(suite.rewards) + METRICS.names()
         raise loader.error(("eval", "metrics", i), f"`{metric.name}` is neither a reward alias nor a registered metric; nearest: {', '.join(nearest(metric.name, valid))}")
+
+
+#: nested components a config may name: (name field, its args field, registry)
+NESTED_COMPONENTS = (("features", "feature_args", "FEATURES"),)
+
+
+def check_nested(config: Any, loc: tuple[Any, ...], loader: SuiteLoader) -> None:
+    """A config that names another registered component (DrPO's or the diversity metric's feature
+    encoder) has that name and its args checked too, before anything is built."""
+    import drpo_bench.registry as registry
+
+    for name_field, args_field, registry_name in NESTED_COMPONENTS:
+        name = getattr(config, name_field, None)
+        if not isinstance(name, str):
+            continue
+        reg = getattr(registry, registry_name)
+        try:
+            entry = reg.get(name)
+        except UserError as exc:
+            raise loader.error((*loc, name_field), str(exc)) from None
+        try:
+            entry.parse_config(getattr(config, args_field, None) or {})
+        except ValidationError as exc:
+            raise loader._from_validation(exc, (*loc, args_field), entry.config_model) from None
 
 
 def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:

@@ -20,6 +20,29 @@ class MissingWeightsError(UserError):
     """Weights that are not on disk and cannot be downloaded here."""
 
 
+class NonFiniteError(RuntimeError):
+    """A NaN or infinity where a number must be finite (a reward, a loss, a gradient).
+
+    Not a ``UserError``: it stops the cell it happens in (with a diagnosis in its error.txt)
+    while the suite goes on. ``phase`` is filled in by the innermost ledger phase it crosses and
+    ``update`` by the training loop, so the message says where it happened.
+    """
+
+    def __init__(self, what: str, detail: str) -> None:
+        super().__init__(what)
+        self.what, self.detail = what, detail
+        self.phase: str | None = None
+        self.update: int | None = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.update is not None:
+            where.append(f"update {self.update}")
+        if self.phase is not None:
+            where.append(f"phase {self.phase}")
+        return f"non-finite {self.what}" + (f" in {', '.join(where)}" if where else "") + f": {self.detail}"
+
+
 def nearest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """The closest valid names to a misspelled one, for 'did you mean' hints."""
     candidates = list(candidates)

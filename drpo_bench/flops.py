@@ -2,7 +2,7 @@
 
 FLOPs are counted with ``torch.utils.flop_counter`` (2 × multiply-adds of matmuls,
 convolutions and attention; elementwise work, norms and softmax are not counted, as in the
-reference table of shared/specs/architectures.md). Counting runs on the ``meta`` device: no
+reference table of docs/architectures-reference.md). Counting runs on the ``meta`` device: no
 weights, no memory, seconds even for an 8 B model, and attention is counted through its math
 decomposition (``bmm``). On a CPU with real tensors PyTorch's fused attention kernel
 ``_scaled_dot_product_flash_attention_for_cpu`` has no FLOP formula and counts as zero;

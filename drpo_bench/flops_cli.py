@@ -31,7 +31,7 @@ from drpo_bench.phase_models import (
     make_setting,
 )
 
-#: the paper's measured wall-clock (SD-Turbo, HPSv3, effective batch 192; shared/specs/drpo.md)
+#: the paper's measured wall-clock (SD-Turbo, HPSv3, effective batch 192; docs/drpo.md)
 PAPER_WALL_CLOCK = {
     "setting": "SD-Turbo, HPSv3 reward, effective batch 192 (K=24 × 8 prompts); DRaFT through a checkpointed HPSv3",
     "draft_seconds_per_update": 21.62,

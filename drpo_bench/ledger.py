@@ -38,6 +38,8 @@ from typing import Any
 
 import torch
 
+from drpo_bench.errors import NonFiniteError
+
 #: the canonical phase names, in the order reports show them
 PHASES = (
     "sample",
@@ -69,6 +71,8 @@ class UpdateRecord:
     peak_memory_bytes: int = 0
     #: FLOPs were counted in this update (its time includes the counter's overhead)
     flops_counted: bool = False
+    #: the first update of a process (allocator and caches warm up): left out of timing means
+    warmup: bool = False
 
 
 class _Phase:
@@ -83,7 +87,9 @@ class _Phase:
     def __enter__(self) -> None:
         self.ledger._enter(self.name)
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if isinstance(exc, NonFiniteError) and exc.phase is None:
+            exc.phase = self.name  # the innermost phase it happened in
         self.ledger._exit()
 
 
@@ -112,6 +118,15 @@ class Ledger:
         self._flop_mark = 0.0  # counter total at the last boundary
         self._counter: Any = None  # FlopCounterMode while counting
         self._flops_done = False
+        self._started = False  # has this process begun an update yet (the first one is warm-up)
+
+    def restore(self, updates: list[dict[str, Any]]) -> None:
+        """Prepend the updates an earlier process of the same cell recorded (from ``to_json()``),
+        so a resumed cell's ledger spans every process; FLOPs are not counted again."""
+        restored = [UpdateRecord(**{k: v for k, v in u.items() if k in UpdateRecord.__dataclass_fields__}) for u in updates]
+        self.updates = restored + self.updates
+        if any(r.flops_counted for r in restored):
+            self._flops_done = True
 
     # ---- updates ---------------------------------------------------------------------------
     def begin_update(self) -> None:
@@ -122,7 +137,8 @@ class Ledger:
         self._sync()
         if self._cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
-        self._current = UpdateRecord()
+        self._current = UpdateRecord(warmup=not self._started)
+        self._started = True
         self._stack = []
         if self.count_flops and not self._flops_done:
             self._start_counter()
@@ -215,13 +231,14 @@ class Ledger:
         counter.__exit__(None, None, None)
 
     # ---- summaries -------------------------------------------------------------------------
-    def summary(self, skip_first: int = 1) -> dict[str, Any]:
-        """Means over updates; the first ``skip_first`` are warm-up (allocator, caches).
+    def summary(self) -> dict[str, Any]:
+        """Means over updates; each process's first update is warm-up (allocator, caches) and left
+        out when others exist.
 
         Updates whose FLOPs were counted are excluded from the timing means when others exist
         (the counter slows them); FLOPs are the mean over the updates that have any.
         """
-        timed = self.updates[skip_first:] if len(self.updates) > skip_first else self.updates
+        timed = [r for r in self.updates if not r.warmup] or self.updates
         uncounted = [r for r in timed if not r.flops_counted]
         timed = uncounted or timed
         if not timed:
@@ -244,6 +261,7 @@ class Ledger:
         total_flops = sum(flops.values()) if flops else None
         return {
             "updates": len(self.updates),
+            "processes": sum(r.warmup for r in self.updates) or 1,
             "updates_averaged": n,
             "seconds_per_update": mean_seconds,
             "seconds_per_update_min": min(seconds),
@@ -269,6 +287,7 @@ class Ledger:
                     "phase_calls": r.phase_calls,
                     "peak_memory_bytes": r.peak_memory_bytes,
                     "flops_counted": r.flops_counted,
+                    "warmup": r.warmup,
                 }
                 for r in self.updates
             ],

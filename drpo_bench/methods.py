@@ -62,6 +62,11 @@ class Method(abc.ABC):
     def __init__(self, config: StrictConfig) -> None:
         self.config = config
 
+    @classmethod
+    def check_budget(cls, config: Any, candidates_per_prompt: int) -> None:  # noqa: B027 - optional hook
+        """Raise ``ValueError`` (saying how to fix it) when ``config`` cannot run with K candidates per
+        prompt. ``validate`` calls it for every cell before any weight loads; the runner calls it too."""
+
     def setup(self, ctx: TrainContext) -> None:  # noqa: B027 - optional hook
         """Build what the method needs once per cell (feature encoders, buffers)."""
 

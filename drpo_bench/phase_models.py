@@ -239,7 +239,7 @@ def _present(*works: Work | None) -> list[Work]:
 
 @register_phase_model("drpo", "K LoRA forwards + K reference + K decodes + K reward forwards + features; no reward grad")
 def drpo_phases(s: ComputeSetting) -> list[Work]:
-    """DrPO (shared/specs/drpo.md): the reward only ranks; the loss lives in feature space."""
+    """DrPO (docs/drpo.md): the reward only ranks; the loss lives in feature space."""
     if s.k < s.n_pos + s.n_neg:
         raise UserError(f"DrPO needs K ≥ n⁺ + n⁻ (got K={s.k}, n⁺={s.n_pos}, n⁻={s.n_neg})")
     images = s.features.space == "images"

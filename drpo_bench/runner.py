@@ -1,28 +1,19 @@
-"""Plan cells, run each with the shared training loop, evaluate, store; skip and resume.
+"""Run a suite: plan its cells, then for each cell build, train, evaluate and store; skip and resume.
 
-A cell is (generator, method, training reward, seed). Its folder under the suite's output
-holds ``cell.json`` (written last: its presence with status "complete" means done),
-``train.jsonl``, ``eval.json``, ``ledger.json``, ``samples.png`` and ``adapter.safetensors``.
-While training, ``checkpoint.json`` points at the newest ``checkpoint-<step>/`` folder; a rerun
-resumes from it. Prompt choice and noise of update ``t`` depend only on (seed, t), so a resumed
-cell follows exactly the path an uninterrupted one would.
+The flow, one module each: ``planning`` (resolved cells), ``training`` (the shared loop with
+checkpoint and resume), ``evaluation`` (held-out metrics), ``store`` (the cell folder's typed
+records). This module orchestrates them and shares reward and metric models between cells.
+A cell's ``cell.json`` is written last: its presence with status "complete" means done.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import math
 import os
 import platform
 import random
-import shutil
 import subprocess
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,64 +24,24 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from drpo_bench import __version__
-from drpo_bench.config import ComponentSpec, MethodSpec, Suite
-from drpo_bench.errors import UserError
+from drpo_bench.config import ComponentSpec, Suite
+from drpo_bench.errors import NonFiniteError, UserError
+from drpo_bench.evaluation import evaluate
 from drpo_bench.ledger import Ledger
-from drpo_bench.methods import Method, TrainContext
-from drpo_bench.metrics.base import EvalSamples, Metric, MetricValue
+from drpo_bench.locks import GATE_NAME, LOCK_NAME, FileLock, LockedError, describe, holder_info, is_free
+from drpo_bench.methods import Method
+from drpo_bench.metrics.base import Metric
 from drpo_bench.metrics.reward_metric import RewardMetric
+from drpo_bench.planning import Cell, plan_cells
 from drpo_bench.prompts.base import Prompt, PromptSet
 from drpo_bench.registry import GENERATORS, METHODS, METRICS, PROMPTS, REWARDS
-from drpo_bench.store import read_json, save_safetensors, torch_save_atomic, write_json, write_text
+from drpo_bench.store import CellFolder, CellRecord, CorruptCellError, read_json, write_json, write_text
+from drpo_bench.training import drop_checkpoints, train_cell
+from drpo_bench.yaml_strict import ensure_inside
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-
-@dataclass(frozen=True)
-class Cell:
-    generator: ComponentSpec
-    method: MethodSpec
-    reward_alias: str | None  # None for methods that do not train
-    seed: int
-
-    @property
-    def id(self) -> str:
-        return f"{self.generator.label}--{self.method.id}--{self.reward_alias or 'none'}--s{self.seed}"
-
-
-def plan_cells(suite: Suite) -> list[Cell]:
-    """generator x method x training reward x seed, in suite order."""
-    cells = []
-    for gen in suite.generators:
-        for method in suite.methods:
-            cls = METHODS.get(method.method).cls
-            if not cls.trains:
-                aliases: list[str | None] = [None]
-            elif method.reward:
-                aliases = [method.reward]
-            else:
-                aliases = list(suite.train_rewards)
-            for alias in aliases:
-                for seed in suite.seeds:
-                    cells.append(Cell(gen, method, alias, seed))
-    return cells
-
-
-def cell_fingerprint(suite: Suite, cell: Cell) -> str:
-    """Hash of everything that determines a cell's result; a rerun with other settings is refused."""
-    method_cls = METHODS.get(cell.method.method).cls
-    payload = {
-        "generator": cell.generator.model_dump(),
-        "method": cell.method.model_dump(),
-        "reward": suite.rewards[cell.reward_alias].model_dump() if cell.reward_alias else None,
-        "prompts": suite.prompts.model_dump(),
-        "seed": cell.seed,
-        "budget": suite.budget.model_dump() if method_cls.trains else None,
-        # bookkeeping that cannot change a result stays out, so old results still match
-        "train": suite.train.model_dump(exclude={"checkpoint_every", "count_flops"}) if method_cls.trains else None,
-        "eval": suite.eval.model_dump(),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+__all__ = ["Cell", "CellRunner", "RunSummary", "check_output_dir", "plan_cells", "run_suite"]
 
 
 def environment_info() -> dict[str, Any]:
@@ -151,6 +102,7 @@ class CellRunner:
         self._rewards: dict[str, Any] = {}
         self._prompt_set: PromptSet | None = None
         self._env = environment_info()
+        self.cell_wait: float | None = 0.0  # a busy cell is deferred (0) or waited for (None)
 
     # ---- shared components -----------------------------------------------------------------
     def reward(self, alias: str, device: torch.device) -> Any:
@@ -178,278 +130,78 @@ class CellRunner:
     # ---- one cell --------------------------------------------------------------------------
     def run(self, cell: Cell, progress: Progress | None) -> str:
         """Returns "skipped", "done" or "resumed"."""
-        cell_dir = self.output / cell.id
-        fingerprint = cell_fingerprint(self.suite, cell)
-        done = cell_dir / "cell.json"
-        if done.exists():
-            info = read_json(done)
-            if info.get("status") == "complete":
-                if info.get("fingerprint") != fingerprint:
-                    raise UserError(
-                        f"cell {cell.id} in {self.output} was run with other settings (fingerprint "
-                        f"{info.get('fingerprint')} != {fingerprint}). Use another --output, or delete that cell folder to rerun it."
-                    )
-                return "skipped"
-        cell_dir.mkdir(parents=True, exist_ok=True)
+        folder = CellFolder(ensure_inside(self.output, self.output / cell.id))  # ids are safe names; belt and braces
+        folder.path.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = FileLock(folder.file(LOCK_NAME), wait=self.cell_wait, what="run training this cell").acquire()
+        except LockedError:
+            return "busy"
+        try:
+            return self._run_locked(cell, folder, progress)
+        finally:
+            lock.release()
+
+    def _run_locked(self, cell: Cell, folder: CellFolder, progress: Progress | None) -> str:
+        fingerprint = cell.fingerprint
+        record = folder.read_cell()
+        if record is not None and record.status == "complete":
+            if record.fingerprint != fingerprint:
+                raise UserError(
+                    f"cell {cell.id} in {self.output} was run with other settings (fingerprint "
+                    f"{record.fingerprint} != {fingerprint}). Use another --output, or delete that cell folder to rerun it."
+                )
+            folder.verify(record)
+            drop_checkpoints(folder)  # left behind by a kill between cell.json and the clean-up
+            folder.remove_leftovers()
+            return "skipped"
+        folder.remove_leftovers()
+        folder.file(CellFolder.ERROR).unlink(missing_ok=True)  # a previous failure, being retried
         started = time.time()
         seed_everything(cell.seed)
         generator = build(GENERATORS, cell.generator)
         method_entry = METHODS.get(cell.method.method)
         method: Method = method_entry.cls(method_entry.parse_config(cell.method.args))
-        ledger = Ledger(generator.device, count_flops=self.suite.train.count_flops)
+        ledger = Ledger(generator.device, count_flops=cell.train.count_flops)
         resumed_from = None
-        if method.trains:
+        if cell.trains:
             assert cell.reward_alias is not None
-            resumed_from = self.train(cell, cell_dir, fingerprint, generator, method, ledger, progress)
-            generator.save_adapter(cell_dir / "adapter.safetensors")
-        eval_result = self.evaluate(cell, cell_dir, generator)
-        write_json(cell_dir / "eval.json", eval_result)
-        write_json(cell_dir / "ledger.json", ledger.to_json())
-        reward_spec = self.suite.rewards[cell.reward_alias] if cell.reward_alias else None
-        write_json(
-            done,
-            {
-                "status": "complete",
-                "cell_id": cell.id,
-                "fingerprint": fingerprint,
-                "suite": self.suite.name,
-                "generator": cell.generator.model_dump(),
-                "method": cell.method.model_dump(),
-                "method_paper": method_entry.cls.paper,
-                "trains": method.trains,
-                "needs_differentiable_reward": method_entry.cls.needs_differentiable_reward,
-                "train_reward": {"alias": cell.reward_alias, **reward_spec.model_dump()} if reward_spec else None,
-                "seed": cell.seed,
-                "budget": {**self.suite.budget.model_dump(), "effective_batch": self.suite.budget.effective} if method.trains else None,
-                "train": self._train_config(cell).__dict__ if method.trains else None,
-                "eval": self.suite.eval.model_dump(),
-                "higher_is_better": {k: v["higher_is_better"] for k, v in eval_result["metrics"].items()},
-                "resumed_from_step": resumed_from,
-                "wall_seconds_this_run": time.time() - started,
-                **self._env,
-            },
-        )
-        self._drop_checkpoints(cell_dir)
+            reward = self.reward(cell.reward_alias, generator.device)
+            train_prompts = [p.text for p in self.prompts("train")]
+            resumed_from = train_cell(cell, folder, generator, method, reward, train_prompts, ledger, progress,
+                                      None if self.quiet else self.console)
+            generator.save_adapter(folder.file(CellFolder.ADAPTER))
+        result, scores = evaluate(cell, generator, self.prompts(cell.eval.split), self.metrics(generator.device),
+                                  folder.file(CellFolder.SAMPLES))
+        folder.write_scores(scores)
+        folder.write_eval(result)
+        folder.write_ledger(ledger.to_json())
+        budget = cell.budget.model_dump()
+        folder.write_cell(CellRecord(
+            status="complete",
+            cell_id=cell.id,
+            fingerprint=fingerprint,
+            suite=cell.suite,
+            generator=cell.generator.model_dump(),
+            method=cell.method.model_dump(),
+            method_paper=method_entry.cls.paper,
+            trains=cell.trains,
+            needs_differentiable_reward=method_entry.cls.needs_differentiable_reward,
+            train_reward={"alias": cell.reward_alias, **cell.reward.model_dump()} if cell.reward else None,
+            seed=cell.seed,
+            budget={**budget, "effective_batch": cell.budget.effective} if cell.trains else None,
+            train=cell.train.model_dump() if cell.trains else None,
+            eval=cell.eval.model_dump(),
+            overrides=cell.overrides,
+            budget_matched=cell.budget_matched,
+            higher_is_better={k: v.higher_is_better for k, v in result.metrics.items()},
+            metric_definitions={k: v.definition for k, v in result.metrics.items()},
+            checksums=folder.checksums(),
+            resumed_from_step=resumed_from,
+            wall_seconds_this_run=time.time() - started,
+            **self._env,
+        ))
+        drop_checkpoints(folder)
         return "resumed" if resumed_from else "done"
-
-    @dataclass
-    class _Train:
-        lr: float
-        lr_schedule: str
-        weight_decay: float
-        grad_clip: float | None
-        betas: tuple[float, float]
-        precision: str
-        checkpoint_every: int
-
-    def _train_config(self, cell: Cell) -> CellRunner._Train:
-        t, o = self.suite.train, cell.method.train
-        return CellRunner._Train(
-            lr=o.lr if o.lr is not None else t.lr,
-            lr_schedule=t.lr_schedule,
-            weight_decay=o.weight_decay if o.weight_decay is not None else t.weight_decay,
-            grad_clip=o.grad_clip if o.grad_clip is not None else t.grad_clip,
-            betas=t.betas,
-            precision=t.precision,
-            checkpoint_every=t.checkpoint_every,
-        )
-
-    def train(self, cell: Cell, cell_dir: Path, fingerprint: str, generator: Any, method: Method,
-              ledger: Ledger, progress: Progress | None) -> int | None:
-        """The shared loop: same optimizer, precision, accumulation, clipping for every method."""
-        budget, tcfg = self.suite.budget, self._train_config(cell)
-        device = generator.device
-        params = generator.trainable_parameters()
-        if not params:
-            raise RuntimeError(f"generator {cell.generator.name} exposes no trainable parameters")
-        optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=tcfg.betas)
-        scaler = torch.amp.GradScaler(device.type, enabled=tcfg.precision == "fp16")
-        ctx = TrainContext(
-            generator=generator,
-            reward=self.reward(cell.reward_alias, device),  # type: ignore[arg-type]
-            ledger=ledger,
-            candidates_per_prompt=budget.candidates_per_prompt,
-            noise_rng=torch.Generator(),
-            loss_scale=budget.micro / budget.prompts_per_update,
-            scaled=scaler.scale,
-        )
-        method.setup(ctx)
-        train_prompts = [p.text for p in self.prompts("train")]
-
-        start, resumed_from = self._resume(cell_dir, fingerprint, generator, optimizer, scaler, method)
-        log_path = cell_dir / "train.jsonl"
-        _truncate_log(log_path, start)
-        task = progress.add_task(f"  {cell.id}", total=budget.steps, completed=start) if progress else None
-        generator.train(True)
-        with log_path.open("a") as log:
-            for step in range(start, budget.steps):
-                chosen = _update_prompts(train_prompts, budget.prompts_per_update, cell.seed, step)
-                for group in optimizer.param_groups:  # a function of the step alone: resumes exactly
-                    group["lr"] = tcfg.lr * lr_factor(tcfg.lr_schedule, step, budget.steps)
-                ctx.noise_rng.manual_seed(_update_seed(cell.seed, step))
-                ledger.begin_update()
-                losses, logs = [], {}
-                for i in range(0, len(chosen), budget.micro):
-                    with _autocast(device, tcfg.precision):
-                        out = method.step(chosen[i : i + budget.micro], ctx)
-                    losses.append(out.loss)
-                    for k, v in out.logs.items():
-                        logs[k] = logs.get(k, 0.0) + v / (len(chosen) // budget.micro)
-                with ledger.phase("optimizer"):
-                    scaler.unscale_(optimizer)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip or float("inf"))
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                record = ledger.end_update()
-                entry = {"step": step + 1, "loss": sum(losses) / len(losses), "grad_norm": float(grad_norm), **logs}
-                if record is not None:
-                    entry["seconds"] = record.seconds
-                log.write(json.dumps(entry) + "\n")
-                log.flush()
-                if (step + 1) % tcfg.checkpoint_every == 0 and step + 1 < budget.steps:
-                    self._checkpoint(cell_dir, fingerprint, step + 1, generator, optimizer, scaler, method)
-                if progress is not None and task is not None:
-                    progress.update(task, advance=1, description=f"  {cell.id} loss {entry['loss']:.3g}")
-        generator.train(False)
-        if progress is not None and task is not None:
-            progress.remove_task(task)
-        return resumed_from
-
-    # ---- checkpoints -----------------------------------------------------------------------
-    def _checkpoint(self, cell_dir: Path, fingerprint: str, step: int, generator: Any, optimizer: Any,
-                    scaler: Any, method: Method) -> None:
-        folder = cell_dir / f"checkpoint-{step}"
-        folder.mkdir(exist_ok=True)
-        save_safetensors({k: v.detach().cpu().contiguous() for k, v in generator.adapter_state_dict().items()},
-                         folder / "adapter.safetensors")
-        torch_save_atomic({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                           "method": method.state_dict()}, folder / "training_state.pt")
-        # the pointer is the commit: written last, atomically
-        write_json(cell_dir / "checkpoint.json", {"step": step, "folder": folder.name, "fingerprint": fingerprint})
-        for old in cell_dir.glob("checkpoint-*"):
-            if old.name != folder.name:
-                shutil.rmtree(old, ignore_errors=True)
-
-    def _resume(self, cell_dir: Path, fingerprint: str, generator: Any, optimizer: Any, scaler: Any,
-                method: Method) -> tuple[int, int | None]:
-        pointer = cell_dir / "checkpoint.json"
-        if not pointer.exists():
-            return 0, None
-        info = read_json(pointer)
-        if info.get("fingerprint") != fingerprint:
-            raise UserError(
-                f"cell folder {cell_dir} holds a checkpoint from other settings. Use another --output, "
-                "or delete that folder to start the cell over."
-            )
-        folder = cell_dir / info["folder"]
-        generator.load_adapter(folder / "adapter.safetensors")
-        state = torch.load(folder / "training_state.pt", map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        method.load_state_dict(state["method"])
-        if not self.quiet:
-            self.console.print(f"[yellow]resuming {cell_dir.name} from step {info['step']}[/]")
-        return int(info["step"]), int(info["step"])
-
-    @staticmethod
-    def _drop_checkpoints(cell_dir: Path) -> None:
-        (cell_dir / "checkpoint.json").unlink(missing_ok=True)
-        for old in cell_dir.glob("checkpoint-*"):
-            shutil.rmtree(old, ignore_errors=True)
-
-    # ---- evaluation ------------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self, cell: Cell, cell_dir: Path, generator: Any) -> dict[str, Any]:
-        ecfg = self.suite.eval
-        prompts = self.prompts(ecfg.split)[: ecfg.max_prompts]
-        n = ecfg.images_per_prompt
-        rows = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]
-        noise_rng = torch.Generator().manual_seed(ecfg.seed + cell.seed)
-        images, latents = [], []
-        for start in range(0, len(rows), ecfg.batch_size):
-            batch = rows[start : start + ecfg.batch_size]
-            noise = generator.noise(len(batch), noise_rng)
-            lat = generator.sample(noise, generator.encode([p.text for _, p in batch]))
-            latents.append(lat.float().cpu())
-            images.append(generator.decode(lat).float().clamp(0, 1).cpu())
-        samples = EvalSamples(
-            images=torch.cat(images),
-            latents=torch.cat(latents),
-            prompts=[p.text for _, p in rows],
-            groups=torch.tensor([i for i, _ in rows]),
-            tasks=[p.task for _, p in rows],
-        )
-        values: dict[str, MetricValue] = {}
-        for metric in self.metrics(generator.device):
-            values.update(metric.compute(samples))
-        if ecfg.grid_prompts:
-            write_samples_grid(cell_dir / "samples.png", samples.images[: ecfg.grid_prompts * n], nrow=n)
-        return {
-            "n_prompts": len(prompts),
-            "images_per_prompt": n,
-            "split": ecfg.split,
-            "metrics": {k: {"mean": v.mean, "higher_is_better": v.higher_is_better, "per_task": v.per_task}
-                        for k, v in values.items()},
-        }
-
-
-def write_samples_grid(path: Path, images: torch.Tensor, nrow: int) -> None:
-    """(N, 3, H, W) in [0, 1] -> one PNG, one prompt per row (atomic write)."""
-    from PIL import Image
-    from torchvision.utils import make_grid
-
-    if images.shape[-1] < 128:  # upscale tiny images so a person can see them
-        factor = max(1, 128 // images.shape[-1])
-        images = torch.nn.functional.interpolate(images, scale_factor=factor, mode="nearest")
-    grid = make_grid(images, nrow=nrow, padding=2, pad_value=0.5)  # (3, H', W')
-    array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    write_text_bytes(path, buf.getvalue())
-
-
-def write_text_bytes(path: Path, data: bytes) -> None:
-    from drpo_bench.store import _atomic_write_bytes
-
-    _atomic_write_bytes(path, data)
-
-
-def lr_factor(schedule: str, step: int, steps: int) -> float:
-    """Learning-rate multiplier of update ``step`` (0-based) of ``steps``."""
-    if schedule == "constant":
-        return 1.0
-    if schedule == "cosine":  # half a cosine from 1 at the first update to 0 after the last
-        return 0.5 * (1.0 + math.cos(math.pi * step / steps))
-    raise ValueError(f"unknown lr_schedule {schedule!r}")
-
-
-def _update_prompts(prompts: list[str], n: int, seed: int, step: int) -> list[str]:
-    rng = random.Random(f"prompts:{seed}:{step}")
-    return rng.sample(prompts, n) if n <= len(prompts) else [rng.choice(prompts) for _ in range(n)]
-
-
-def _update_seed(seed: int, step: int) -> int:
-    return (seed * 1_000_003 + step * 7919 + 17) % 2**63
-
-
-def _truncate_log(path: Path, keep_steps: int) -> None:
-    """Drop log lines past the checkpoint a cell resumes from (they will be redone)."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= keep_steps]
-    write_text(path, "".join(line + "\n" for line in kept))
-
-
-@contextmanager
-def _autocast(device: torch.device, precision: str) -> Iterator[None]:
-    if precision == "fp32":
-        with nullcontext():
-            yield
-        return
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    with torch.autocast(device_type=device.type, dtype=dtype):
-        yield
 
 
 # ---- the whole suite -----------------------------------------------------------------------
@@ -463,29 +215,121 @@ class RunSummary:
 
 
 def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool = False, quiet: bool = False,
-              shard: tuple[int, int] = (0, 1), console: Console | None = None) -> RunSummary:
+              shard: tuple[int, int] = (0, 1), console: Console | None = None, wait: float = 0.0) -> RunSummary:
+    """Run the suite's cells (those of ``shard``) into ``output``.
+
+    Several runs may work in one folder at once (e.g. shards): each cell is trained once, by
+    whichever run gets to it first. A run whose settings differ from a live run's, or from cells
+    already in the folder, is refused before it writes anything (``wait``: seconds to wait for
+    the folder's gate).
+    """
     output = Path(output or suite.output_dir)
     check_output_dir(output, allow_reference)
     console = console or Console(stderr=True)
+    planned = plan_cells(suite)
+    cells = [c for i, c in enumerate(planned) if i % shard[1] == shard[0]]
     output.mkdir(parents=True, exist_ok=True)
-    write_json(output / "suite.json", suite.model_dump(mode="json"))
-    cells = [c for i, c in enumerate(plan_cells(suite)) if i % shard[1] == shard[0]]
+    with FileLock(output / GATE_NAME, wait=wait, what="drpo-bench run", record=False):
+        live = not is_free(output / LOCK_NAME)
+        settings_file = output / SETTINGS_NAME
+        settings = _read_settings(settings_file) if live else {"cells": {}, "holders": []}
+        refuse_other_settings(output, cells, settings if live else None)
+        run_lock = FileLock(output / LOCK_NAME, shared=True).acquire()
+        settings["cells"].update({c.id: c.fingerprint for c in planned})
+        settings["holders"].append(holder_info())
+        write_json(settings_file, settings)
+        write_json(output / "suite.json", suite.model_dump(mode="json"))
+    try:
+        return _run_cells(suite, output, cells, quiet, console)
+    finally:
+        run_lock.release()
+
+
+#: the settings (cell id -> fingerprint) and holders of the runs live in a folder
+SETTINGS_NAME = ".drpo-bench.settings.json"
+
+
+def _read_settings(path: Path) -> dict[str, Any]:
+    try:
+        data = read_json(path)
+        if isinstance(data.get("cells"), dict) and isinstance(data.get("holders"), list):
+            return data
+    except (OSError, ValueError, AttributeError):
+        pass
+    return {"cells": {}, "holders": []}
+
+
+def refuse_other_settings(output: Path, cells: list[Cell], live: dict[str, Any] | None = None) -> None:
+    """Refuse, before anything is written, a run whose cells clash with a live run's settings or
+    with cells (finished or checkpointed) already in the folder."""
+    if live:
+        clashes = [c.id for c in cells if live["cells"].get(c.id, c.fingerprint) != c.fingerprint]
+        if clashes:
+            holders = "; ".join(describe(h) for h in live["holders"][-3:])
+            raise UserError(
+                f"{output} is in use by a run with other settings for {len(clashes)} cell(s) ({', '.join(clashes[:3])}"
+                f"{', ...' if len(clashes) > 3 else ''}): {holders}. Nothing was written. Wait for it, or use another --output."
+            )
+    clashes = []
+    for cell in cells:
+        folder = CellFolder(output / cell.id)
+        if not folder.path.is_dir():
+            continue
+        try:
+            record = folder.read_cell()
+        except CorruptCellError:
+            continue  # reported when the cell runs
+        recorded = record.fingerprint if record is not None else None
+        pointer = folder.file(CellFolder.CHECKPOINT)
+        if recorded is None and pointer.exists():
+            try:
+                recorded = read_json(pointer).get("fingerprint")
+            except (ValueError, OSError, AttributeError):
+                continue
+        if recorded is not None and recorded != cell.fingerprint:
+            clashes.append(cell.id)
+    if clashes:
+        raise UserError(
+            f"{output} holds {len(clashes)} cell(s) run with other settings ({', '.join(clashes[:4])}"
+            f"{', ...' if len(clashes) > 4 else ''}); nothing was written. Use another --output, or delete those "
+            "cell folders to rerun them with these settings."
+        )
+
+
+def _run_cells(suite: Suite, output: Path, cells: list[Cell], quiet: bool, console: Console) -> RunSummary:
     runner = CellRunner(suite, output, console, quiet)
     statuses: dict[str, str] = {}
     failures: dict[str, str] = {}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=quiet, transient=False) as progress:
         overall = progress.add_task(f"[bold]{suite.name}[/]: cells", total=len(cells))
-        for cell in cells:
+        queue, deferred = list(cells), []
+        while queue or deferred:
+            if not queue:  # only cells another run was on are left: now wait for each
+                queue, deferred = deferred, []
+                runner.cell_wait = None
+            cell = queue.pop(0)
+            error_file = output / cell.id / CellFolder.ERROR
             try:
-                statuses[cell.id] = runner.run(cell, progress)
+                status = runner.run(cell, progress)
+                if status == "busy":  # another run is on it: do the others first, then wait for it
+                    deferred.append(cell)
+                    continue
+                statuses[cell.id] = status
+            except CorruptCellError as exc:  # a clear message, no traceback; the other cells go on
+                statuses[cell.id], failures[cell.id] = "failed", str(exc)
+                console.print(f"[red]cell {cell.id}: {exc}[/]")
             except UserError:
                 raise
+            except NonFiniteError as exc:  # a diagnosis, not a traceback: which update, phase, value
+                statuses[cell.id], failures[cell.id] = "failed", str(exc)
+                write_text(error_file, f"{exc}\n\nThe cell stopped; the suite went on. Fix the cause and rerun: "
+                                       "the cell restarts from its last checkpoint.\n")
+                console.print(f"[red]cell {cell.id} failed: {exc} (in {error_file})[/]")
             except Exception as exc:  # noqa: BLE001 - one broken cell must not lose the others
                 statuses[cell.id] = "failed"
                 failures[cell.id] = f"{type(exc).__name__}: {exc}"
-                (output / cell.id).mkdir(parents=True, exist_ok=True)
-                write_text(output / cell.id / "error.txt", traceback.format_exc())
-                console.print(f"[red]cell {cell.id} failed: {failures[cell.id]} (traceback in {output / cell.id / 'error.txt'})[/]")
+                write_text(error_file, traceback.format_exc())
+                console.print(f"[red]cell {cell.id} failed: {failures[cell.id]} (traceback in {error_file})[/]")
             progress.update(overall, advance=1)
     return RunSummary(output, statuses, failures)

@@ -98,6 +98,11 @@ class ToyRedness(Reward):
 
     differentiable = True
     scale = "red minus mean of green and blue, -1..1"
+    definition = {
+        "model": "toy program (drpo_bench.toy)",
+        "version": "toy",
+        "formula": "mean over pixels of R - (G + B) / 2, images in [0, 1]",
+    }
 
     class Config(StrictConfig):
         pass

@@ -14,7 +14,7 @@ FLOPs are counted (torch.utils.flop_counter on the real kernels), then ``--updat
 Output: seconds per update, phase breakdown, peak memory, counted FLOPs, achieved TFLOP/s and
 its fraction of the device's dense bf16/fp16 peak, and the FLOPs drpo_bench/phase_models.py
 predicts for the same setting. The drift loss is a compact stand-in of the spec's field
-(shared/specs/drpo.md) so this script does not depend on the trainer's internals.
+(docs/drpo.md) so this script does not depend on the trainer's internals.
 """
 
 from __future__ import annotations
@@ -336,7 +336,7 @@ def run_method(method: str, s: Stack, args: argparse.Namespace) -> dict[str, Any
         opt.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
         return {"error": f"CUDA out of memory: {str(exc).splitlines()[0]}. Try a smaller --micro-batch or --reward pickscore."}
-    summary = ledger.summary(skip_first=1)
+    summary = ledger.summary()
     checkpointed = ["generator"] if args.checkpoint_generator else []
     if draft and args.draft_checkpointing:
         checkpointed += ["vae", "reward"]

@@ -24,7 +24,8 @@ from drpo_bench.errors import UserError
 from drpo_bench.ledger import Ledger
 from drpo_bench.methods import TrainContext
 from drpo_bench.registry import METHODS, REWARDS
-from drpo_bench.runner import plan_cells, run_suite
+from drpo_bench.planning import plan_cells
+from drpo_bench.runner import run_suite
 from drpo_bench.toy import ToyGenerator, ToyRedness, ToyRednessBlackBox
 
 SUITES = Path(__file__).resolve().parents[1] / "suites" / "toy"

@@ -28,6 +28,16 @@ EXPECTED = {
     "effective_batch_mismatch.yaml": ["line 10", "effective_batch 100", "16"],
     "not_a_mapping.yaml": ["must be a YAML mapping"],
     "no_train_reward.yaml": ["line 8", "methods[1]", "has no reward"],
+    "dup_method_key.yaml": ["line 11", "duplicate key `method`", "first at line 9"],
+    "alias_bomb.yaml": ["line 14", "more than 100000 nodes"],
+    "path_traversal_id.yaml": ["line 2", "generators[0].id", "../../outside", "letters, digits"],
+    "path_traversal_alias.yaml": ["line 3", "rewards./tmp/evil", "letters, digits"],
+    "nonfinite_lr.yaml": ["line 10", "train.lr", "finite"],
+    # mistakes that used to fail only at run time, after weights loaded
+    "unknown_drpo_features.yaml": ["line 8", "methods[1].args.features", "toy-pixelz", "toy-pixels"],
+    "bad_drpo_feature_args.yaml": ["line 8", "methods[1].args.feature_args.no_such", "unknown key"],
+    "anchors_exceed_k.yaml": ["line 8", "methods[1].args", "n_pos + n_neg = 10", "8 candidates"],
+    "unknown_diversity_features.yaml": ["line 11", "eval.metrics[1].args.features", "toy-pixelz"],
 }
 
 

@@ -149,8 +149,16 @@ def test_own_copy_mask_marks_each_candidate_location_once():
 
 
 def _spec_drift_loss(gen, pos, neg, w_pos, w_neg, radii, mask_negative_self=False, mask_positive_pairs=False):
-    """shared/specs/drpo.md's batch computation, written out step by step (slow, for reference)."""
+    """The spec's computation (docs/drpo.md) written out step by step, one set (prompt) at a time,
+    as the public code calls it once per prompt (slow, for reference)."""
+    losses, goals = zip(*(_spec_one_set(gen[i : i + 1], pos[i : i + 1], neg[i : i + 1], w_pos, w_neg, radii,
+                                        mask_negative_self, mask_positive_pairs) for i in range(gen.shape[0])))
+    return torch.cat(losses), torch.cat(goals)
+
+
+def _spec_one_set(gen, pos, neg, w_pos, w_neg, radii, mask_negative_self, mask_positive_pairs):
     b, n, d = gen.shape
+    assert b == 1
     targets = torch.cat([gen, neg, pos], dim=1)
     w = torch.cat([torch.ones(n), torch.full((neg.shape[1],), w_neg), torch.full((pos.shape[1],), w_pos)])
     dist = torch.cdist(gen, targets)
@@ -187,3 +195,38 @@ def test_batched_field_equals_the_spec_written_out(masks):
                         mask_negative_self=masks[0], mask_positive_pairs=masks[1])
     torch.testing.assert_close(result.goal, goal, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(result.loss, loss, rtol=1e-4, atol=1e-5)
+
+
+def test_one_call_over_sets_of_very_different_spreads_equals_separate_calls():
+    """Prompts must not scale each other: the distance scale and force RMS are per set."""
+    g = torch.Generator().manual_seed(11)
+    spreads = (1.0, 0.2, 3.0)
+    gen = torch.cat([s * torch.randn(1, 24, 16, generator=g) for s in spreads])  # (3, 24, 16)
+    pos = torch.cat([s * (torch.randn(1, 8, 16, generator=g) + 0.5) for s in spreads])
+    neg = torch.cat([s * (torch.randn(1, 8, 16, generator=g) - 0.5) for s in spreads])
+
+    def grad_of(call):
+        x = gen.clone().requires_grad_(True)
+        call(x).backward()
+        return x.grad.flatten()
+
+    batched = grad_of(lambda x: drift_loss(x, pos, neg).loss.sum())
+    separate = grad_of(lambda x: sum(drift_loss(x[i : i + 1], pos[i : i + 1], neg[i : i + 1]).loss.sum() for i in range(3)))
+    cosine = torch.nn.functional.cosine_similarity(batched, separate, dim=0)
+    assert cosine >= 0.999
+    assert abs(batched.norm() / separate.norm() - 1) < 1e-3
+    for i in range(3):  # and set by set, not only overall
+        rows = slice(i * 24 * 16, (i + 1) * 24 * 16)
+        assert abs(batched[rows].norm() / separate[rows].norm() - 1) < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_field_is_float32_under_autocast(dtype):
+    """Anchor weights of 3000 push the affinities past float16's range: the field must not autocast."""
+    gen, g = _sets(seed=5, b=2, n=24, d=32)
+    pos, neg = gen[:, :8].clone() + 0.1, gen[:, 16:].clone() - 0.1
+    reference = drift_loss(gen, pos, neg)
+    with torch.autocast("cpu", dtype=dtype):
+        mixed = drift_loss(gen, pos, neg)
+    assert mixed.loss.dtype == torch.float32 and torch.isfinite(mixed.loss).all()
+    torch.testing.assert_close(mixed.loss, reference.loss)

@@ -72,3 +72,43 @@ def test_missing_file_names_it_and_how_to_get_it(tmp_path):
     bad.write_text("<x/>")
     with pytest.raises(UserError, match="unsupported prompt file type"):
         PickAPicV2(PickAPicV2.Config(eval=str(bad))).split("eval")
+
+
+def _file_prompt_sets() -> list[type]:
+    from drpo_bench.prompts.real import FilePromptSet
+    from drpo_bench.registry import PROMPTS, load_builtins
+
+    load_builtins()
+    return [PROMPTS.get(n).cls for n in sorted(PROMPTS.names()) if issubclass(PROMPTS.get(n).cls, FilePromptSet)]
+
+
+@pytest.mark.parametrize("cls", _file_prompt_sets(), ids=lambda c: c.registry_name)
+def test_missing_default_eval_file_is_an_error_naming_it_and_the_fix(cls, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    with pytest.raises(UserError) as info:
+        cls(cls.Config()).split("eval")
+    message = str(info.value)
+    assert cls.default_files["eval"] in message and str(tmp_path) in message  # the file, resolved
+    assert f"prompts: {{name: {cls.registry_name}, args: {{eval: /path/to/file}}}}" in message  # the suite key
+    assert cls.how and cls.how in message  # where the public file comes from
+
+
+def test_pickapic_eval_never_falls_back_to_a_hub_dataset(tmp_path, monkeypatch):
+    """Even with a `datasets` that would serve Pick-a-Pic's hub test split, a missing file stops the run."""
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("datasets")
+    fake.load_dataset = lambda *a, **k: calls.append((a, k)) or [{"caption": "a hub prompt"}]  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"data/pickscore/test\.txt") as info:
+        PickAPicV2(PickAPicV2.Config()).split("eval")
+    assert "UGVly/DrPO" in str(info.value) and "2048" in str(info.value)
+    assert calls == []
+    assert not hasattr(PickAPicV2, "hub_dataset") and not hasattr(PickAPicV2, "_from_hub")
+    # the file where the message says: read, all of it
+    (tmp_path / "data" / "pickscore").mkdir(parents=True)
+    (tmp_path / "data" / "pickscore" / "test.txt").write_text("".join(f"prompt {i}\n" for i in range(2048)))
+    assert len(PickAPicV2(PickAPicV2.Config()).split("eval")) == 2048

@@ -17,7 +17,7 @@ from drpo_bench.drpo.features_real import (
 )
 from drpo_bench.errors import MissingWeightsError, UserError
 from drpo_bench.generators.sdxl_turbo import SDXLTurboTinyGenerator
-from drpo_bench.testing import tiny_mae_latent_state
+from drpo_bench.tiny import tiny_mae_latent_state
 
 
 def _check(features: dict[str, torch.Tensor], batch: int) -> None:

@@ -12,7 +12,7 @@ from drpo_bench.errors import MissingWeightsError, UserError
 from drpo_bench.generators.diffusers_common import one_step_coefficients
 from drpo_bench.generators.sd_turbo import SDTurboGenerator, SDTurboTinyGenerator
 from drpo_bench.generators.sdxl_turbo import SDXLTurboGenerator, SDXLTurboTinyGenerator
-from drpo_bench.testing import make_tiny_sd_turbo, make_tiny_sdxl_turbo
+from drpo_bench.tiny import make_tiny_sd_turbo, make_tiny_sdxl_turbo
 
 PROMPTS = ["a photo of a red cat", "two dogs on a beach"]
 
@@ -222,8 +222,8 @@ def test_missing_weights_are_one_clear_error(tmp_path, monkeypatch):
 
 def test_tiny_twins_keep_the_real_structure():
     """The tiny UNets differ from the full-size configs (drpo_bench.architectures) only in sizes."""
-    architectures = pytest.importorskip("drpo_bench.architectures")
-    from drpo_bench.testing import TINY_SD_UNET, TINY_SDXL_UNET
+    from drpo_bench import architectures
+    from drpo_bench.tiny import TINY_SD_UNET, TINY_SDXL_UNET
 
     def norm(value):
         return tuple(value) if isinstance(value, (list, tuple)) else value

@@ -9,43 +9,48 @@ import torch
 import torch.nn.functional as F
 
 from drpo_bench.errors import MissingWeightsError, UserError
-from drpo_bench.generators.sd_turbo import SDTurboTinyGenerator
-from drpo_bench.rewards.aesthetic import Aesthetic, AestheticTiny
-from drpo_bench.rewards.clip_score import CLIPScore, CLIPScoreTiny
-from drpo_bench.rewards.geneval_owl import GenEvalOwl, GenEvalOwlTiny
+from drpo_bench.registry import GENERATORS, REWARDS
+from drpo_bench.rewards.aesthetic import Aesthetic
+from drpo_bench.rewards.clip_score import CLIPScore
+from drpo_bench.rewards.geneval_owl import GenEvalOwl
 from drpo_bench.rewards.geneval_parse import ObjectSpec, parse_prompt
-from drpo_bench.rewards.hpsv2 import HPSv2, HPSv2Tiny
+from drpo_bench.rewards.hpsv2 import HPSv2
 from drpo_bench.rewards.hpsv3 import HPSv3
 from drpo_bench.rewards.imagereward import ImageReward
 from drpo_bench.rewards.jpeg import JPEGCompressibility
-from drpo_bench.rewards.pickscore import PickScore, PickScoreTiny
-from drpo_bench.testing import make_tiny_clip
+from drpo_bench.rewards.pickscore import PickScore
+from drpo_bench.tiny import make_tiny_clip
 
 PROMPTS = ["a photo of a red cat", "two dogs on a beach"]
-DIFFERENTIABLE = [PickScoreTiny, CLIPScoreTiny, AestheticTiny, HPSv2Tiny]
+DIFFERENTIABLE = ["pickscore-tiny", "clip-score-tiny", "aesthetic-tiny", "hpsv2-tiny"]
 
 
 @pytest.fixture(scope="module")
 def generator():
-    return SDTurboTinyGenerator(SDTurboTinyGenerator.Config())
+    return GENERATORS.build("sd-turbo-tiny")
 
 
 @pytest.fixture(scope="module")
 def rewards():
-    return {cls: cls(cls.Config()) for cls in DIFFERENTIABLE}
+    return {name: REWARDS.build(name) for name in DIFFERENTIABLE}
 
 
 def test_registered_names():
-    names = {PickScore: "pickscore", PickScoreTiny: "pickscore-tiny", CLIPScore: "clip-score", HPSv2: "hpsv2",
+    names = {PickScore: "pickscore", CLIPScore: "clip-score", HPSv2: "hpsv2",
              Aesthetic: "aesthetic", JPEGCompressibility: "jpeg", GenEvalOwl: "geneval-owl", HPSv3: "hpsv3",
-             ImageReward: "imagereward", HPSv2Tiny: "hpsv2-tiny", AestheticTiny: "aesthetic-tiny"}
+             ImageReward: "imagereward"}
     for cls, name in names.items():
         assert cls.registry_name == name
+    # tiny twins are presets of the real classes (weights from tiny:<twin>), not sibling classes
+    for tiny, cls in {"pickscore-tiny": PickScore, "hpsv2-tiny": HPSv2, "aesthetic-tiny": Aesthetic,
+                      "clip-score-tiny": CLIPScore, "geneval-owl-tiny": GenEvalOwl, "hpsv3-tiny": HPSv3}.items():
+        entry = REWARDS.get(tiny)
+        assert entry.cls is cls and any(str(v).startswith("tiny:") for v in entry.preset.values())
 
 
-@pytest.mark.parametrize("cls", DIFFERENTIABLE, ids=lambda c: c.registry_name)
-def test_differentiable_reward_backprops_into_lora(cls, rewards, generator):
-    reward = rewards[cls]
+@pytest.mark.parametrize("name", DIFFERENTIABLE)
+def test_differentiable_reward_backprops_into_lora(name, rewards, generator):
+    reward = rewards[name]
     assert reward.differentiable
     cond = generator.encode(PROMPTS)
     noise = generator.noise(2, torch.Generator().manual_seed(0)) * 0.02  # small noise: unsaturated pixels
@@ -57,10 +62,6 @@ def test_differentiable_reward_backprops_into_lora(cls, rewards, generator):
     images = generator.decode(generator.sample(noise, cond))
     scores = reward(images, PROMPTS)
     assert scores.shape == (2,) and scores.dtype == torch.float32 and torch.isfinite(scores).all()
-    if cls is CLIPScoreTiny:  # 100·max(cos, 0): random weights may give cos < 0, where the clamp stops gradients
-        cos = (reward.clip.image_embeds(images) * reward.clip.text_embeds(PROMPTS)).sum(-1)
-        torch.testing.assert_close(scores, 100 * cos.clamp(min=0))
-        scores = cos
     scores.sum().backward()
     grads = [p.grad for p in generator.trainable_parameters() if p.grad is not None]
     assert grads and sum(float(g.abs().sum()) for g in grads) > 0
@@ -78,13 +79,11 @@ def test_pickscore_equals_clipmodel_logits(rewards):
     text = tok(PROMPTS, padding=True, return_tensors="pt")
     with torch.no_grad():
         logits = model(input_ids=text.input_ids, attention_mask=text.attention_mask, pixel_values=pixels).logits_per_image
-    torch.testing.assert_close(rewards[PickScoreTiny](images, PROMPTS), logits.diagonal(), rtol=1e-4, atol=1e-4)
-    cos = logits.diagonal() / model.logit_scale.exp()
-    torch.testing.assert_close(rewards[CLIPScoreTiny](images, PROMPTS), 100 * cos.clamp(min=0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(rewards["pickscore-tiny"](images, PROMPTS), logits.diagonal(), rtol=1e-4, atol=1e-4)
 
 
 def test_hpsv2_equals_open_clip_forward(rewards):
-    reward = rewards[HPSv2Tiny]
+    reward = rewards["hpsv2-tiny"]
     images = torch.rand(2, 3, 32, 32)
     mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
@@ -95,7 +94,7 @@ def test_hpsv2_equals_open_clip_forward(rewards):
 
 
 def test_aesthetic_is_the_head_on_normalized_embeddings(rewards):
-    reward = rewards[AestheticTiny]
+    reward = rewards["aesthetic-tiny"]
     images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         emb = reward.clip.model.get_image_features(pixel_values=(images - torch.tensor(
@@ -130,18 +129,18 @@ def test_geneval_prompt_parsing():
 
 
 def test_geneval_owl_scores_with_a_tiny_detector():
-    reward = GenEvalOwlTiny(GenEvalOwlTiny.Config())
+    reward = REWARDS.build("geneval-owl-tiny")
     images = torch.rand(3, 3, 64, 64)
     prompts = ["a photo of two cats", "a photo of a red car and a blue bench", "a photo of a cat left of a dog"]
     scores = reward(images, prompts)
     assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all()
-    strict = GenEvalOwlTiny(GenEvalOwlTiny.Config(threshold=1.01, partial_credit=False))  # nothing detected
+    strict = REWARDS.build("geneval-owl-tiny", {"threshold": 1.01, "partial_credit": False})  # nothing detected
     assert strict(images, prompts).tolist() == [0.0, 0.0, 0.0]
     # the constraint list: 2 objects + 2 colors; without detections every one fails
     assert strict.check((images[0].permute(1, 2, 0) * 255).byte().numpy(), parse_prompt(prompts[1])) == [False] * 4
     assert strict(images[:1], ["???"]).tolist() == [0.0]
     with pytest.raises(UserError, match="cannot parse"):
-        GenEvalOwlTiny(GenEvalOwlTiny.Config(strict_prompts=True))(images[:1], ["???"])
+        REWARDS.build("geneval-owl-tiny", {"strict_prompts": True})(images[:1], ["???"])
 
 
 def test_missing_weights_are_one_clear_error(tmp_path, monkeypatch):
@@ -151,10 +150,10 @@ def test_missing_weights_are_one_clear_error(tmp_path, monkeypatch):
         PickScore(PickScore.Config())
     with pytest.raises(MissingWeightsError, match="no folder at"):
         PickScore(PickScore.Config(pretrained=str(tmp_path / "none")))
-    with pytest.raises(MissingWeightsError, match="HPS_v2.1_compressed.pt"):
+    with pytest.raises(MissingWeightsError, match=r"HPS_v2_compressed\.pt"):  # the default: v2.0
         HPSv2(HPSv2.Config())
-    with pytest.raises(MissingWeightsError, match="HPS_v2_compressed.pt"):
-        HPSv2(HPSv2.Config(version="v2.0"))
+    with pytest.raises(MissingWeightsError, match=r"HPS_v2\.1_compressed\.pt"):
+        HPSv2(HPSv2.Config(version="v2.1"))
     with pytest.raises(MissingWeightsError, match="improved-aesthetic-predictor"):
         Aesthetic(Aesthetic.Config(clip=str(make_tiny_clip()), head=str(tmp_path / "head.pth")))
     with pytest.raises(MissingWeightsError, match="owlv2"):
@@ -171,3 +170,111 @@ def test_hpsv3_here_says_how_to_serve_it():
 def test_imagereward_here_says_how_to_serve_it():
     with pytest.raises(UserError, match="serve-reward imagereward"):
         ImageReward(ImageReward.Config())
+
+
+# ---- definitions and reporting scales (the paper's tables) ---------------------------------------
+def _samples(images: torch.Tensor, prompts: list[str], tasks: list[str | None] | None = None):
+    from drpo_bench.metrics.base import EvalSamples
+
+    n = len(prompts)
+    return EvalSamples(images=images, latents=torch.zeros(n, 1), prompts=prompts, groups=torch.arange(n),
+                       tasks=tasks or [None] * n)
+
+
+def _tiny_clip_cosine(images: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """cos(image, text) written out with transformers' own CLIPModel and processors; and exp(logit_scale)."""
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    folder = make_tiny_clip()
+    model, tok = CLIPModel.from_pretrained(folder), CLIPTokenizer.from_pretrained(folder)
+    proc = CLIPImageProcessor.from_pretrained(folder)
+    pixels = proc(images=list((images * 255).round().to(torch.uint8)), return_tensors="pt", do_rescale=True).pixel_values
+    text = tok(PROMPTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        image_f = model.get_image_features(pixel_values=pixels)
+        text_f = model.get_text_features(input_ids=text.input_ids, attention_mask=text.attention_mask)
+    image_f = getattr(image_f, "pooler_output", image_f)  # transformers 5 returns an output object
+    text_f = getattr(text_f, "pooler_output", text_f)
+    cos = (image_f / image_f.norm(dim=-1, keepdim=True) * (text_f / text_f.norm(dim=-1, keepdim=True))).sum(-1)
+    return cos, float(model.logit_scale.detach().exp())
+
+
+def test_clip_score_default_is_the_raw_cosine_and_clipscore_is_selectable(rewards):
+    from drpo_bench.metrics.reward_metric import RewardMetric
+
+    images = (torch.rand(2, 3, 32, 32) * 255).round() / 255  # 8-bit exact: our preprocessing is the processor's
+    cos, _ = _tiny_clip_cosine(images)
+    reward = rewards["clip-score-tiny"]
+    assert CLIPScore.Config().formula == "cosine" and REWARDS.get("clip-score-tiny").parse_config({}).formula == "cosine"
+    torch.testing.assert_close(reward(images, PROMPTS), cos, rtol=1e-4, atol=1e-5)  # training sees the cosine
+    clipscore = REWARDS.build("clip-score-tiny", {"formula": "clipscore"})
+    torch.testing.assert_close(clipscore(images, PROMPTS), 100 * cos.clamp(min=0), rtol=1e-4, atol=1e-4)
+    # reported: the cosine x100 (the paper's CLIP column); CLIPScore already is x100
+    value = RewardMetric(reward, "clip").compute(_samples(images, PROMPTS))["clip"]
+    assert value.mean == pytest.approx(float(100 * cos.mean()), rel=1e-4, abs=1e-4)
+    other = RewardMetric(clipscore, "clip").compute(_samples(images, PROMPTS))["clip"]
+    assert other.mean == pytest.approx(float(100 * cos.clamp(min=0).mean()), rel=1e-4, abs=1e-4)
+    assert value.definition["scale"] == 100 and other.definition["scale"] == 1
+    assert "max" in other.definition["formula"] and "max" not in value.definition["formula"]
+
+
+def test_pickscore_reports_100_cosine_while_training_sees_logit_scale_cosine(rewards):
+    from drpo_bench.metrics.reward_metric import RewardMetric
+
+    images = (torch.rand(2, 3, 32, 32) * 255).round() / 255
+    cos, logit_scale = _tiny_clip_cosine(images)
+    assert abs(logit_scale - 100) > 1  # the tiny twin's logit_scale is not 100: the test tells the two apart
+    reward = rewards["pickscore-tiny"]
+    torch.testing.assert_close(reward(images, PROMPTS), logit_scale * cos, rtol=1e-4, atol=1e-4)
+    value = RewardMetric(reward, "pickscore").compute(_samples(images, PROMPTS))["pickscore"]
+    assert value.mean == pytest.approx(float(100 * cos.mean()), rel=1e-4, abs=1e-4)
+    assert value.definition["logit_scale"] == pytest.approx(logit_scale)
+    assert value.definition["reward"] == "pickscore" and value.definition["model"].startswith("tiny:clip") and "100 * cos" in value.definition["formula"]
+    assert PickScore.class_definition()["model"].startswith("yuvalkirstain/PickScore_v1")
+
+
+def test_hpsv2_defaults_to_the_public_eval_version_reported_x100(rewards):
+    from drpo_bench.metrics.reward_metric import RewardMetric
+
+    assert HPSv2.Config().version == "v2.0"  # UGVly/DrPO loads HPS_v2_compressed.pt
+    assert HPSv2.class_definition()["version"] == "v2.0" and HPSv2.report_scale == 100
+    reward = rewards["hpsv2-tiny"]
+    images = torch.rand(2, 3, 32, 32)
+    value = RewardMetric(reward, "hpsv2").compute(_samples(images, PROMPTS))["hpsv2"]
+    assert value.mean == pytest.approx(float(100 * reward(images, PROMPTS).mean()), rel=1e-5)
+
+
+class _FixedAdapter:
+    """Stands in for the image-reward package: fixed standardized scores."""
+
+    def score(self, images, prompts):
+        return torch.tensor([0.5, -0.2, 1.1])[: len(prompts)]
+
+
+def test_imagereward_is_reported_x10_and_aesthetics_as_is(rewards):
+    from drpo_bench.metrics.reward_metric import RewardMetric
+
+    reward = ImageReward.__new__(ImageReward)  # the package is not installed here: only the adapter is replaced
+    reward.config, reward.adapter = ImageReward.Config(), _FixedAdapter()
+    images = torch.rand(3, 3, 8, 8)
+    prompts = ["a", "b", "c"]
+    value = RewardMetric(reward, "imagereward").compute(_samples(images, prompts, ["x", "x", "y"]))["imagereward"]
+    assert value.mean == pytest.approx(10 * (0.5 - 0.2 + 1.1) / 3)
+    assert value.per_task == pytest.approx({"x": 10 * 0.15, "y": 11.0})
+    assert value.definition["scale"] == 10 and "ImageReward-v1.0" in value.definition["model"]
+    aes = rewards["aesthetic-tiny"]
+    assert Aesthetic.report_scale == 1
+    got = RewardMetric(aes, "aesthetic").compute(_samples(images[:2], PROMPTS))["aesthetic"].mean
+    assert got == pytest.approx(float(aes(images[:2], PROMPTS).mean()), rel=1e-5)
+
+
+def test_remote_takes_the_served_rewards_definition_and_scale():
+    from drpo_bench.rewards.remote import served_definition
+
+    definition, scale = served_definition({"name": "imagereward"}, "http://127.0.0.1:1")
+    assert scale == 10 and definition["model"] == ImageReward.definition["model"] and "127.0.0.1:1" in definition["served"]
+    sent = {**CLIPScore.clipscore_definition, "scale": 1.0, "range": "x"}
+    definition, scale = served_definition({"name": "clip-score", "definition": sent}, "u")
+    assert scale == 1 and definition["formula"] == CLIPScore.clipscore_definition["formula"]
+    definition, scale = served_definition({"name": "someone-elses"}, "u")
+    assert scale == 1 and definition["model"]

@@ -69,10 +69,12 @@ def test_report_on_missing_folder_is_a_user_error(tmp_path):
 
 def _cell(method: str, seed: int, score: float) -> "CellResult":
     from drpo_bench.report.results import CellResult
+    from drpo_bench.store import CellRecord, MetricRecord
 
-    info = {"cell_id": f"g--{method}--r--s{seed}", "generator": {"name": "g"}, "seed": seed,
-            "method": {"id": method, "method": method}, "train_reward": None if method == "base" else {"alias": "r"}}
-    return CellResult(info["cell_id"], info, {"score": {"mean": score, "higher_is_better": True}}, {}, [], Path("."))
+    info = CellRecord(status="complete", cell_id=f"g--{method}--r--s{seed}", fingerprint="f", suite="s",
+                      generator={"name": "g"}, seed=seed, method={"id": method, "method": method},
+                      trains=method != "base", eval={}, train_reward=None if method == "base" else {"alias": "r"})
+    return CellResult(info.cell_id, info, {"score": MetricRecord(mean=score, higher_is_better=True)}, {}, [], Path("."))
 
 
 def test_gain_table_pairs_by_seed_and_bolds_only_a_clear_gain():

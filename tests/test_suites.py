@@ -6,7 +6,7 @@ import pytest
 
 from drpo_bench.cli import main
 from drpo_bench.config import load_suite
-from drpo_bench.runner import plan_cells
+from drpo_bench.planning import plan_cells
 
 SUITES = sorted((Path(__file__).resolve().parents[1] / "suites").rglob("*.yaml"))
 
@@ -27,3 +27,14 @@ def test_validate_command_accepts_all(capsys):
     assert main(["validate", *map(str, SUITES)]) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ok ")]
     assert len(lines) == len(SUITES)
+
+
+def test_the_schema_docstring_example_is_a_valid_suite(tmp_path):
+    """The example at the top of drpo_bench/config.py is what users copy: it must validate."""
+    import drpo_bench.config as config
+
+    example = config.__doc__.split("::", 1)[1].split("``load_suite", 1)[0]
+    path = tmp_path / "example.yaml"
+    path.write_text("\n".join(line[4:] for line in example.splitlines()))
+    suite = load_suite(path)
+    assert [m.id for m in suite.methods] == ["base", "drpo", "drpo-checker", "draft"]

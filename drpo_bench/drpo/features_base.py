@@ -21,6 +21,10 @@ class FeatureEncoder(abc.ABC):
     input_space: ClassVar[Literal["latents", "images"]] = "latents"
     #: True when ``features(x, cond=...)`` also reads the prompts' conditioning (a UNet teacher)
     uses_conditioning: ClassVar[bool] = False
+    #: DrPO computes features with autocast switched off (float32), as the public code does; an
+    #: encoder that is a model forward the public code runs under autocast (the frozen-UNet
+    #: teacher) sets this True. Its outputs are cast to float32 either way.
+    autocast_features: ClassVar[bool] = False
 
     @abc.abstractmethod
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]: ...

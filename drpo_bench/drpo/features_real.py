@@ -236,7 +236,7 @@ class LatentMAEFeaturesTiny(LatentMAEFeatures):
         )
 
     def checkpoint_path(self) -> Path:
-        from drpo_bench.testing import make_tiny_mae_latent
+        from drpo_bench.tiny import make_tiny_mae_latent
 
         return make_tiny_mae_latent() / "mae_latent_256_torch.pth"
 
@@ -341,7 +341,7 @@ class ViTMAEFeaturesTiny(ViTMAEFeatures):
     """vit-mae with a tiny random-init ViTMAEModel (built offline, cached): for tests."""
 
     def folder(self) -> Path:
-        from drpo_bench.testing import make_tiny_vit_mae
+        from drpo_bench.tiny import make_tiny_vit_mae
 
         return make_tiny_vit_mae()
 
@@ -360,6 +360,7 @@ class UNetTeacherFeatures(FeatureEncoder):
 
     input_space: ClassVar[Literal["latents", "images"]] = "latents"
     uses_conditioning: ClassVar[bool] = True
+    autocast_features: ClassVar[bool] = True  # a UNet forward: the public code autocasts it
 
     class Config(StrictConfig):
         layers: tuple[str, ...] = ("down_blocks.2", "mid_block", "up_blocks.0")  # public SDXL-Turbo teacher layers

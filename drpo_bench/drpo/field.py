@@ -4,13 +4,19 @@ For generated vectors x, positives y+ and negatives y- (all in one feature space
 
     V(x) = sum k(x, y+)(y+ - x) / Z+  -  sum k(x, y-)(y- - x) / Z-,   k(x, y) = exp(-|x - y| / tau)
 
-and the loss regresses x onto the detached goal x + V. The batched form below follows
-``shared/specs/drpo.md``: the generated set itself joins the negatives (weight 1), distances are
+and the loss regresses x onto the detached goal x + V. The batched form below follows the
+DrPO paper (arXiv 2606.02521) and its public code (github UGVly/DrPO), restated in
+``docs/drpo.md``: the generated set itself joins the negatives (weight 1), distances are
 normalized by their weighted mean, several radii are summed after RMS normalization, and the
 affinity is the geometric mean of the softmax over targets and over generated vectors.
 
 Shapes: ``generated`` (B, N, D), ``positive`` (B, P, D), ``negative`` (B, M, D) — B independent
-sets (e.g. one per prompt), each of N generated vectors.
+sets (e.g. one per prompt), each of N generated vectors. Every reduction (the distance scale,
+the force RMS, the loss) is taken per set, so one call over B sets gives exactly what B calls
+over one set each give: the public code calls the field once per prompt.
+
+Precision: the field always runs in float32 with autocast switched off inside. The anchor
+weights (3000) make the affinities reach ~1e5, beyond float16's range (65504).
 """
 
 from __future__ import annotations
@@ -29,13 +35,17 @@ _SELF_PENALTY = 100.0
 class DriftResult:
     loss: torch.Tensor  # (B,) per-set loss, differentiable w.r.t. generated
     goal: torch.Tensor  # (B, N, D) detached target, in the scaled space
-    scale: torch.Tensor  # () weighted mean distance used to normalize
-    force_rms: dict[float, float]  # per radius, before normalization (diagnostics)
+    scale: torch.Tensor  # (B,) per-set weighted mean distance used to normalize
+    force_rms: dict[float, float]  # per radius, before normalization, averaged over sets (diagnostics)
 
 
 def pairwise_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Plain (not squared) L2 distances (B, N, D) x (B, M, D) -> (B, N, M), in float32."""
-    x, y = x.float(), y.float()
+    with torch.autocast(x.device.type, enabled=False):
+        return _pairwise_distance(x.float(), y.float())
+
+
+def _pairwise_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     sq = x.pow(2).sum(-1)[:, :, None] + y.pow(2).sum(-1)[:, None, :] - 2.0 * torch.einsum("bnd,bmd->bnm", x, y)
     return sq.clamp_min(1e-8).sqrt()
 
@@ -53,6 +63,20 @@ def _weights(value: float | torch.Tensor, batch: int, count: int, like: torch.Te
 
 
 def drift_loss(
+    generated: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    **kwargs: object,
+) -> DriftResult:
+    """Drift-field regression loss, always in float32 (autocast is switched off inside).
+
+    See :func:`_drift_loss` for the arguments.
+    """
+    with torch.autocast(generated.device.type, enabled=False):
+        return _drift_loss(generated, positive, negative, **kwargs)  # type: ignore[arg-type]
+
+
+def _drift_loss(
     generated: torch.Tensor,
     positive: torch.Tensor,
     negative: torch.Tensor,
@@ -109,10 +133,12 @@ def drift_loss(
         dim=1,
     )  # (B, T)
 
-    dist = pairwise_distance(gen_detached, targets)  # (B, N, T)
-    scale = ((dist * target_w[:, None, :]).mean() / target_w.mean().clamp_min(1e-8)).clamp_min(1e-3)
-    per_dim = (scale / math.sqrt(dim)).clamp_min(1e-3)
-    dist = dist / scale  # kernel distances in units of the mean distance: scale invariant
+    dist = _pairwise_distance(gen_detached, targets)  # (B, N, T)
+    # per set: the weighted mean distance over that set's (generated, target) pairs
+    weighted = (dist * target_w[:, None, :]).mean(dim=(1, 2)) / target_w.mean(dim=1).clamp_min(1e-8)  # (B,)
+    scale = weighted.clamp_min(1e-3)  # (B,)
+    per_dim = _per_dim(scale, dim)[:, None, None]  # (B, 1, 1)
+    dist = dist / scale[:, None, None]  # kernel distances in units of the set's mean distance: scale invariant
 
     # the self-copy of each generated vector (and its copy among the negatives, if any)
     mask = torch.zeros(n_gen, targets.shape[1], device=dist.device)
@@ -143,8 +169,8 @@ def drift_loss(
         # c+ = A+ * sum A-, c- = -A- * sum A+; sum(c) = pos_mass*neg_mass - neg_mass*pos_mass = 0, so
         # the spec's "- (sum c) * gen" term vanishes identically and is left out
         f = torch.bmm(a_pos * neg_mass, targets_scaled[:, pos_start:]) - torch.bmm(a_neg * pos_mass, targets_scaled[:, :pos_start])
-        rms = f.pow(2).mean().clamp_min(1e-8).sqrt()
-        force_rms[float(tau)] = float(rms)
+        rms = f.pow(2).mean(dim=(1, 2), keepdim=True).clamp_min(1e-8).sqrt()  # (B, 1, 1) per set
+        force_rms[float(tau)] = float(rms.mean())
         force = force + f / rms
 
     goal = (gen_scaled + force).detach()
@@ -160,8 +186,10 @@ def drift_vector(
 ) -> torch.Tensor:
     """The (normalized, radius-summed) drift V at each generated vector, in scaled units (B, N, D)."""
     result = drift_loss(generated.detach(), positive, negative, **kwargs)  # type: ignore[arg-type]
-    return result.goal - generated.detach().float() / _per_dim(result.scale, generated.shape[-1])
+    per_dim = _per_dim(result.scale, generated.shape[-1])[:, None, None]  # (B, 1, 1)
+    return result.goal - generated.detach().float() / per_dim
 
 
 def _per_dim(scale: torch.Tensor, dim: int) -> torch.Tensor:
+    """Per-set distance scale (B,) -> per-coordinate scale (B,): s / sqrt(D), clamped."""
     return (scale / math.sqrt(dim)).clamp_min(1e-3)

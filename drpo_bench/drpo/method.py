@@ -1,15 +1,22 @@
-"""DrPO's training step (shared/specs/drpo.md, "DrPO: one update, per prompt c").
+"""DrPO's training step (docs/drpo.md, "One update, per prompt").
 
 Per prompt: K candidates from the current generator and the same K noises through the frozen
 base; the reward only ranks them (no reward gradient); features of the top n+ are the
 positives, of the bottom n- the negatives; the loss regresses the candidates' features onto a
 detached target: a dipole field (toward positives, away from negatives) plus lambda_ref times
 the drift between the base's and the current distribution.
+
+Precision, as the public code: the model forwards (sample, reference, decode, reward) run under
+the loop's autocast; the feature encoder (unless it declares ``autocast_features``) and the
+drift field run in float32 with autocast off. The field's anchor weights push its affinities
+past float16's range, and bf16 features lose the small differences between a prompt's
+candidates that the field is built from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any, Literal
 
 import torch
@@ -17,6 +24,7 @@ from pydantic import Field, model_validator
 
 from drpo_bench.drpo.features_base import FeatureEncoder
 from drpo_bench.drpo.field import drift_loss
+from drpo_bench.generators.base import select_conditioning
 from drpo_bench.methods import Method, StepOutput, TrainContext, sample_candidates
 from drpo_bench.registry import FEATURES, METHODS, StrictConfig
 
@@ -61,7 +69,10 @@ class DrPO(Method):
         n_neg: int = Field(8, ge=1)  # bottom candidates as negatives (paper: 8)
         anchor_weight: float = Field(3000.0, gt=0)  # w+ (and w- unless set): the paper's velocity scale eta
         negative_weight: float | None = Field(None, gt=0)  # w- if not w+ (public code: separate flags, both 3000)
-        reference_weight: float = Field(3000.0, gt=0)  # anchor weight of the reference drift
+        reference_weight: float = Field(3000.0, gt=0)  # w+ of the reference drift (the base's samples)
+        # w- of the reference drift (the current samples); None = reference_weight (SD-Turbo code: one
+        # flag for both; SDXL teacher runs: 3500 / 5000)
+        reference_negative_weight: float | None = Field(None, gt=0)
         lambda_ref: float = Field(0.2, ge=0)  # reference drift strength (paper: 0.2)
         radii: tuple[float, ...] = Field((0.02, 0.05, 0.2), min_length=1)  # kernel radii, summed
         features: str = "shapes-multiscale"  # registered feature encoder; the space of the field
@@ -72,6 +83,10 @@ class DrPO(Method):
         # a positive (negative) candidate's own copy among the anchors pins it in place at small
         # radii; masking it lets the anchors themselves drift too (published code: False)
         mask_anchor_self: bool = False
+        # "reuse": positives/negatives are the generated features, detached (SD-Turbo code);
+        # "recompute": they go through their own encoder forward without grad, as the public SDXL
+        # ViT-MAE code does (with a random-masking encoder they then see a fresh mask)
+        anchor_features: Literal["reuse", "recompute"] = "reuse"
 
         @model_validator(mode="after")
         def _radii_positive(self) -> DrPO.Config:
@@ -81,15 +96,29 @@ class DrPO(Method):
 
     config: Config
 
-    def setup(self, ctx: TrainContext) -> None:
-        k = ctx.candidates_per_prompt
-        if self.config.n_pos + self.config.n_neg > k:
+    @classmethod
+    def check_budget(cls, config: Any, candidates_per_prompt: int) -> None:
+        if config.n_pos + config.n_neg > candidates_per_prompt:
             raise ValueError(
-                f"drpo: n_pos + n_neg = {self.config.n_pos + self.config.n_neg} exceeds the "
-                f"{k} candidates per prompt; positives and negatives must be disjoint. Lower "
+                f"drpo: n_pos + n_neg = {config.n_pos + config.n_neg} exceeds the "
+                f"{candidates_per_prompt} candidates per prompt; positives and negatives must be disjoint. Lower "
                 "n_pos/n_neg or raise budget.candidates_per_prompt."
             )
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.check_budget(self.config, ctx.candidates_per_prompt)
         self.encoder = build_feature_encoder(self.config.features, self.config.feature_args, ctx.generator)
+
+    def _feature_precision(self, x: torch.Tensor) -> Any:
+        """float32 features (autocast off) unless the encoder is a forward the public code autocasts."""
+        return nullcontext() if self.encoder.autocast_features else torch.autocast(x.device.type, enabled=False)
+
+    def _anchor_features(self, x: torch.Tensor, cond: Any, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features of the chosen candidates in their own forward: x (P*K, ...), index (P, n) -> {key: (P*n, L, D)}."""
+        k = x.shape[0] // index.shape[0]
+        rows = (index + k * torch.arange(index.shape[0], device=index.device)[:, None]).flatten()  # (P*n,) prompt-major
+        extra = {"cond": select_conditioning(cond, rows)} if self.encoder.uses_conditioning else {}
+        return _float32(self.encoder.features(x[rows], **extra))
 
     def step(self, prompts: Sequence[str], ctx: TrainContext) -> StepOutput:
         cfg, gen, ledger, k = self.config, ctx.generator, ctx.ledger, ctx.candidates_per_prompt
@@ -116,10 +145,17 @@ class DrPO(Method):
         pos_idx, neg_idx = order[:, : cfg.n_pos], order[:, k - cfg.n_neg :]  # (P, n+), (P, n-)
 
         extra = {"cond": cand.cond} if self.encoder.uses_conditioning else {}
-        with ledger.phase("features"):
-            feats = self.encoder.features(images if on_images else latents, **extra)  # {key: (P*K, L, D)}
+        encoder_input = images if on_images else latents  # (P*K, ...) with grad
+        with ledger.phase("features"), self._feature_precision(encoder_input):
+            feats = _float32(self.encoder.features(encoder_input, **extra))  # {key: (P*K, L, D)}
             with torch.no_grad():
-                ref_feats = self.encoder.features(ref_images if on_images else ref_latents, **extra)
+                ref_feats = _float32(self.encoder.features(ref_images if on_images else ref_latents, **extra))
+                anchor_feats = None
+                if cfg.anchor_features == "recompute":  # the anchors' own forwards (a fresh mask/noise)
+                    anchor_feats = {
+                        which: self._anchor_features(encoder_input.detach(), cand.cond, idx)
+                        for which, idx in (("pos", pos_idx), ("neg", neg_idx))
+                    }
         keys = cfg.feature_keys or list(feats)
         missing = [key for key in keys if key not in feats]
         if missing:
@@ -132,8 +168,12 @@ class DrPO(Method):
                 _, l, d = z.shape
                 z = z.view(p, k, l, d)
                 z_gen = z.reshape(p, k * l, d)  # all locations of all K candidates: one set per prompt
-                z_pos = gather_candidates(z.detach(), pos_idx)  # (P, n+ * L, D)
-                z_neg = gather_candidates(z.detach(), neg_idx)  # (P, n- * L, D)
+                if anchor_feats is None:
+                    z_pos = gather_candidates(z.detach(), pos_idx)  # (P, n+ * L, D)
+                    z_neg = gather_candidates(z.detach(), neg_idx)  # (P, n- * L, D)
+                else:
+                    z_pos = anchor_feats["pos"][key].reshape(p, -1, d)  # (P, n+ * L, D)
+                    z_neg = anchor_feats["neg"][key].reshape(p, -1, d)  # (P, n- * L, D)
                 z_ref = ref_feats[key].reshape(p, k * l, d)
                 anchor_mask = None
                 if cfg.mask_anchor_self:
@@ -146,7 +186,8 @@ class DrPO(Method):
                 )
                 ref = drift_loss(
                     z_gen, z_ref, z_gen.detach(),
-                    positive_weight=cfg.reference_weight, negative_weight=cfg.reference_weight, radii=cfg.radii,
+                    positive_weight=cfg.reference_weight, radii=cfg.radii,
+                    negative_weight=cfg.reference_weight if cfg.reference_negative_weight is None else cfg.reference_negative_weight,
                     mask_negative_self=True, mask_positive_pairs=cfg.mask_reference_pairs,
                 )
                 pref_total = pref_total + pref.loss.mean()
@@ -169,3 +210,7 @@ class DrPO(Method):
                 "loss_reference": float(ref_total.detach()),
             },
         )
+
+
+def _float32(features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value.float() for key, value in features.items()}

@@ -59,6 +59,6 @@ class SDTurboTinyGenerator(SDTurboGenerator):
     family: ClassVar[str] = "SD-Turbo (tiny)"
 
     def weights_folder(self) -> Path:
-        from drpo_bench.testing import make_tiny_sd_turbo
+        from drpo_bench.tiny import make_tiny_sd_turbo
 
         return make_tiny_sd_turbo()

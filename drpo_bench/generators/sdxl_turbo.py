@@ -86,6 +86,6 @@ class SDXLTurboTinyGenerator(SDXLTurboGenerator):
     family: ClassVar[str] = "SDXL-Turbo (tiny)"
 
     def weights_folder(self) -> Path:
-        from drpo_bench.testing import make_tiny_sdxl_turbo
+        from drpo_bench.tiny import make_tiny_sdxl_turbo
 
         return make_tiny_sdxl_turbo()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -29,20 +29,40 @@ class EvalSamples:
 
 @dataclass
 class MetricValue:
-    """One reported number: overall mean, per-image values for CIs, optional breakdown."""
+    """One reported number: overall mean, optional per-task breakdown, and what the number is.
+
+    ``definition``: {"model", "version", "formula", "scale", ...} of this value (see
+    ``Metric.definitions``), for ``cell.json`` and the report's footnotes.
+    """
 
     mean: float
     higher_is_better: bool
     per_task: dict[str, float] | None = None
+    definition: dict[str, Any] | None = None
+    #: one value per eval image (row order of EvalSamples), for metrics that score images one by one
+    per_image: list[float] | None = None
 
 
 class Metric(abc.ABC):
+    """Scores a cell's eval samples. Every metric states what its numbers are: ``definition``
+    ({"model": what computes it, "version", "formula": the reported number, "scale": the factor
+    already applied}) for its one output named ``registry_name``; metrics with other or several
+    outputs override ``definitions()``. ``compute`` attaches each output's definition to its
+    ``MetricValue``.
+    """
+
     registry_name: str = "metric"
     Config: ClassVar[type[StrictConfig]] = StrictConfig
     higher_is_better: ClassVar[bool] = True
+    #: model / version / formula / scale of the reported number; never empty for a registered metric
+    definition: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: StrictConfig) -> None:
         self.config = config
+
+    def definitions(self) -> dict[str, dict[str, Any]]:
+        """Output name -> definition, for every name ``compute`` returns (its config taken into account)."""
+        return {self.registry_name: dict(self.definition)}
 
     @abc.abstractmethod
     def compute(self, samples: EvalSamples) -> dict[str, MetricValue]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
@@ -17,10 +17,21 @@ class Diversity(Metric):
     """Mean pairwise L2 distance between pooled features of same-prompt samples (higher = more diverse)."""
 
     higher_is_better = True
+    definition: ClassVar[dict[str, Any]] = {
+        "model": "image features of the `features` encoder (default shapes-multiscale)",
+        "version": "drpo-bench",
+        "formula": "mean over prompts of the mean pairwise L2 distance between same-prompt images, each image "
+                   "one vector: every feature key mean-pooled over locations, unit-normalized, concatenated",
+        "scale": 1.0,
+    }
 
     class Config(StrictConfig):
         features: str = "shapes-multiscale"  # a registered image feature encoder
         feature_args: dict[str, Any] = Field(default_factory=dict)  # its config
+
+    def definitions(self) -> dict[str, dict[str, Any]]:
+        args = f" {self.config.feature_args}" if self.config.feature_args else ""
+        return {"diversity": {**self.definition, "model": f"image features of {self.config.features}{args}"}}
 
     @torch.no_grad()
     def compute(self, samples: EvalSamples) -> dict[str, MetricValue]:
@@ -43,4 +54,5 @@ class Diversity(Metric):
             distances.append(d[~torch.eye(n, dtype=torch.bool)].mean())
         if not distances:
             raise ValueError("diversity needs at least 2 images per prompt: raise eval.images_per_prompt")
-        return {"diversity": MetricValue(mean=float(torch.stack(distances).mean()), higher_is_better=True)}
+        return {"diversity": MetricValue(mean=float(torch.stack(distances).mean()), higher_is_better=True,
+                                         definition=self.definitions()["diversity"])}

@@ -1,4 +1,4 @@
-"""Real prompt sets, read from local files (or a cached hub dataset when ``datasets`` is installed).
+"""Real prompt sets, read from local files only.
 
 File formats, chosen by extension:
 
@@ -13,6 +13,11 @@ A folder reads every supported file inside it, sorted by name (HPDv2's four styl
 Splits: "train" and "eval". The benchmarks that are only evaluation sets (Parti, DrawBench,
 HPDv2, GenEval) have no train split unless ``train`` names a file: training on the evaluation
 prompts would leak.
+
+A missing file is an error that says where to get it; there is deliberately no fallback to a
+hub dataset: the hub copies are not the same prompt lists (Pick-a-Pic's ``test_unique`` split has
+~500 captions, DrPO's ``data/pickscore/test.txt`` 2048), and a silently different eval set
+makes every number incomparable with the paper's.
 """
 
 from __future__ import annotations
@@ -76,15 +81,14 @@ class FilePromptConfig(StrictConfig):
 
 
 class FilePromptSet(PromptSet):
-    """A benchmark's prompts from local files, falling back to a cached hub dataset."""
+    """A benchmark's prompts from local files; a missing file is a UserError saying how to get it."""
 
     Config: ClassVar[type[StrictConfig]] = FilePromptConfig
     title: ClassVar[str] = ""
     default_files: ClassVar[dict[str, str | None]] = {}  # split -> default local path (None: no such split)
     default_column: ClassVar[str] = "prompt"
     task_column: ClassVar[str | None] = None
-    hub_dataset: ClassVar[tuple[str, str, str] | None] = None  # (dataset id, split, column) for `datasets`
-    how: ClassVar[str] = ""  # how to get the files
+    how: ClassVar[str] = ""  # where the public files come from and where to put them
 
     config: FilePromptConfig
 
@@ -99,31 +103,22 @@ class FilePromptSet(PromptSet):
             )
         column = self.config.column or self.default_column
         path = Path(location).expanduser()
-        if path.exists():
-            prompts = read_prompts(path, column, self.task_column)
-        else:
-            prompts = self._from_hub(name) if name == "eval" else None
-            if prompts is None:
-                raise UserError(f"{self.title}: no prompt file at {path} for split {name!r}. {self.how}")
+        if not path.exists():
+            raise UserError(self.missing_message(name, path))
+        prompts = read_prompts(path, column, self.task_column)
         if not prompts:
             raise UserError(f"{self.title}: {path} holds no prompts")
         return prompts[: self.config.limit] if self.config.limit else prompts
 
-    def _from_hub(self, split: str) -> list[Prompt] | None:
-        """The eval prompts from a cached hub dataset, or None when ``datasets`` or the cache lacks it."""
-        if self.hub_dataset is None:
-            return None
-        try:
-            import datasets
-        except ImportError:
-            return None
-        dataset_id, hub_split, column = self.hub_dataset
-        try:
-            rows = datasets.load_dataset(dataset_id, split=hub_split, download_mode="reuse_cache_if_exists")
-        except Exception:  # noqa: BLE001 - not cached / offline: fall through to the file error
-            return None
-        task = self.task_column if self.task_column in rows.column_names else None
-        return [Prompt(str(r[column]).strip(), r[task] if task else None) for r in rows if str(r[column]).strip()]
+    def missing_message(self, split: str, path: Path) -> str:
+        """Names the expected file, where the public one comes from, and the suite key that points elsewhere."""
+        where = path if path.is_absolute() else f"{path} (relative to the working directory {Path.cwd()})"
+        return (
+            f"{self.title}: no {split!r} prompt file at {where}. {self.how} "
+            f"To read it from elsewhere, set it in the suite: "
+            f"`prompts: {{name: {self.registry_name}, args: {{{split}: /path/to/file}}}}`. "
+            "No other prompt set is substituted: scores on a different set are not comparable."
+        )
 
 
 @PROMPTS.register("pickapic-v2")
@@ -132,9 +127,8 @@ class PickAPicV2(FilePromptSet):
 
     title = "Pick-a-Pic v2"
     default_files = {"train": "data/pickscore/train.txt", "eval": "data/pickscore/test.txt"}
-    hub_dataset = ("yuvalkirstain/pickapic_v2", "test_unique", "caption")
-    how = ("DrPO ships both splits as data/pickscore/{train,test}.txt in its public repository (UGVly/DrPO); "
-           "copy them there or set `train:`/`eval:` to your files.")
+    how = ("The DrPO paper's splits are data/pickscore/train.txt and data/pickscore/test.txt (2048 prompts) in "
+           "the public repository github.com/UGVly/DrPO: copy that data/pickscore/ folder to ./data/pickscore/.")
 
 
 @PROMPTS.register("parti")
@@ -145,8 +139,8 @@ class PartiPrompts(FilePromptSet):
     default_files = {"train": None, "eval": "data/parti/PartiPrompts.tsv"}
     default_column = "Prompt"
     task_column = "Category"
-    hub_dataset = ("nateraw/parti-prompts", "train", "Prompt")
-    how = "Get PartiPrompts.tsv from the google-research/parti repository and set `eval:` to it."
+    how = ("Get PartiPrompts.tsv (1632 prompts) from the root of github.com/google-research/parti and save it as "
+           "./data/parti/PartiPrompts.tsv.")
 
 
 @PROMPTS.register("drawbench")
@@ -157,7 +151,9 @@ class DrawBench(FilePromptSet):
     default_files = {"train": None, "eval": "data/drawbench/DrawBench.csv"}
     default_column = "Prompts"
     task_column = "Category"
-    how = "Save the DrawBench prompt sheet as CSV (columns Prompts, Category) and set `eval:` to it."
+    how = ("DrawBench's 200 prompts are the sheet published with Imagen (Saharia et al., 2022, arXiv:2205.11487), "
+           "also the `test` split of the hub dataset shunk031/DrawBench: save them as CSV with the header "
+           "Prompts,Category at ./data/drawbench/DrawBench.csv.")
 
 
 @PROMPTS.register("hpdv2")
@@ -167,8 +163,9 @@ class HPDv2Test(FilePromptSet):
     title = "HPDv2 test"
     default_files = {"train": None, "eval": "data/hpdv2"}
     default_column = "prompt"
-    how = ("Put the hpsv2 benchmark prompt files (anime.json, concept-art.json, paintings.json, photo.json: "
-           "lists of prompts) in data/hpdv2/, or set `eval:` to a file.")
+    how = ("The HPD v2 benchmark prompts come with the hpsv2 package (github.com/tgxs002/HPSv2): "
+           "`hpsv2.benchmark_prompts('all')` gives them by style; save each style as a JSON list of prompts "
+           "(anime.json, concept-art.json, paintings.json, photo.json) in ./data/hpdv2/.")
 
 
 @PROMPTS.register("geneval")
@@ -179,5 +176,5 @@ class GenEvalPrompts(FilePromptSet):
     default_files = {"train": None, "eval": "data/geneval/evaluation_metadata.jsonl"}
     default_column = "prompt"
     task_column = "tag"
-    how = ("Get prompts/evaluation_metadata.jsonl from the djghosh13/geneval repository and set `eval:` to it "
-           "(tasks come from its `tag` field).")
+    how = ("Get prompts/evaluation_metadata.jsonl (553 prompts; tasks from its `tag` field) from "
+           "github.com/djghosh13/geneval and save it as ./data/geneval/evaluation_metadata.jsonl.")

@@ -6,7 +6,14 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 from drpo_bench.ledger import PHASES
-from drpo_bench.report.results import CellResult, Estimate, group_rows, load_results, load_suite_snapshot
+from drpo_bench.report.results import (
+    CellResult,
+    Estimate,
+    group_rows,
+    load_results,
+    load_results_and_problems,
+    load_suite_snapshot,
+)
 from drpo_bench.store import write_text
 
 
@@ -52,23 +59,67 @@ def _best(values: list[Estimate | None], higher: bool) -> list[bool]:
 def alignment_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: bool) -> Table:
     results = [c for cells in rows.values() for c in cells]
     metrics = _metric_names(results)
-    higher = {m: next(r.metrics[m]["higher_is_better"] for r in results if m in r.metrics) for m in metrics}
+    higher = {m: next(r.metrics[m].higher_is_better for r in results if m in r.metrics) for m in metrics}
     headers = (["generator"] if multi else []) + ["method", "train reward", "seeds"]
     headers += [f"{m} {'↑' if higher[m] else '↓'}" for m in metrics]
     columns: list[list[Estimate | None]] = []
     for m in metrics:
         columns.append([
-            Estimate.of([c.metrics[m]["mean"] for c in cells if m in c.metrics]) if any(m in c.metrics for c in cells) else None
+            Estimate.of([c.metrics[m].mean for c in cells if m in c.metrics and c.metrics[m].mean is not None]) if any(m in c.metrics and c.metrics[m].mean is not None for c in cells) else None
             for cells in rows.values()
         ])
     best = [_best(col, higher[m]) for col, m in zip(columns, metrics)]
     body, bold = [], []
+    unmatched = False
     for i, (key, cells) in enumerate(rows.items()):
         label = _row_label(key, multi) + [str(len(cells))]
+        if not _budget_matched(cells):
+            label[-3] += " †"
+            unmatched = True
         body.append(label + [_fmt(col[i]) for col in columns])
         bold.append([False] * len(label) + [b[i] for b in best])
-    return Table("Held-out alignment (mean ± 95% CI over seeds)", headers, body, bold,
-                 "Best mean per column in bold. ↑ higher is better, ↓ lower is better. CI: Student-t over seeds.")
+    note = "Best mean per column in bold. ↑ higher is better, ↓ lower is better. CI: Student-t over seeds."
+    if unmatched:
+        note += (" † budget not matched: the method ran another number of updates, candidates or prompts per update "
+                 "than the suite (its public settings); see the settings table.")
+    return Table("Held-out alignment (mean ± 95% CI over seeds)", headers, body, bold, note)
+
+
+def _budget_matched(cells: list[CellResult]) -> bool:
+    return all(c.info.budget_matched for c in cells)
+
+
+def settings_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: bool) -> Table | None:
+    """Rows whose method overrides the suite's training settings or budget, and what it changes."""
+    body = []
+    for key, cells in rows.items():
+        info = cells[0].info
+        if not info.overrides:
+            continue
+        changes = "; ".join(f"{what}.{k} = {v}" for what, values in info.overrides.items() for k, v in values.items())
+        budget = info.budget or {}
+        body.append(_row_label(key, multi) + [changes, "yes" if _budget_matched(cells) else "no",
+                                              f"{budget.get('steps')} × {budget.get('candidates_per_prompt')} × "
+                                              f"{budget.get('prompts_per_update')}"])
+    if not body:
+        return None
+    headers = (["generator"] if multi else []) + ["method", "train reward", "overrides", "budget matched",
+                                                  "steps × K × prompts/update"]
+    return Table("Per-method settings that differ from the suite", headers, body, [],
+                 "Overrides come from the suite's `methods[].train` / `methods[].budget` (e.g. a method's public "
+                 "settings). Learning rate and precision keep the budget matched; steps, K or prompts per update do not.")
+
+
+def metric_definitions(results: list[CellResult]) -> list[str]:
+    """One footnote per metric: what it measures (model, version, formula, scale), from cell.json."""
+    notes: dict[str, str] = {}
+    for r in results:
+        for name, definition in (r.info.metric_definitions or {}).items():
+            if name not in notes and definition:
+                notes[name] = "; ".join(f"{k}: {v}" for k, v in definition.items())
+    for name in _metric_names(results):
+        notes.setdefault(name, "definition not recorded by this metric")
+    return [f"{name}: {text}" for name, text in notes.items()]
 
 
 def per_task_tables(rows: dict[tuple[str, str, str], list[CellResult]], multi: bool) -> list[Table]:
@@ -77,15 +128,15 @@ def per_task_tables(rows: dict[tuple[str, str, str], list[CellResult]], multi: b
     for metric in _metric_names(results):
         tasks: list[str] = []
         for r in results:
-            for t in (r.metrics.get(metric, {}).get("per_task") or {}):
+            for t in (r.metrics[metric].per_task or {} if metric in r.metrics else {}):
                 if t not in tasks:
                     tasks.append(t)
         if not tasks:
             continue
-        higher = next(r.metrics[metric]["higher_is_better"] for r in results if metric in r.metrics)
+        higher = next(r.metrics[metric].higher_is_better for r in results if metric in r.metrics)
         columns = [
-            [Estimate.of(v) if (v := [c.metrics[metric]["per_task"][t] for c in cells
-                                      if (c.metrics.get(metric, {}).get("per_task") or {}).get(t) is not None]) else None
+            [Estimate.of(v) if (v := [c.metrics[metric].per_task[t] for c in cells
+                                      if metric in c.metrics and (c.metrics[metric].per_task or {}).get(t) is not None]) else None
              for cells in rows.values()]
             for t in tasks
         ]
@@ -101,7 +152,7 @@ def per_task_tables(rows: dict[tuple[str, str, str], list[CellResult]], multi: b
 
 
 def _is_base(cells: list[CellResult]) -> bool:
-    return (cells[0].info.get("method") or {}).get("method") == "base"
+    return cells[0].info.method_name == "base"
 
 
 def gain_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: bool) -> Table | None:
@@ -121,17 +172,18 @@ def gain_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: bool) 
     headers += [f"Δ {m}" for m in metrics]
     body, bold = [], []
     for key, cells in others.items():
-        base_by_seed = {c.info["seed"]: c for c in bases[key[0]]}
-        pairs = [(c, base_by_seed[c.info["seed"]]) for c in cells if c.info["seed"] in base_by_seed]
+        base_by_seed = {c.info.seed: c for c in bases[key[0]]}
+        pairs = [(c, base_by_seed[c.info.seed]) for c in cells if c.info.seed in base_by_seed]
         row, marks = [], []
         for m in metrics:
-            diffs = [c.metrics[m]["mean"] - b.metrics[m]["mean"] for c, b in pairs if m in c.metrics and m in b.metrics]
+            diffs = [c.metrics[m].mean - b.metrics[m].mean for c, b in pairs
+                     if m in c.metrics and m in b.metrics and c.metrics[m].mean is not None and b.metrics[m].mean is not None]
             if not diffs:
                 row.append("n/a")
                 marks.append(False)
                 continue
             est = Estimate.of(diffs)
-            higher = next(c.metrics[m]["higher_is_better"] for c, _ in pairs if m in c.metrics)
+            higher = next(c.metrics[m].higher_is_better for c, _ in pairs if m in c.metrics)
             row.append(("+" if est.mean >= 0 else "") + _fmt(est))
             clear = est.half_width is not None and (est.mean - est.half_width > 0 if higher else est.mean + est.half_width < 0)
             marks.append(clear)
@@ -144,7 +196,7 @@ def gain_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: bool) 
 
 
 def compute_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: bool) -> Table | None:
-    trained = {k: v for k, v in rows.items() if v[0].info.get("trains") and v[0].ledger.get("updates")}
+    trained = {k: v for k, v in rows.items() if v[0].info.trains and v[0].ledger.get("updates")}
     if not trained:
         return None
     seen = {p for cells in trained.values() for c in cells for p in c.ledger.get("phase_seconds", {})}
@@ -158,15 +210,15 @@ def compute_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: boo
         phase_means = {p: sum(c.ledger.get("phase_seconds", {}).get(p, 0.0) for c in cells) / len(cells) for p in phases}
         flops = [c.ledger.get("flops_per_update") for c in cells if c.ledger.get("flops_per_update")]
         peak = max(c.ledger.get("peak_memory_bytes", 0) for c in cells) / 2**20
-        backprop = [k for k, v in trained.items() if k[0] == key[0] and v[0].info.get("needs_differentiable_reward")]
-        if backprop and not cells[0].info.get("needs_differentiable_reward"):
+        backprop = [k for k, v in trained.items() if k[0] == key[0] and v[0].info.needs_differentiable_reward]
+        if backprop and not cells[0].info.needs_differentiable_reward:
             ref = seconds[backprop[0]].mean
             speed = f"{ref / seconds[key].mean:.2f}× ({backprop[0][1]})"
         else:
-            speed = "1.00× (itself)" if cells[0].info.get("needs_differentiable_reward") else "n/a"
+            speed = "1.00× (itself)" if cells[0].info.needs_differentiable_reward else "n/a"
         body.append(
             _row_label(key, multi)
-            + [str((cells[0].info.get("budget") or {}).get("effective_batch", "?")), _fmt(seconds[key], 4)]
+            + [str(cells[0].info.effective_batch or "?"), _fmt(seconds[key], 4)]
             + [f"{phase_means[p]:.4f}" for p in phases]
             + [f"{sum(flops) / len(flops) / 1e9:.3g}" if flops else "not counted", f"{peak:.0f}", speed]
         )
@@ -180,9 +232,20 @@ def compute_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: boo
 # ---- renderers -----------------------------------------------------------------------------
 
 
+def md_escape(text: str) -> str:
+    """User-given names (aliases, task names, prompts) as literal Markdown text: no raw HTML, no
+    table breaks, no emphasis."""
+    text = html.escape(str(text), quote=False)
+    for ch in "\\|*_`[]":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
 def to_markdown(table: Table) -> str:
-    lines = [f"### {table.title}", "", "| " + " | ".join(table.headers) + " |", "|" + "---|" * len(table.headers)]
+    headers = [md_escape(h) for h in table.headers]
+    lines = [f"### {md_escape(table.title)}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for i, row in enumerate(table.rows):
+        row = [md_escape(c) for c in row]
         cells = [f"**{c}**" if table.bold and table.bold[i][j] else c for j, c in enumerate(row)]
         lines.append("| " + " | ".join(cells) + " |")
     if table.note:
@@ -264,6 +327,7 @@ def build_report(folder: str | Path, formats: tuple[str, ...] = ("md", "tex", "h
     """Writes report.md / report.tex / report.html and figures/ into ``folder``; returns paths."""
     folder = Path(folder)
     results = load_results(folder)
+    _, problems = load_results_and_problems(folder)
     rows = group_rows(results, load_suite_snapshot(folder))
     multi = len({k[0] for k in rows}) > 1
     tables = [alignment_table(rows, multi)]
@@ -271,29 +335,44 @@ def build_report(folder: str | Path, formats: tuple[str, ...] = ("md", "tex", "h
     if gains is not None:
         tables.append(gains)
     tables += per_task_tables(rows, multi)
+    settings = settings_table(rows, multi)
+    if settings is not None:
+        tables.append(settings)
     compute = compute_table(rows, multi)
     if compute is not None:
         tables.append(compute)
-    suite = results[0].info.get("suite", folder.name)
+    suite = results[0].info.suite or folder.name
     figures: list[tuple[str, str]] = []
     if training_curves(rows, folder / "figures" / "train_reward.png"):
         figures.append(("Training reward per update (mean over seeds)", "figures/train_reward.png"))
-    grids = [(f"Samples: {k[1]} ({k[2]}), seed {cells[0].info['seed']}", str((cells[0].folder / 'samples.png').relative_to(folder)))
+    grids = [(f"Samples: {k[1]} ({k[2]}), seed {cells[0].info.seed}", str((cells[0].folder / 'samples.png').relative_to(folder)))
              for k, cells in rows.items() if (cells[0].folder / "samples.png").exists()]
-    env = results[0].info.get("versions", {})
-    provenance = (f"{len(results)} cells; git {results[0].info.get('git')}; torch {env.get('torch')}; "
-                  f"hardware {results[0].info.get('hardware', {}).get('platform')}")
+    env = results[0].info.versions
+    provenance = (f"{len(results)} cells; git {results[0].info.git}; torch {env.get('torch')}; "
+                  f"hardware {results[0].info.hardware.get('platform')}")
+    definitions = metric_definitions(results)
     written: dict[str, Path] = {}
     if "md" in formats:
         parts = [f"# {suite}: results\n", f"_{provenance}_\n"] + [to_markdown(t) for t in tables]
+        parts += ["### Metric definitions\n\n" + "\n".join(f"- {md_escape(d)}" for d in definitions) + "\n"]
+        if problems:
+            parts += ["### Cells not in the tables\n\n" + "\n".join(f"- {md_escape(k)}: {md_escape(v)}"
+                                                                    for k, v in problems.items()) + "\n"]
         parts += [f"### {title}\n\n![{title}]({src})\n" for title, src in figures + grids]
         written["md"] = folder / "report.md"
         write_text(written["md"], "\n".join(parts))
     if "tex" in formats:
         written["tex"] = folder / "report.tex"
-        write_text(written["tex"], f"% {suite}: generated by drpo-bench report\n% {provenance}\n" + "\n".join(to_latex(t) for t in tables))
+        footnotes = ("\n\\paragraph{Metric definitions.}\n\\begin{itemize}\n"
+                     + "".join(f"\\item {_tex(d)}\n" for d in definitions) + "\\end{itemize}\n")
+        write_text(written["tex"], f"% {suite}: generated by drpo-bench report\n% {provenance}\n"
+                   + "\n".join(to_latex(t) for t in tables) + footnotes)
     if "html" in formats:
         body = "".join(to_html(t) for t in tables)
+        body += "<h3>Metric definitions</h3><ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in definitions) + "</ul>"
+        if problems:
+            body += "<h3>Cells not in the tables</h3><ul>" + "".join(
+                f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in problems.items()) + "</ul>"
         body += "".join(f"<h3>{html.escape(t)}</h3><img src='{html.escape(s)}' alt='{html.escape(t)}'>" for t, s in figures + grids)
         page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(suite)}</title>"
                 "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"

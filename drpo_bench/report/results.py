@@ -12,21 +12,21 @@ from typing import Any
 from scipy import stats
 
 from drpo_bench.errors import UserError
+from drpo_bench.store import CellFolder, CellRecord, CorruptCellError, MetricRecord
 
 
 @dataclass
 class CellResult:
     cell_id: str
-    info: dict[str, Any]  # cell.json
-    metrics: dict[str, dict[str, Any]]  # eval.json["metrics"]
-    ledger: dict[str, Any]  # ledger.json["summary"]
+    info: CellRecord  # cell.json
+    metrics: dict[str, MetricRecord]  # eval.json's metrics
+    ledger: dict[str, Any]  # ledger.json's summary
     train_log: list[dict[str, Any]]
     folder: Path
 
     @property
     def row_key(self) -> tuple[str, str, str]:
-        reward = (self.info.get("train_reward") or {}).get("alias") or "—"
-        return (self.info["generator"].get("id") or self.info["generator"]["name"], self.info["method"]["id"], reward)
+        return (self.info.generator_label, self.info.method_id, self.info.reward_alias or "—")
 
 
 @dataclass
@@ -52,20 +52,32 @@ def load_results(folder: str | Path) -> list[CellResult]:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"results folder {folder} does not exist; run a suite first (`drpo-bench run SUITE`)")
-    results = []
-    for cell_json in sorted(folder.glob("*/cell.json")):
-        info = json.loads(cell_json.read_text())
-        if info.get("status") != "complete":
-            continue
-        cell_dir = cell_json.parent
-        ledger = json.loads((cell_dir / "ledger.json").read_text()).get("summary", {}) if (cell_dir / "ledger.json").exists() else {}
-        log_path = cell_dir / "train.jsonl"
-        log = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()] if log_path.exists() else []
-        metrics = json.loads((cell_dir / "eval.json").read_text())["metrics"]
-        results.append(CellResult(info["cell_id"], info, metrics, ledger, log, cell_dir))
+    results, _ = load_results_and_problems(folder)
     if not results:
         raise UserError(f"no complete cells in {folder}: is it a results folder written by `drpo-bench run`?")
     return results
+
+
+def load_results_and_problems(folder: Path) -> tuple[list[CellResult], dict[str, str]]:
+    """Complete cells, and {cell folder: why it is not in the tables} for failed or corrupt ones."""
+    results, problems = [], {}
+    for cell_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        cell = CellFolder(cell_dir)
+        try:
+            info = cell.read_cell()
+            if info is None or info.status != "complete":
+                error = cell.file(CellFolder.ERROR)
+                if error.exists():
+                    lines = error.read_text(errors="replace").strip().splitlines() or ["?"]
+                    problems[cell_dir.name] = "failed: " + (lines[-1] if lines[0].startswith("Traceback") else lines[0])
+                elif info is not None or cell.file(CellFolder.CHECKPOINT).exists():
+                    problems[cell_dir.name] = "unfinished (rerun the suite to resume it)"
+                continue
+            results.append(CellResult(info.cell_id, info, cell.read_eval().metrics, cell.read_ledger_summary(),
+                                      cell.read_train_log(), cell.path))
+        except CorruptCellError as exc:
+            problems[cell_dir.name] = f"corrupt: {exc}"
+    return results, problems
 
 
 def group_rows(results: list[CellResult], suite: dict[str, Any] | None = None) -> dict[tuple[str, str, str], list[CellResult]]:
@@ -75,7 +87,7 @@ def group_rows(results: list[CellResult], suite: dict[str, Any] | None = None) -
     runner writes it as suite.json), else alphabetical order.
     """
     rows: dict[tuple[str, str, str], list[CellResult]] = defaultdict(list)
-    for r in sorted(results, key=lambda r: r.info["seed"]):
+    for r in sorted(results, key=lambda r: r.info.seed):
         rows[r.row_key].append(r)
     gen_order: list[str] = []
     method_order: list[str] = []

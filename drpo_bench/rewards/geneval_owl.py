@@ -55,6 +55,20 @@ class GenEvalOwl(Reward):
     differentiable: ClassVar[bool] = False
     higher_is_better: ClassVar[bool] = True
     scale: ClassVar[str] = "1 if every constraint holds else 0 (fraction with partial_credit)"
+    report_scale: ClassVar[float] = 100.0  # percent of images correct, as the paper's GenEval table prints
+    definition: ClassVar[dict[str, str]] = {
+        "model": "google/owlv2-base-patch16-ensemble (GenEval-style rules; not the official Mask2Former GenEval)",
+        "version": "all-or-nothing",
+        "formula": "100 * [every object/count/color/position constraint of the prompt holds] (percent correct)",
+        "score": "1 if every constraint holds else 0",
+    }
+    #: the definition for ``partial_credit: true``
+    partial_definition: ClassVar[dict[str, str]] = {
+        "model": "google/owlv2-base-patch16-ensemble (GenEval-style rules; not the official Mask2Former GenEval)",
+        "version": "partial credit",
+        "formula": "100 * (constraints of the prompt that hold) / (constraints of the prompt)",
+        "score": "(constraints that hold) / (constraints)",
+    }
 
     def __init__(self, config: GenEvalOwlConfig) -> None:
         from transformers import Owlv2ForObjectDetection, Owlv2Processor
@@ -65,6 +79,9 @@ class GenEvalOwl(Reward):
         hint = "google/owlv2-base-patch16-ensemble"
         self.processor = load_hf(Owlv2Processor, folder, "OWLv2 processor", hint)
         self.model = load_hf(Owlv2ForObjectDetection, folder, "OWLv2", hint).requires_grad_(False).eval().to(self.device)
+        base = self.partial_definition if config.partial_credit else self.definition
+        self.definition = {**base, "model": f"{config.pretrained or base['model']} (GenEval-style rules, threshold "  # type: ignore[misc]
+                                            f"{config.threshold}; not the official Mask2Former GenEval)"}
 
     def folder(self) -> Path:
         return resolve_folder(self.config.pretrained, what="OWLv2 weights", must_contain=("config.json",),
@@ -139,20 +156,9 @@ class GenEvalOwl(Reward):
         return torch.tensor(out, dtype=torch.float32)
 
 
-class TinyConfig(GenEvalOwlConfig):
-    pretrained: str = ""  # unused: the tiny model is built offline and cached
-    threshold: float = 0.0  # random weights score everything low: keep detections so every path runs
-    partial_credit: bool = True  # a graded score exercises the constraint checks in tests
-    device: str = "cpu"  # tests and CPU smoke runs
-
-
-@REWARDS.register("geneval-owl-tiny")
-class GenEvalOwlTiny(GenEvalOwl):
-    """The GenEval-style OWLv2 reward with a tiny random-init OWLv2 (built offline, cached): for tests."""
-
-    Config: ClassVar[type[StrictConfig]] = TinyConfig
-
-    def folder(self) -> Path:
-        from drpo_bench.testing import make_tiny_owlv2
-
-        return make_tiny_owlv2()
+REWARDS.preset(
+    "geneval-owl-tiny", GenEvalOwl,
+    # random weights score everything low: threshold 0 keeps detections so every rule runs; partial credit grades
+    {"pretrained": "tiny:owlv2", "threshold": 0.0, "partial_credit": True, "device": "cpu"},
+    "the GenEval-style OWLv2 reward on a tiny random-init OWLv2 (tiny:owlv2): tests",
+)

@@ -6,8 +6,13 @@ Built as the ``hpsv2`` package builds it, without that package: ``open_clip.crea
 model) loaded with ``torch.load(weights_only=True)``; open_clip's own tokenizer.
 
 Score = cos(image, text) of the normalized features, exactly what ``hpsv2.score`` returns (its
-diagonal of ``image_features @ text_features.T``); tables often print it ×100 (≈ 27-30 for SD
-images). v2.0 and v2.1 scores are not comparable with each other.
+diagonal of ``image_features @ text_features.T``). v2.0 and v2.1 scores are not comparable with
+each other.
+
+Default ``version: v2.0``, as the public DrPO eval: it loads ``models/HPSv2/HPS_v2_compressed.pt``
+(the v2.0 checkpoint; v2.1 is ``HPS_v2.1_compressed.pt``) and reports the raw cosine
+(UGVly/DrPO ``src/drpo/rewards.py``, ``HPSSelector``; ``src/utils/hps_utils.py``). The paper's
+HPSv2 column prints it x100 (e.g. 34.85), so ``report_scale`` = 100.
 
 How scores compare with the ``hpsv2`` package: it preprocesses PIL images (bicubic resize of the
 shorter side to 224 with PIL, center crop, OpenAI CLIP mean/std) and runs under fp16 autocast;
@@ -36,7 +41,7 @@ CHECKPOINTS = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
 
 
 class HPSv2Config(StrictConfig):
-    version: Literal["v2.0", "v2.1"] = "v2.1"  # v2.1 is the current release (trained on more data)
+    version: Literal["v2.0", "v2.1"] = "v2.0"  # the public DrPO eval's checkpoint (HPS_v2_compressed.pt); v2.1 selectable
     checkpoint: str = ""  # local .pt file; "" = the HF cache's xswu/HPSv2/<file for `version`>
     model_name: str = "ViT-H-14"  # open_clip architecture the checkpoint was trained from
     architecture_json: str | None = None  # open_clip JSON for a custom architecture (registered before building)
@@ -69,7 +74,14 @@ class HPSv2(Reward):
     Config: ClassVar[type[StrictConfig]] = HPSv2Config
     differentiable: ClassVar[bool] = True
     higher_is_better: ClassVar[bool] = True
-    scale: ClassVar[str] = "cosine (~0.27-0.30 for SD images; x100 in most tables)"
+    scale: ClassVar[str] = "cosine (~0.27-0.35 for SD images)"
+    report_scale: ClassVar[float] = 100.0  # the paper's HPSv2 column is the cosine x100
+    definition: ClassVar[dict[str, str]] = {
+        "model": "xswu/HPSv2 HPS_v2_compressed.pt on open_clip ViT-H-14",
+        "version": "v2.0",
+        "formula": "100 * cos(image_features, text_features) (public DrPO eval: raw cosine; paper tables: x100)",
+        "score": "cos(image_features, text_features)",
+    }
 
     def __init__(self, config: HPSv2Config) -> None:
         import open_clip
@@ -78,6 +90,10 @@ class HPSv2(Reward):
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         checkpoint = self.checkpoint_path()
+        self.definition = {  # type: ignore[misc]
+            **self.definition, "version": config.version,
+            "model": f"{config.checkpoint or 'xswu/HPSv2 ' + CHECKPOINTS[config.version]} on open_clip {config.model_name}",
+        }
         if config.architecture_json:
             open_clip.add_model_config(resolve_file(config.architecture_json, what="open_clip model config", how=""))
         self.model = open_clip.create_model(config.model_name, pretrained=None)
@@ -106,23 +122,9 @@ class HPSv2(Reward):
         return self
 
 
-class TinyConfig(StrictConfig):
-    device: str = "cpu"  # tests and CPU smoke runs
-    dtype: RewardDType = "fp32"  # exact CPU math for tests
-
-
-@REWARDS.register("hpsv2-tiny")
-class HPSv2Tiny(HPSv2):
-    """HPSv2's loading path with a tiny random open_clip model and checkpoint: for tests."""
-
-    Config: ClassVar[type[StrictConfig]] = TinyConfig
-
-    def __init__(self, config: TinyConfig) -> None:
-        from drpo_bench.testing import TINY_OPEN_CLIP_NAME, make_tiny_open_clip
-
-        folder = make_tiny_open_clip()
-        super().__init__(HPSv2Config(
-            checkpoint=str(folder / "HPS_tiny_compressed.pt"), model_name=TINY_OPEN_CLIP_NAME,
-            architecture_json=str(folder / f"{TINY_OPEN_CLIP_NAME}.json"), device=config.device, dtype=config.dtype,
-        ))
-        self.config = config  # type: ignore[assignment]
+REWARDS.preset(
+    "hpsv2-tiny", HPSv2,
+    {"checkpoint": "tiny:open-clip/HPS_tiny_compressed.pt", "model_name": "drpo-tiny-ViT",
+     "architecture_json": "tiny:open-clip/drpo-tiny-ViT.json", "device": "cpu", "dtype": "fp32"},
+    "HPSv2's loading path with a tiny random open_clip model and checkpoint (tiny:open-clip): tests",
+)

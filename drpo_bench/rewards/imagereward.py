@@ -46,7 +46,14 @@ class ImageReward(Reward):
     Config: ClassVar[type[StrictConfig]] = ImageRewardConfig
     differentiable: ClassVar[bool] = False
     higher_is_better: ClassVar[bool] = True
-    scale: ClassVar[str] = "standardized score (mean 0, std 1 on the authors' data); DrPO tables print x10"
+    scale: ClassVar[str] = "standardized score (mean 0, std 1 on the authors' data), ~0.5-1.3 for SD-Turbo images"
+    report_scale: ClassVar[float] = 10.0  # the paper's tables print "IR = ImageReward x 10" (SD-Turbo base 5.75)
+    definition: ClassVar[dict[str, str]] = {
+        "model": "THUDM/ImageReward ImageReward-v1.0 (BLIP ViT-L + BERT-base, MLP head)",
+        "version": "v1.0",
+        "formula": "10 * (mlp(text_encoder(prompt, image)[CLS]) - mean) / std (ImageReward.score; paper tables: x10)",
+        "score": "(mlp(text_encoder(prompt, image)[CLS]) - mean) / std",
+    }
 
     def __init__(self, config: ImageRewardConfig) -> None:
         try:

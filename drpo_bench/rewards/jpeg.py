@@ -36,9 +36,19 @@ class JPEGCompressibility(Reward):
     differentiable: ClassVar[bool] = False
     higher_is_better: ClassVar[bool] = True
     scale: ClassVar[str] = "-kB at JPEG quality 95 (sign flipped for incompressibility)"
+    definition: ClassVar[dict[str, str]] = {
+        "model": "Pillow JPEG encoder (program)",
+        "version": "DDPO compressibility",
+        "formula": "-(bytes of the 8-bit image saved as JPEG at `quality`) / 1000; +kB for incompressibility",
+    }
 
     def __init__(self, config: JPEGConfig | None = None) -> None:
         self.config = config or JPEGConfig()
+        sign = "-" if self.config.mode == "compressibility" else "+"
+        self.definition = {  # type: ignore[misc]
+            **self.definition, "version": f"DDPO {self.config.mode}",
+            "formula": f"{sign}(bytes of the 8-bit image saved as JPEG at quality {self.config.quality}) / 1000",
+        }
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         sizes = []

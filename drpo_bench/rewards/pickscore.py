@@ -1,9 +1,15 @@
 """PickScore (Kirstain et al., 2023, "Pick-a-Pic"): a CLIP ViT-H/14 finetuned on human picks.
 
-Score = logit_scale · cos(image, text), as the authors' reference code. logit_scale is ≈ 100,
-so this is the number the DrPO paper's "PickScore×100" column prints (SD-Turbo base 21.88). Differentiable: preprocessing runs in torch (``clip_common``), so DRaFT can
-backpropagate through it. Model weights: ``yuvalkirstain/PickScore_v1``; tokenizer and
-preprocessing config: ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (the processor PickScore uses).
+Score (what training sees) = logit_scale · cos(image, text), as the authors' reference code and
+the public DrPO trainers (UGVly/DrPO ``src/drpo/pickscore.py``). Reported number = 100 · cos:
+the public DrPO eval scores the raw cosine (``src/drpo/rewards.py``, ``PickScoreSelector.score``)
+and the paper's tables print "PS = PickScore × 100" (SD-Turbo base 21.88). The two agree when
+the checkpoint's logit_scale is 100; ``report_scale`` = 100 / logit_scale makes the reported
+number exactly 100 · cos whatever the checkpoint holds (eval only: training keeps logit_scale · cos).
+
+Differentiable: preprocessing runs in torch (``clip_common``), so DRaFT can backpropagate through
+it. Model weights: ``yuvalkirstain/PickScore_v1``; tokenizer and preprocessing config:
+``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (the processor PickScore uses).
 """
 
 from __future__ import annotations
@@ -36,6 +42,13 @@ class PickScore(Reward):
     differentiable: ClassVar[bool] = True
     higher_is_better: ClassVar[bool] = True
     scale: ClassVar[str] = "logit_scale (~100) x cosine; SD-Turbo images ~21-24"
+    report_scale: ClassVar[float] = 1.0  # per instance: 100 / logit_scale, so reported = 100 * cosine exactly
+    definition: ClassVar[dict[str, str]] = {
+        "model": "yuvalkirstain/PickScore_v1 (processor laion/CLIP-ViT-H-14-laion2B-s32B-b79K)",
+        "version": "v1",
+        "formula": "100 * cos(image_embeds, text_embeds) (public DrPO eval: raw cosine; paper tables: x100)",
+        "score": "logit_scale.exp() * cos(image_embeds, text_embeds) (the PickScore reference code)",
+    }
 
     def __init__(self, config: PickScoreConfig) -> None:
         self.config = config
@@ -44,6 +57,12 @@ class PickScore(Reward):
             model_folder, processor_folder, what="PickScore", hub_hint="yuvalkirstain/PickScore_v1",
             device=config.device, dtype=config.dtype,
         )
+        self.logit_scale = float(self.clip.model.logit_scale.exp())
+        self.report_scale = 100.0 / self.logit_scale  # type: ignore[misc]
+        self.definition = {**self.definition, "model": f"{config.pretrained} (processor {config.processor})"}  # type: ignore[misc]
+
+    def describe(self) -> dict:
+        return {**super().describe(), "logit_scale": self.logit_scale}
 
     def folders(self) -> tuple[Path, Path]:
         cfg = self.config
@@ -68,19 +87,8 @@ class PickScore(Reward):
         return self
 
 
-class TinyConfig(StrictConfig):
-    device: str = "cpu"  # tests and CPU smoke runs
-    dtype: RewardDType = "fp32"  # exact CPU math for tests
-
-
-@REWARDS.register("pickscore-tiny")
-class PickScoreTiny(PickScore):
-    """PickScore's classes with tiny random weights (built offline, cached): for tests and smoke runs."""
-
-    Config: ClassVar[type[StrictConfig]] = TinyConfig
-
-    def folders(self) -> tuple[Path, Path]:
-        from drpo_bench.testing import make_tiny_clip
-
-        folder = make_tiny_clip()
-        return folder, folder
+REWARDS.preset(
+    "pickscore-tiny", PickScore,
+    {"pretrained": "tiny:clip", "processor": "tiny:clip", "device": "cpu", "dtype": "fp32"},
+    "PickScore's classes and loader on tiny random weights (tiny:clip): tests and CPU smoke runs",
+)

@@ -3,13 +3,17 @@ or their own machine. The server side is ``drpo_bench.serve`` (``drpo-bench serv
 
 Protocol (JSON over HTTP, standard library only):
 
-    GET  /info   -> {"name", "differentiable", "higher_is_better", "scale"}
+    GET  /info   -> {"name", "differentiable", "higher_is_better", "scale"[, "definition"]}
     POST /score  {"images": [base64 PNG, ...], "prompts": [str, ...]} -> {"scores": [float, ...]}
 
 Images travel as 8-bit PNG, so the remote model scores the 8-bit quantized image: a remote
 reward is never differentiable. Transient failures (connection refused, timeouts, HTTP 429 and
 5xx other than 500) are retried with exponential backoff; a 4xx or a 500 (the reward itself
 failed) is reported at once with the server's message.
+
+Definition and reporting scale: the served reward's ``describe()`` when ``/info`` carries it as
+"definition" (with its "scale", the factor to the paper's tables); otherwise the registered class
+of the served ``name`` (e.g. ``imagereward``: x10) with its default config; otherwise scale 1.
 """
 
 from __future__ import annotations
@@ -76,6 +80,11 @@ class RemoteReward(Reward):
     differentiable: ClassVar[bool] = False
     higher_is_better: ClassVar[bool] = True  # replaced per instance by what the server reports
     scale: ClassVar[str] = "whatever the served reward reports (see /info)"
+    definition: ClassVar[dict[str, str]] = {
+        "model": "the reward served at `url` (replaced by the server's definition)",
+        "version": "remote",
+        "formula": "the served reward's score, 8-bit PNG images over HTTP",
+    }
 
     def __init__(self, config: RemoteConfig) -> None:
         self.config = config
@@ -84,6 +93,7 @@ class RemoteReward(Reward):
         self.higher_is_better = bool(self.info.get("higher_is_better", True))  # type: ignore[misc]
         self.scale = str(self.info.get("scale", ""))  # type: ignore[misc]
         self.remote_name = str(self.info.get("name", "?"))
+        self.definition, self.report_scale = served_definition(self.info, self.base_url)  # type: ignore[misc]
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         scores: list[float] = []
@@ -124,6 +134,22 @@ class RemoteReward(Reward):
             f"(last: {last_error}). Is it running? Start it with `drpo-bench serve-reward NAME --port PORT` "
             "(in the environment that has the reward's dependencies) and set `url` to match."
         )
+
+
+def served_definition(info: dict[str, Any], url: str) -> tuple[dict[str, str], float]:
+    """(definition, report_scale) of the reward behind ``/info``: its own, else its registered class's."""
+    where = f"served at {url} as {info.get('name', '?')!r}"
+    sent = info.get("definition")
+    if isinstance(sent, dict) and sent:
+        record = {str(k): str(v) for k, v in sent.items() if k not in ("scale", "range")}
+        return {**record, "served": where}, float(sent.get("scale", 1.0))
+    from drpo_bench.registry import REWARDS
+
+    name = str(info.get("name", ""))
+    if name in REWARDS.names():  # a built-in name only: never import a module a server names
+        cls = REWARDS.get(name).cls
+        return {**cls.definition, "served": f"{where} (its class defaults: /info sent no definition)"}, float(cls.report_scale)
+    return {**RemoteReward.definition, "served": where}, 1.0
 
 
 def _error_message(exc: urllib.error.HTTPError) -> str:

@@ -19,6 +19,11 @@ class ShapesChecker(Reward):
     differentiable: ClassVar[bool] = False
     higher_is_better: ClassVar[bool] = True
     scale: ClassVar[str] = "fraction of the prompt's constraints satisfied, 0..1"
+    definition: ClassVar[dict[str, str]] = {
+        "model": "shapes checker (program reading pixels: drpo_bench.shapes.checker)",
+        "version": "shapes world",
+        "formula": "(constraints of the prompt the image satisfies) / (constraints of the prompt)",
+    }
 
     class Config(StrictConfig):
         pass

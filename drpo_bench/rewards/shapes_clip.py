@@ -36,6 +36,11 @@ class ShapesCLIPReward(Reward):
     differentiable: ClassVar[bool] = True
     higher_is_better: ClassVar[bool] = True
     scale: ClassVar[str] = "logit_scale x cosine; ground truth ~35 (small) or ~19 (large), hard negatives about half"
+    definition: ClassVar[dict[str, str]] = {
+        "model": "shapes-clip small (drpo_bench/assets/shapes_clip_small.safetensors)",
+        "version": "small",
+        "formula": "logit_scale * cos(image_embeds, text_embeds) (tiny CLIP trained on rendered shapes pairs)",
+    }
 
     def __init__(self, config: ShapesCLIPConfig | None = None) -> None:
         self.config = config = config or ShapesCLIPConfig()
@@ -52,6 +57,7 @@ class ShapesCLIPReward(Reward):
                 f"set size: {self.metadata['size']} or point weights at a {config.size} file"
             )
         self.model.to(config.device)
+        self.definition = {**self.definition, "model": f"shapes-clip {config.size} ({path})", "version": config.size}  # type: ignore[misc]
         self._text_cache: dict[str, torch.Tensor] = {}  # prompt -> (D,) unit text embedding (frozen model)
 
     def _texts(self, prompts: Sequence[str]) -> torch.Tensor:

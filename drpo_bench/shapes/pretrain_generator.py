@@ -14,19 +14,10 @@ wrong is what the small network cannot yet reproduce of it (near-tied peaks: cou
 bindings; colors of two objects it mixes; exact positions). Training stops early on purpose,
 at 1500 steps: the base must leave headroom for preference finetuning.
 
-Phase 2b (``--steps``, 0 in the shipped recipe): the drifting objective of Drifting Models, from
-N(0, I) noise: per prompt, K generated samples are the generated set, P rendered images of the
-same prompt (fresh random placements) the positives, and the generated set itself the negatives
-(``mask_negative_self``). The field is built in the normalized latents (whole: layout; grid
-cells: local shape) and in the frozen shapes encoder's multi-scale, layout and per-location
-features of the decoded images; the loss sums over feature sets. On its own (the recipe before
-distillation) it plateaued near a held-out checker of 0.33 with blurred blobs; after
-distillation, 300 steps at lr 5e-4 raised the checker further in a prototype run (not re-measured
-on the shipped file), which leaves less headroom, so the shipped recipe stops before it.
-
-The drift loss is ~constant by construction (each radius' force is RMS-normalized), so its
-progress is logged as ``gap``: the energy distance between generated and ground-truth images of
-a prompt (pixels, averaged over prompts; 0 when the distributions agree).
+An earlier recipe trained the generator with the drifting objective of Drifting Models toward
+rendered positives; alone it plateaued near a held-out checker of 0.33 with blurred blobs (a
+one-step generator regressed onto noise-independent renders learns their average), which is why
+the shipped recipe distills from the noise-driven teacher instead (docs/quickstart-sweep.md).
 
 Prompts are drawn by ``grammar.random_prompt`` (uniform over tasks), which never yields a
 held-out eval prompt; ``--eval`` scores the result with the checker on the eval split.
@@ -46,11 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from drpo_bench.shapes.encoder_model import load_encoder
 from drpo_bench.shapes.generator_model import FORMAT, ShapesGeneratorNet, load_net
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "assets" / "shapes_generator.safetensors"
-DEFAULT_ENCODER = Path(__file__).resolve().parents[1] / "assets" / "shapes_encoder.safetensors"
 SCRIPT = "python -m drpo_bench.shapes.pretrain_generator"
 
 
@@ -87,17 +76,6 @@ def warmup_cosine(opt: torch.optim.Optimizer, steps: int, warmup: float = 0.1) -
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - ramp) / max(1, steps - ramp))))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-def energy_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per set: E|x-y| - (E|x-x'| + E|y-y'|)/2 for x (B, N, D), y (B, M, D) -> (B,); 0 iff alike."""
-    from drpo_bench.drpo.field import pairwise_distance
-
-    n, m = x.shape[1], y.shape[1]
-    xy = pairwise_distance(x, y).mean(dim=(1, 2))
-    xx = pairwise_distance(x, x).sum(dim=(1, 2)) / (n * (n - 1))  # diagonal ~0 (clamped sqrt)
-    yy = pairwise_distance(y, y).sum(dim=(1, 2)) / (m * (m - 1))
-    return xy - (xx + yy) / 2
 
 
 def _log(step: int, total: int, name: str, values: dict[str, list[float]], start: float, every: int) -> None:
@@ -193,94 +171,6 @@ def _print_eval(step: int, name: str, scores: dict[str, object]) -> None:
     )
 
 
-# ---- phase 2b: drifting generator --------------------------------------------------------------
-def feature_sets(
-    encoder: torch.nn.Module | None, latents: torch.Tensor, images: torch.Tensor, local: bool = False
-) -> dict[str, torch.Tensor]:
-    """{name: (B, L, D)}: normalized latents (whole: layout; 2x2 and 4x4 cells: local shape, on the
-    autoencoder's manifold), plus the shapes encoder's multi-scale features and stage-3 layout."""
-    from drpo_bench.drpo.features_shapes import latent_features
-
-    out = latent_features(latents)
-    if encoder is not None:
-        from drpo_bench.shapes.encoder_model import multiscale_features
-
-        maps = encoder(images)
-        out.update(multiscale_features(maps))
-        out["s3.layout"] = maps[2].flatten(1)[:, None, :]  # (B, 1, C3*16)
-        if local:
-            # per-location vectors (translation-invariant local shape vocabulary), 16 random
-            # locations per image so the field stays cheap
-            for stage in (2, 3):
-                flat = maps[stage - 1].flatten(2).transpose(1, 2)  # (B, H*W, C)
-                idx = torch.rand(flat.shape[:2], device=flat.device).argsort(dim=1)[:, :16]  # (B, 16)
-                out[f"s{stage}.local"] = torch.gather(flat, 1, idx[:, :, None].expand(-1, -1, flat.shape[-1]))
-    return out
-
-
-def train_generator(
-    net: ShapesGeneratorNet,
-    encoder: torch.nn.Module | None,
-    steps: int,
-    prompts_per_step: int,
-    k: int,
-    positives: int,
-    lr: float,
-    rng: random.Random,
-    np_rng: np.random.Generator,
-    seed: int,
-    log_every: int = 25,
-    eval_every: int = 0,
-    local: bool = False,
-    radii: tuple[float, ...] = (0.02, 0.05, 0.2),
-) -> dict[str, float]:
-    from drpo_bench.drpo.field import drift_loss
-
-    params = [*net.text.parameters(), *net.denoiser.parameters()]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    sched = warmup_cosine(opt, steps)
-    gen = torch.Generator().manual_seed(seed)
-    b = prompts_per_step
-    history: dict[str, list[float]] = {"drift": [], "gap": []}
-    start = time.perf_counter()
-    for step in range(1, steps + 1):
-        texts = random_prompts(b, rng)
-        real = render_many([t for t in texts for _ in range(positives)], np_rng)  # (B*P, 3, 32, 32)
-        noise = torch.randn(b * k, *net.latent_shape, generator=gen)  # (B*K, C, 8, 8)
-        cond = net.encode_text([t for t in texts for _ in range(k)])
-        latents = net.denoiser(noise, cond)  # (B*K, C, 8, 8)
-        images = net.decode(latents)  # (B*K, 3, 32, 32)
-        with torch.no_grad():
-            real_feats = feature_sets(encoder, net.encode_images(real), real, local)
-        gen_feats = feature_sets(encoder, latents, images, local)
-        loss = latents.new_zeros(())
-        for name, z in gen_feats.items():
-            _, l, d = z.shape
-            z_gen = z.reshape(b, k * l, d)  # all locations of all K samples: one set per prompt
-            z_pos = real_feats[name].reshape(b, positives * l, d)
-            result = drift_loss(
-                z_gen, z_pos, z_gen.detach(), positive_weight=1.0, negative_weight=1.0, radii=radii,
-                mask_negative_self=True,
-            )
-            loss = loss + result.loss.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            gap = energy_distance(images.detach().reshape(b, k, -1), real.reshape(b, positives, -1)).mean()
-        history["drift"].append(float(loss.detach()))
-        history["gap"].append(float(gap))
-        _log(step, steps, "generator", history, start, log_every)
-        if eval_every and step % eval_every == 0:
-            _print_eval(step, "generator", evaluate(net, k=8))
-    summary = _summary(history["gap"], start, "gap")
-    if steps:
-        summary["final_drift"] = float(np.mean(history["drift"][-max(1, min(20, steps // 4)) :]))
-    return summary
-
-
 def _summary(values: list[float], start: float, name: str) -> dict[str, float]:
     if not values:
         return {f"{name}_seconds": 0.0}
@@ -339,8 +229,7 @@ def save(net: ShapesGeneratorNet, out: Path, facts: dict[str, object]) -> None:
             "Shapes one-step generator. Phase 1: latent autoencoder (3x32x32 <-> 8x8x8) on rendered "
             "ground truth, foreground-weighted BCE, then frozen with per-channel latent normalization. "
             "Phase 2a: text encoder + denoiser distilled from the noise-driven teacher (placement, sizes "
-            "and free colors read off the noise), latent MSE + pixel BCE; stopped early to leave headroom. "
-            "Phase 2b (optional): the drifting objective toward rendered positives."
+            "and free colors read off the noise), latent MSE + pixel BCE; stopped early to leave headroom."
         ),
         **{k: v if isinstance(v, str) else json.dumps(v) for k, v in facts.items()},
     }
@@ -354,20 +243,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the safetensors file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ae-steps", type=int, default=1200, help="phase 1 steps (autoencoder)")
-    parser.add_argument("--steps", type=int, default=0, help="phase 2b steps (drifting toward renders); 0 = the shipped recipe, distillation alone")
     parser.add_argument("--ae-batch", type=int, default=64, help="rendered images per autoencoder step")
     parser.add_argument("--distill-steps", type=int, default=1500, help="phase 2a steps (regression onto the noise-driven teacher)")
     parser.add_argument("--distill-batch", type=int, default=128, help="(noise, prompt, teacher image) triples per distillation step")
     parser.add_argument("--distill-lr", type=float, default=2e-3, help="distillation peak learning rate (warm-up, then cosine)")
-    parser.add_argument("--prompts", type=int, default=8, help="prompts per generator step")
-    parser.add_argument("--k", type=int, default=16, help="generated samples per prompt")
-    parser.add_argument("--positives", type=int, default=32, help="rendered ground-truth images per prompt (more: a sharper field, a costlier one)")
     parser.add_argument("--ae-lr", type=float, default=3e-3, help="autoencoder peak learning rate (warm-up, then cosine)")
-    parser.add_argument("--lr", type=float, default=5e-4, help="drift phase peak learning rate (warm-up, then cosine): a fine-tune of the distilled net")
-    parser.add_argument("--encoder", type=Path, default=DEFAULT_ENCODER, help="frozen shapes encoder for the feature field")
-    parser.add_argument("--radii", type=float, nargs="+", default=[0.02, 0.05, 0.2], help="drift kernel radii")
-    parser.add_argument("--no-local", dest="local", action="store_false", help="leave out the per-location encoder features (stages 2, 3)")
-    parser.add_argument("--no-encoder", action="store_true", help="build the field in latents only")
     parser.add_argument("--init", type=Path, default=None, help="start from this generator file (e.g. reuse its autoencoder with --ae-steps 0)")
     parser.add_argument("--eval", action="store_true", help="score the result on the held-out eval prompts")
     parser.add_argument("--eval-every", type=int, default=0, help="also score every N generator steps (K=8; 0 = never)")
@@ -381,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     rng, np_rng = random.Random(args.seed), np.random.default_rng(args.seed)
     net = load_net(args.init)[0] if args.init else ShapesGeneratorNet(VOCABULARY)
     facts: dict[str, object] = {"command": " ".join([SCRIPT, *(argv if argv is not None else sys.argv[1:])])}
-    facts.update({k: v for k, v in vars(args).items() if k not in ("out", "init", "encoder", "eval", "eval_every")})
+    facts.update({k: v for k, v in vars(args).items() if k not in ("out", "init", "eval", "eval_every")})
     if args.init:
         facts["init"] = str(args.init)
     if args.ae_steps:
@@ -389,21 +269,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         normalize_latents(net, rng, np_rng)
     net.encoder.requires_grad_(False)
     net.decoder.requires_grad_(False)
-    encoder = None if args.no_encoder else load_encoder(args.encoder).requires_grad_(False).eval()
     if args.distill_steps:
         facts.update(
             train_distill(net, args.distill_steps, args.distill_batch, args.distill_lr, rng, np_rng, args.seed,
                           eval_every=args.eval_every)
         )
-    facts["field_features"] = "latent" if encoder is None else "latent + shapes encoder multiscale"
-    facts.update(
-        train_generator(
-            net, encoder, args.steps, args.prompts, args.k, args.positives, args.lr, rng, np_rng, args.seed,
-            eval_every=args.eval_every, local=args.local, radii=tuple(args.radii),
-        )
-    )
-    # the last phase that ran: the drift gap, or (shipped recipe, 0 drift steps) the distillation loss
-    facts["final_loss"] = facts["final_gap"] if args.steps > 0 else facts.get("final_distill", float("nan"))
+    facts["final_loss"] = facts.get("final_distill", float("nan"))  # the last phase that ran
     if args.eval:
         facts["eval"] = evaluate(net)
     save(net, args.out, facts)

@@ -4,7 +4,9 @@ Wraps ``hpsv3.HPSv3RewardInferencer``: Qwen2-VL-7B-Instruct with HPSv3's reward 
 resized by its processor to 448 x 448 (256 LLM tokens). Its ``reward`` returns (B, 2): a mean and
 a sigma per image; the score is the mean, as the HPSv3 authors use it.
 
-Not exercised by this project's tests (no 7B weights, and ``hpsv3`` pins its own transformers).
+Used by the reward ``hpsv3-package`` (serve it with ``drpo-bench serve-reward hpsv3-package``);
+the in-process, differentiable ``hpsv3`` does not need this package. Not exercised by this
+project's tests (no 7B weights, and ``hpsv3`` pins its own transformers).
 """
 
 from __future__ import annotations

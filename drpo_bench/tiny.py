@@ -1,4 +1,8 @@
-"""Tiny random-init twins of the real models, built offline and saved in the real on-disk layouts.
+"""Tiny twins: a weight source of random-init models in the real classes and on-disk layouts.
+
+A weights location ``tiny:<twin>`` (``tiny:sd-turbo``, ``tiny:clip``, ``tiny:open-clip/HPS_tiny_compressed.pt``,
+...; see ``TWINS``) resolves here, so the real loaders run unchanged on CPU in tests and smoke runs;
+the registry's ``*-tiny`` names are presets of the real classes with such locations.
 
 Every builder uses the *real* classes (diffusers ``UNet2DConditionModel``/``AutoencoderKL``,
 transformers ``CLIPTextModel``/``CLIPModel``/``Owlv2ForObjectDetection``/``ViTMAEModel``,
@@ -333,7 +337,7 @@ def make_tiny_open_clip(root: Path | None = None) -> Path:
 
 def build_tiny_aesthetic_head(folder: Path, seed: int = 0, input_size: int = 16) -> None:
     """The LAION improved-aesthetic-predictor MLP state dict (real input 768, CLIP ViT-L/14)."""
-    from drpo_bench.rewards.aesthetic import AestheticMLP
+    from drpo_bench.rewards.aesthetic_head import AestheticMLP
 
     _seeded(seed)
     torch.save(AestheticMLP(input_size).state_dict(), folder / "sac+logos+ava1-l14-linearMSE.pth")
@@ -437,3 +441,165 @@ def make_tiny_mae_latent(root: Path | None = None) -> Path:
     return cached_build(
         "mae-latent", lambda folder: torch.save(tiny_mae_latent_state(), folder / "mae_latent_256_torch.pth"), root
     )
+
+
+# ---- HPSv3 (Qwen2-VL + reward head) ------------------------------------------------------------------
+
+#: The special tokens the HPSv3 chat needs, in Qwen2's order (real ids 151643-151656); ``<|Reward|>``
+#: is *not* here: like the real tokenizer, it is added at load time by the HPSv3 loader.
+QWEN2_VL_SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+)
+
+#: A minimal Jinja template that renders what Qwen2-VL-7B-Instruct's ``chat_template.json`` renders for
+#: text and image parts (default system turn when none is given; ``add_generation_prompt``).
+QWEN2_VL_TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+#: Qwen2-VL-7B-Instruct's config.json layout (flat text fields + vision_config), tiny sizes.
+#: Real: hidden 3584, 28 layers, 28 heads / 4 kv heads, intermediate 18944, vocab 152064,
+#: mrope_section [16, 24, 24]; vision depth 32, embed 1280, 16 heads, patch 14.
+TINY_QWEN2_VL_CONFIG: dict[str, Any] = dict(
+    architectures=["Qwen2VLForConditionalGeneration"],
+    model_type="qwen2_vl",
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    hidden_act="silu",
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-6,
+    rope_theta=1_000_000.0,
+    rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},  # head_dim 16: 8 rotary pairs
+    use_sliding_window=False,
+    tie_word_embeddings=False,
+    attention_dropout=0.0,
+    vision_config=dict(
+        depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, in_chans=3,
+        patch_size=4, spatial_patch_size=4, spatial_merge_size=2, temporal_patch_size=2, hidden_act="quick_gelu",
+    ),
+)
+TINY_HPSV3_IMAGE_TOKENS = 16  # real 256: 16 tokens x (patch 4 x merge 2)^2 = 32 x 32 px (real 448 x 448)
+
+
+def build_tiny_qwen2_tokenizer(folder: Path) -> Any:
+    """A byte-level BPE (the kind Qwen2 uses) trained here on HPSv3's instruction, with Qwen2-VL's
+    special tokens, saved as a transformers fast tokenizer: Qwen2's own files are a download away."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from drpo_bench.rewards.hpsv3_model import INSTRUCTION, REWARD_SUFFIX
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=4000,  # more than the corpus can merge: every word of the instruction becomes one token
+        special_tokens=list(QWEN2_VL_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = [INSTRUCTION.replace("{text_prompt}", ""), REWARD_SUFFIX.replace("<|Reward|>", ""),
+              "a photo of a red cat, two dogs on a beach, an astronaut riding a horse"]
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
+        padding_side="right", model_max_length=32768,
+    )
+    fast.save_pretrained(str(folder))
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": QWEN2_VL_TINY_CHAT_TEMPLATE}))
+    return fast
+
+
+def build_tiny_hpsv3(folder: Path, seed: int = 0) -> None:
+    """HPSv3's public layout, tiny: ``base/`` (a Qwen2-VL-7B-Instruct-style folder: config.json, tokenizer,
+    chat_template.json, preprocessor_config.json, no weights) and ``HPSv3.safetensors`` (the whole reward
+    model's state dict in the checkpoint's key layout: ``visual.*``, ``model.*``, ``lm_head.weight``,
+    ``rm_head.{0,3,5}.*``; the LM embeddings and head resized to ``len(tokenizer)`` after ``<|Reward|>``)."""
+    from safetensors.torch import save_file
+    from transformers import Qwen2VLConfig, Qwen2VLModel
+
+    from drpo_bench.rewards.hpsv3_model import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, REWARD_TOKEN
+
+    base = folder / "base"
+    base.mkdir(parents=True)
+    tokenizer = build_tiny_qwen2_tokenizer(base)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2_VL_SPECIAL_TOKENS}
+    flat = dict(
+        TINY_QWEN2_VL_CONFIG,
+        vocab_size=len(tokenizer) + 8,  # padded past the tokenizer, as the real 152064 > 151657
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        vision_token_id=ids["<|vision_pad|>"], image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+    )
+    (base / "config.json").write_text(json.dumps(flat, indent=2))
+    vision = TINY_QWEN2_VL_CONFIG["vision_config"]
+    pixels = TINY_HPSV3_IMAGE_TOKENS * (vision["patch_size"] * vision["spatial_merge_size"]) ** 2
+    (base / "preprocessor_config.json").write_text(json.dumps(dict(
+        image_processor_type="Qwen2VLImageProcessor", min_pixels=pixels, max_pixels=pixels,
+        patch_size=vision["patch_size"], temporal_patch_size=vision["temporal_patch_size"],
+        merge_size=vision["spatial_merge_size"], image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD),
+        do_resize=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True, do_convert_rgb=True, resample=3,
+    ), indent=2))
+
+    _seeded(seed)
+    config = Qwen2VLConfig.from_pretrained(str(base))
+    rows = len(tokenizer) + 1  # + <|Reward|>: the package resizes to len(tokenizer) after adding it
+    config.text_config.vocab_size = rows
+    model = Qwen2VLModel(config)
+    hidden = config.text_config.hidden_size
+    rm_head = torch.nn.Sequential(  # HPSv3's "ranknet" head, real widths
+        torch.nn.Linear(hidden, 1024), torch.nn.ReLU(), torch.nn.Dropout(0.05),
+        torch.nn.Linear(1024, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2),
+    )
+    state: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():  # transformers < 4.52 names, as HPSv3.safetensors
+        if key.startswith("visual."):
+            state[key] = value
+        elif key.startswith("language_model."):
+            state["model." + key[len("language_model."):]] = value
+    state["lm_head.weight"] = torch.randn(rows, hidden) * 0.02
+    state.update({f"rm_head.{k}": v for k, v in rm_head.state_dict().items()})
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "HPSv3.safetensors"))
+    assert REWARD_TOKEN not in tokenizer.get_vocab()
+
+
+def make_tiny_hpsv3(root: Path | None = None) -> Path:
+    """Folder with ``base/`` (tiny Qwen2-VL-Instruct config + tokenizer) and ``HPSv3.safetensors``."""
+    return cached_build("hpsv3", build_tiny_hpsv3, root)
+
+
+#: every tiny twin by name: the one table ``tiny:<twin>`` locations resolve through
+TWINS: dict[str, Callable[..., Path]] = {
+    "sd-turbo": make_tiny_sd_turbo,
+    "sdxl-turbo": make_tiny_sdxl_turbo,
+    "clip": make_tiny_clip,
+    "open-clip": make_tiny_open_clip,
+    "aesthetic": make_tiny_aesthetic,
+    "owlv2": make_tiny_owlv2,
+    "vit-mae": make_tiny_vit_mae,
+    "mae-latent": make_tiny_mae_latent,
+    "hpsv3": make_tiny_hpsv3,
+}
+
+
+def folder(twin: str) -> Path:
+    """The folder of tiny twin ``twin`` (built on first use, then cached)."""
+    from drpo_bench.errors import UserError, nearest
+
+    if twin not in TWINS:
+        raise UserError(f"no tiny twin {twin!r}; available: {', '.join(nearest(twin, TWINS))} (all: {', '.join(TWINS)})")
+    return TWINS[twin]()

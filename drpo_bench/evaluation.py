@@ -1,0 +1,91 @@
+"""Evaluate a generator on held-out prompts: fixed eval noise per seed, every metric, a sample grid."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from drpo_bench.metrics.base import EvalSamples, Metric, MetricValue
+from drpo_bench.planning import Cell
+from drpo_bench.prompts.base import Prompt
+from drpo_bench.store import EvalRecord, MetricRecord, _atomic_write_bytes
+
+
+@torch.no_grad()
+def evaluate(cell: Cell, generator: Any, prompts: list[Prompt], metrics: list[Metric],
+             grid_path: Path | None = None) -> tuple[EvalRecord, list[dict[str, Any]]]:
+    """Sample ``images_per_prompt`` images for each held-out prompt and compute every metric.
+
+    Base and methods at seed s share the eval noise (``eval.seed + s``), so per-seed differences
+    cancel the draw both share. Returns the record for eval.json and one row per image (prompt
+    index, prompt, task, every per-image metric) for scores.jsonl.
+    """
+    ecfg = cell.eval
+    prompts = prompts[: ecfg.max_prompts]
+    n = ecfg.images_per_prompt
+    rows = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]
+    noise_rng = torch.Generator().manual_seed(ecfg.seed + cell.seed)
+    images, latents = [], []
+    for start in range(0, len(rows), ecfg.batch_size):
+        batch = rows[start : start + ecfg.batch_size]
+        noise = generator.noise(len(batch), noise_rng)
+        lat = generator.sample(noise, generator.encode([p.text for _, p in batch]))
+        latents.append(lat.float().cpu())
+        images.append(generator.decode(lat).float().clamp(0, 1).cpu())
+    samples = EvalSamples(
+        images=torch.cat(images),  # (N, 3, H, W) in [0, 1]
+        latents=torch.cat(latents),
+        prompts=[p.text for _, p in rows],
+        groups=torch.tensor([i for i, _ in rows]),
+        tasks=[p.task for _, p in rows],
+    )
+    values: dict[str, MetricValue] = {}
+    definitions: dict[str, dict[str, Any]] = {}
+    for metric in metrics:
+        computed = metric.compute(samples)
+        values.update(computed)
+        for name in computed:
+            definitions[name] = metric_definition(metric, name)
+    if grid_path is not None and ecfg.grid_prompts:
+        write_samples_grid(grid_path, samples.images[: ecfg.grid_prompts * n], nrow=n)
+    record = EvalRecord(
+        n_prompts=len(prompts),
+        images_per_prompt=n,
+        split=ecfg.split,
+        metrics={k: MetricRecord(mean=v.mean, higher_is_better=v.higher_is_better, per_task=v.per_task,
+                                 definition=definitions.get(k, {})) for k, v in values.items()},
+    )
+    per_image = {k: v.per_image for k, v in values.items() if v.per_image is not None}
+    scores = [
+        {"image": i, "prompt_index": index, "prompt": prompt.text, "task": prompt.task,
+         **{k: column[i] for k, column in per_image.items()}}
+        for i, (index, prompt) in enumerate(rows)
+    ]
+    return record, scores
+
+
+def metric_definition(metric: Metric, name: str) -> dict[str, Any]:
+    """What a metric output measures (model, version, formula, scale), when the metric states it."""
+    definitions = getattr(metric, "definitions", None)
+    if callable(definitions):
+        return dict(definitions().get(name, {}))
+    return {}
+
+
+def write_samples_grid(path: Path, images: torch.Tensor, nrow: int) -> None:
+    """(N, 3, H, W) in [0, 1] -> one PNG, one prompt per row (atomic write)."""
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    if images.shape[-1] < 128:  # upscale tiny images so a person can see them
+        factor = max(1, 128 // images.shape[-1])
+        images = torch.nn.functional.interpolate(images, scale_factor=factor, mode="nearest")
+    grid = make_grid(images, nrow=nrow, padding=2, pad_value=0.5)  # (3, H', W')
+    array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    _atomic_write_bytes(path, buf.getvalue())

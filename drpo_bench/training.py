@@ -1,0 +1,198 @@
+"""The shared training loop: one optimizer, precision, accumulation and clipping for every method.
+
+Prompt choice and noise of update ``t`` depend only on (seed, t), so a cell resumed from a
+checkpoint follows exactly the path an uninterrupted one would. While training,
+``checkpoint.json`` points at the newest ``checkpoint-<step>/`` folder (the pointer is the
+commit: written last, atomically); a rerun resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+
+from drpo_bench.errors import NonFiniteError, UserError
+from drpo_bench.ledger import Ledger
+from drpo_bench.methods import Method, TrainContext
+from drpo_bench.planning import Cell
+from drpo_bench.store import CellFolder, CorruptCellError, read_json, save_safetensors, torch_save_atomic, write_json, write_text
+
+
+def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, reward: Any, train_prompts: list[str],
+               ledger: Ledger, progress: Progress | None = None, console: Console | None = None) -> int | None:
+    """Train ``cell`` in place (its LoRA in ``generator``); returns the step it resumed from, if any."""
+    budget, tcfg = cell.budget, cell.train
+    device = generator.device
+    params = generator.trainable_parameters()
+    if not params:
+        raise RuntimeError(f"generator {cell.generator.name} exposes no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=tcfg.betas)
+    scaler = torch.amp.GradScaler(device.type, enabled=tcfg.precision == "fp16")
+    ctx = TrainContext(
+        generator=generator,
+        reward=reward,
+        ledger=ledger,
+        candidates_per_prompt=budget.candidates_per_prompt,
+        noise_rng=torch.Generator(),
+        loss_scale=budget.micro / budget.prompts_per_update,
+        scaled=scaler.scale,
+    )
+    method.setup(ctx)
+
+    start, resumed_from = resume(folder, cell.fingerprint, generator, optimizer, scaler, method, ledger, console)
+    log_path = folder.file(CellFolder.TRAIN_LOG)
+    truncate_log(log_path, start)
+    task = progress.add_task(f"  {cell.id}", total=budget.steps, completed=start) if progress else None
+    generator.train(True)
+    micro_steps = budget.prompts_per_update // budget.micro
+    with log_path.open("a") as log:
+        for step in range(start, budget.steps):
+            chosen = update_prompts(train_prompts, budget.prompts_per_update, cell.seed, step)
+            for group in optimizer.param_groups:  # a function of the step alone: resumes exactly
+                group["lr"] = tcfg.lr * lr_factor(tcfg.lr_schedule, step, budget.steps)
+            ctx.noise_rng.manual_seed(update_seed(cell.seed, step))
+            ledger.begin_update()
+            losses, logs = [], {}
+            try:
+                for i in range(0, len(chosen), budget.micro):
+                    with autocast(device, tcfg.precision):
+                        out = method.step(chosen[i : i + budget.micro], ctx)
+                    if not math.isfinite(out.loss):
+                        raise NonFiniteError("loss", f"{cell.method.method} returned loss {out.loss}")
+                    losses.append(out.loss)
+                    for k, v in out.logs.items():
+                        logs[k] = logs.get(k, 0.0) + v / micro_steps
+                with ledger.phase("optimizer"):
+                    scaler.unscale_(optimizer)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip or float("inf"))
+                    # fp16: the scaler skips an update with inf gradients by design; elsewhere it is a failure
+                    if tcfg.precision != "fp16" and not torch.isfinite(grad_norm):
+                        raise NonFiniteError("gradient", f"LoRA gradient norm is {float(grad_norm)} "
+                                             f"(learning rate {optimizer.param_groups[0]['lr']})")
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+            except NonFiniteError as exc:
+                exc.update = step + 1
+                raise
+            record = ledger.end_update()
+            entry = {"step": step + 1, "loss": sum(losses) / len(losses), "grad_norm": float(grad_norm), **logs}
+            if record is not None:
+                entry["seconds"] = record.seconds
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
+            if (step + 1) % tcfg.checkpoint_every == 0 and step + 1 < budget.steps:
+                checkpoint(folder, cell.fingerprint, step + 1, generator, optimizer, scaler, method, ledger)
+            if progress is not None and task is not None:
+                progress.update(task, advance=1, description=f"  {cell.id} loss {entry['loss']:.3g}")
+    generator.train(False)
+    if progress is not None and task is not None:
+        progress.remove_task(task)
+    return resumed_from
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+
+
+def checkpoint(folder: CellFolder, fingerprint: str, step: int, generator: Any, optimizer: Any, scaler: Any,
+               method: Method, ledger: Ledger) -> None:
+    target = folder.file(f"checkpoint-{step}")
+    target.mkdir(exist_ok=True)
+    save_safetensors({k: v.detach().cpu().contiguous() for k, v in generator.adapter_state_dict().items()},
+                     target / "adapter.safetensors")
+    torch_save_atomic({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                       "method": method.state_dict()}, target / "training_state.pt")
+    write_json(target / "ledger.json", {"updates": ledger.to_json()["updates"]})  # the ledger spans resumes
+    # the pointer is the commit: written last, atomically
+    write_json(folder.file(CellFolder.CHECKPOINT), {"step": step, "folder": target.name, "fingerprint": fingerprint})
+    for old in folder.path.glob("checkpoint-*"):
+        if old.name != target.name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def resume(folder: CellFolder, fingerprint: str, generator: Any, optimizer: Any, scaler: Any, method: Method,
+           ledger: Ledger, console: Console | None = None) -> tuple[int, int | None]:
+    pointer = folder.file(CellFolder.CHECKPOINT)
+    if not pointer.exists():
+        return 0, None
+    try:
+        info = read_json(pointer)
+        int(info["step"]), str(info["folder"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CorruptCellError(pointer, f"{type(exc).__name__}: {exc}") from None
+    if info.get("fingerprint") != fingerprint:
+        raise UserError(
+            f"cell folder {folder.path} holds a checkpoint from other settings. Use another --output, "
+            "or delete that folder to start the cell over."
+        )
+    target = folder.file(info["folder"])
+    try:
+        generator.load_adapter(target / "adapter.safetensors")
+        state = torch.load(target / "training_state.pt", map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        method.load_state_dict(state["method"])
+        if (target / "ledger.json").exists():
+            ledger.restore(read_json(target / "ledger.json")["updates"][: int(info["step"])])
+    except Exception as exc:  # noqa: BLE001 - whatever the loaders raise (safetensors, pickle, shapes): it does not load
+        raise CorruptCellError(target, f"checkpoint does not load: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    if console is not None:
+        console.print(f"[yellow]resuming {folder.path.name} from step {info['step']}[/]")
+    return int(info["step"]), int(info["step"])
+
+
+def drop_checkpoints(folder: CellFolder) -> None:
+    folder.file(CellFolder.CHECKPOINT).unlink(missing_ok=True)
+    for old in folder.path.glob("checkpoint-*"):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---- what each update sees: a function of (seed, step) alone ----------------------------------------
+
+
+def lr_factor(schedule: str, step: int, steps: int) -> float:
+    """Learning-rate multiplier of update ``step`` (0-based) of ``steps``."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":  # half a cosine from 1 at the first update to 0 after the last
+        return 0.5 * (1.0 + math.cos(math.pi * step / steps))
+    raise ValueError(f"unknown lr_schedule {schedule!r}")
+
+
+def update_prompts(prompts: list[str], n: int, seed: int, step: int) -> list[str]:
+    rng = random.Random(f"prompts:{seed}:{step}")
+    return rng.sample(prompts, n) if n <= len(prompts) else [rng.choice(prompts) for _ in range(n)]
+
+
+def update_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + 17) % 2**63
+
+
+def truncate_log(path: Path, keep_steps: int) -> None:
+    """Drop log lines past the checkpoint a cell resumes from (they will be redone)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= keep_steps]
+    write_text(path, "".join(line + "\n" for line in kept))
+
+
+@contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """The model forwards' precision: fp32 (none), or autocast to fp16 / bf16 as the public code."""
+    if precision == "fp32":
+        with nullcontext():
+            yield
+        return
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield

@@ -1,0 +1,89 @@
+"""The package's import graph: no cycles, and no production module imports test fixtures.
+
+Walks every module of drpo_bench/ and baselines/ with ``ast`` (imports at any depth, including
+the lazy ones inside functions) rather than importing them.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("drpo_bench", "baselines")
+#: modules that only tests may import
+TEST_ONLY = ("drpo_bench.testing", "tests", "conftest")
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            found[name] = path
+    return found
+
+
+def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
+    """Project modules that ``path`` imports (``from x import y`` counts y when y is a module)."""
+    tree = ast.parse(path.read_text())
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                out.add(target)
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(path, name, modules) for name, path in modules.items()}
+
+
+def test_no_production_module_imports_test_fixtures():
+    offenders = sorted(f"{m} -> {t}" for m, targets in _graph().items() for t in targets
+                       if t in TEST_ONLY and m not in TEST_ONLY)
+    assert not offenders, offenders
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    # a package's __init__ importing its own submodules (registration) is not a cycle of design
+    edges = {m: {t for t in ts if not (m and t.startswith(m + "."))} for m, ts in graph.items()}
+    cycles, state, stack = [], {}, []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node)
+    assert not cycles, [" -> ".join(c) for c in cycles[:5]]
+
+
+def test_the_walker_sees_lazy_imports():
+    """It must find an import inside a function body, or the two tests above prove nothing."""
+    graph = _graph()
+    assert "drpo_bench.runner" in graph["drpo_bench.cli"]  # cli imports the runner lazily, in cmd_run
