@@ -480,3 +480,17 @@ def test_draft_ref_l2_is_zero_at_the_base_and_its_gradient_pulls_toward_the_refe
                 p -= 0.5 * (g_w[n] - g_0[n]) / max(float((g_w[n] - g_0[n]).abs().max()), 1e-12) * 1e-2
     after, _, _ = run(1.0, ctx)
     assert after.logs["ref_l2"] < out_w.logs["ref_l2"]
+
+
+def test_dpo_defaults_are_the_public_trainer_defaults_and_the_paper_suites_set_the_launch_values():
+    """Defaults = baselines/dpo/train_lora.py's argument defaults (beta 1, top-1 / bottom-1), as the
+    docstring says; the paper suites set scripts/train/dpo.sh's beta 30 and 8 / 8 explicitly."""
+    cfg = METHODS.get("dpo").parse_config({})
+    assert (cfg.beta, cfg.n_winners, cfg.n_losers, cfg.distance, cfg.ref_l2_weight) == (1.0, 1, 1, "l2", 0.0)
+    doc = sys.modules[METHODS.get("dpo").cls.__module__].__doc__
+    assert "beta = 30" in doc and "8 winners / 8 losers" in doc
+    paper = Path(__file__).resolve().parents[1] / "suites" / "paper"
+    for name in ("sd-turbo-pickscore.yaml", "sdxl-turbo-pickscore.yaml"):
+        suite = load_suite(paper / name)
+        (row,) = [m for m in suite.methods if m.method == "dpo"]
+        assert (row.args["beta"], row.args["n_winners"], row.args["n_losers"]) == (30.0, 8, 8), name
