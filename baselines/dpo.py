@@ -30,8 +30,11 @@ does), averaged over the micro-batch's prompts. At theta = ref the logit is 0 an
 log 2; its gradient pulls every candidate toward the winners and away from the losers, weighted
 by sigmoid(-logit), with the reference as the DPO anchor that stops the pull once the margin is
 won. Choices kept from the public code: online pairs from the current generator's own
-candidates (not an offline preference dataset), top-1 vs bottom-1, beta = 1 on the per-element
-MSE, raw-latent space (its feature-space variants are not ported: use DrPO's encoders via a new
+candidates (not an offline preference dataset), raw-latent space, per-element MSE. The
+defaults (beta = 1, top-1 vs bottom-1) are the public trainer's argument defaults
+(baselines/dpo/train_lora.py), which suit any K >= 2; the public SD-Turbo launch
+(scripts/train/dpo.sh) overrides them with beta = 30 and 8 winners / 8 losers of K = 24, and the
+paper suites (suites/paper/) set those values explicitly (its feature-space variants are not ported: use DrPO's encoders via a new
 option if needed). Costs one trainable and one frozen generator pass per candidate; the reward
 only ranks.
 """
@@ -107,9 +110,9 @@ class OneStepDPO(Method):
     paper = "https://arxiv.org/abs/2311.12908"
 
     class Config(StrictConfig):
-        beta: float = Field(1.0, gt=0)  # public one-step code's dpo_beta on per-element latent errors
-        n_winners: int = Field(1, ge=1)  # top candidates per prompt taken as winners; public code: 1
-        n_losers: int = Field(1, ge=1)  # bottom candidates as losers; public code: 1
+        beta: float = Field(1.0, gt=0)  # public trainer's argument default; its SD-Turbo launch uses 30
+        n_winners: int = Field(1, ge=1)  # top-1: public trainer's default, fits any K; its launch uses 8
+        n_losers: int = Field(1, ge=1)  # bottom-1: public trainer's default; its launch uses 8
         distance: Distance = "l2"  # regression error defining the pseudo log-likelihood; public default l2
         reference_free: bool = False  # True drops the reference gap (an ablation); DPO keeps it
         ref_l2_weight: float = Field(0.0, ge=0)  # extra mse(x, x_ref) term; public default 0

@@ -234,3 +234,13 @@ def test_tiny_twins_keep_the_real_structure():
         real = architectures.get(name).config
         for key in structural:
             assert norm(tiny.get(key)) == norm(real.get(key)), (name, key)
+
+
+def test_frozen_weight_dtype_defaults_follow_the_public_trainers():
+    """SD-Turbo: the public DrPO trainer loads every part in fp32 (fp16 only as autocast); SDXL-Turbo:
+    the public SDXL trainers load the pipeline in the bf16 run dtype. Building the real config needs
+    no weights."""
+    assert SDTurboGenerator.Config().dtype == "fp32"
+    assert SDXLTurboGenerator.Config().dtype == "bf16"
+    g = SDTurboTinyGenerator(SDTurboTinyGenerator.Config())
+    assert g.unet.conv_in.weight.dtype == torch.float32 and g.text_encoder.dtype == torch.float32

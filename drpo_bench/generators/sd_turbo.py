@@ -20,7 +20,7 @@ from drpo_bench.registry import GENERATORS
 
 class SDTurboConfig(OneStepConfig, PretrainedMixin):
     pretrained: str = "stabilityai/sd-turbo"  # hub id in the local HF cache, or a local diffusers folder
-    dtype: Literal["fp32", "fp16", "bf16"] = "fp16"  # DrPO public SD-Turbo runs: frozen weights in fp16
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"  # public SD-Turbo DrPO trainer loads every part in fp32 (fp16 autocast)
 
 
 @GENERATORS.register("sd-turbo")

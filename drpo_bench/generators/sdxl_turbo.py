@@ -21,7 +21,7 @@ from drpo_bench.registry import GENERATORS
 
 class SDXLTurboConfig(OneStepConfig, PretrainedMixin):
     pretrained: str = "stabilityai/sdxl-turbo"  # hub id in the local HF cache, or a local diffusers folder
-    dtype: Literal["fp32", "fp16", "bf16"] = "bf16"  # DrPO public SDXL-Turbo runs: frozen weights in bf16
+    dtype: Literal["fp32", "fp16", "bf16"] = "bf16"  # public SDXL-Turbo trainers load the pipeline in the bf16 run dtype (VAE kept fp32 here)
 
 
 @GENERATORS.register("sdxl-turbo")
