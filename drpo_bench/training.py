@@ -41,7 +41,7 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
     if not params:
         raise RuntimeError(f"generator {cell.generator.name} exposes no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=tcfg.betas)
-    scaler = torch.amp.GradScaler(device.type, enabled=tcfg.precision == "fp16")
+    scaler = torch.amp.GradScaler(device.type, init_scale=tcfg.fp16_init_scale, enabled=tcfg.precision == "fp16")
     ctx = TrainContext(
         generator=generator,
         reward=reward,
