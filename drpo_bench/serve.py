@@ -72,6 +72,8 @@ def _modules(obj: Any, prefix: str, depth: int, seen: set[int], out: list[tuple[
         items = list(vars(obj).items())
     else:
         return
+    if len(items) > 10_000:  # a vocabulary or a cache, not a holder of models
+        return
     for key, value in sorted(items, key=lambda kv: kv[0]):
         if isinstance(value, (str, bytes, int, float, bool, type(None))):
             continue

@@ -112,6 +112,9 @@ def test_cli_parser_wiring():
     ns = parser.parse_args(["serve-reward", "hpsv2", "--port", "8765", "--arg", "version=v2.0", "--arg", "device=cpu"])
     assert ns.func is run_serve_reward and ns.host == "127.0.0.1" and ns.port == 8765
     assert ns.arg == ["version=v2.0", "device=cpu"] and ns.fail_every == 0
+    assert ns.token is None and ns.max_queue == 8 and ns.max_pixels is None
+    ns = parser.parse_args(["serve-reward", "jpeg", "--port", "0", "--token", "t", "--max-queue", "2", "--max-pixels", "99"])
+    assert (ns.token, ns.max_queue, ns.max_pixels) == ("t", 2, 99)
 
 
 # ---- hardening: size caps, PNG only, identity, retries, queue, token ---------------------------
