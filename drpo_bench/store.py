@@ -96,7 +96,8 @@ class CellRecord(_Record):
     method_paper: str = ""
     trains: bool
     needs_differentiable_reward: bool = False
-    train_reward: dict[str, Any] | None = None  # {"alias": ..., "name": ..., "args": ...}
+    train_reward: dict[str, Any] | None = None  # {"alias": ..., "name": ..., "args": ...}, secrets redacted
+    train_reward_identity: dict[str, Any] | None = None  # a served reward's /info identity (name, config, weights)
     seed: int
     budget: dict[str, Any] | None = None  # resolved budget (+ effective_batch)
     train: dict[str, Any] | None = None  # resolved training settings

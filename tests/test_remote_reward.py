@@ -381,3 +381,22 @@ def test_non_loopback_bind_needs_a_token(monkeypatch):
     ns = parser.parse_args(["serve-reward", "jpeg", "--port", "0", "--host", "0.0.0.0"])
     with pytest.raises(UserError, match="without a token"):
         run_serve_reward(ns)
+
+
+def test_a_served_training_reward_is_recorded_and_its_token_is_not(tmp_path, monkeypatch):
+    """The cell records which reward answered (/info identity); a suite's token never reaches results."""
+    import json as _json
+
+    from drpo_bench.config import load_suite
+    from drpo_bench.runner import run_suite
+
+    with in_process(token="s3cret-token") as (url, _):
+        toy = Path(__file__).resolve().parents[1] / "suites" / "toy" / "harness.yaml"
+        suite = load_suite(toy, ["seeds=[0]", "budget.steps=1", f"rewards={{served: {{name: remote, args: {{url: '{url}', token: s3cret-token}}}}}}",
+                                 "train_rewards=[served]", "methods=[{id: raft, method: raft}]", "eval.metrics=[served]"])
+        out = tmp_path / "run"
+        assert not run_suite(suite, out, quiet=True).failures
+    cell = _json.loads((out / "toy--raft--served--s0" / "cell.json").read_text())
+    assert cell["train_reward_identity"]["name"] == "jpeg" and cell["train_reward_identity"]["fingerprint"]
+    everything = "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".md"))
+    assert "s3cret-token" not in everything and "<redacted>" in everything
