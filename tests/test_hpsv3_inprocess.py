@@ -270,9 +270,9 @@ def test_real_size_preprocessing_equals_the_processor_and_the_packages_pil_path(
 
 
 def test_draft_step_on_sd_turbo_tiny_gives_finite_lora_gradients(reward):
-    from drpo_bench.generators.sd_turbo import SDTurboTinyGenerator
+    from drpo_bench.registry import GENERATORS
 
-    generator = SDTurboTinyGenerator(SDTurboTinyGenerator.Config())
+    generator = GENERATORS.build("sd-turbo-tiny")
     ledger = Ledger("cpu")
     ledger.begin_update()
     ctx = TrainContext(generator=generator, reward=reward, ledger=ledger, candidates_per_prompt=2,

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from torch import nn
+
+from drpo_bench.registry import FEATURES, GENERATORS
 
 from drpo_bench.drpo.features_real import (
     LatentMAEFeatures,
-    LatentMAEFeaturesTiny,
     RawLatentFeatures,
     UNetTeacherFeatures,
     ViTMAEFeatures,
-    ViTMAEFeaturesTiny,
     gn_groups,
 )
 from drpo_bench.errors import MissingWeightsError, UserError
-from drpo_bench.generators.sdxl_turbo import SDXLTurboTinyGenerator
 from drpo_bench.tiny import tiny_mae_latent_state
 
 
@@ -49,7 +49,7 @@ def test_raw_latents():
 
 
 def test_latent_mae_default_keys_shapes_and_grad():
-    enc = LatentMAEFeaturesTiny(LatentMAEFeaturesTiny.Config(keys=LatentMAEFeatures.Config().keys))
+    enc = FEATURES.build("latent-mae-tiny", {"keys": LatentMAEFeatures.Config().keys})
     x = torch.randn(2, 4, 32, 32, requires_grad=True)  # stage 4 at 4x4: 2x2 and 4x4 patches both tile
     f = enc.features(x)
     width4 = 8 * 2**3
@@ -63,7 +63,7 @@ def test_latent_mae_default_keys_shapes_and_grad():
     with pytest.raises(UserError, match="latent channels"):
         enc.features(torch.randn(1, 3, 32, 32))
     with pytest.raises(UserError, match="not available"):
-        LatentMAEFeaturesTiny(LatentMAEFeaturesTiny.Config(keys=("layer9_mean",))).features(x)
+        FEATURES.build("latent-mae-tiny", {"keys": ("layer9_mean",)}).features(x)
 
 
 class _ReferenceResNet(nn.Module):
@@ -162,7 +162,7 @@ def test_latent_mae_missing_checkpoint(tmp_path):
 
 
 def test_vit_mae_no_masking_deterministic_and_differentiable():
-    enc = ViTMAEFeaturesTiny()
+    enc = FEATURES.build("vit-mae-tiny")
     assert enc.model.config.mask_ratio == 0.0
     x = torch.rand(2, 3, 64, 64, requires_grad=True)
     f = enc.features(x)
@@ -171,19 +171,19 @@ def test_vit_mae_no_masking_deterministic_and_differentiable():
     again = enc.features(x)
     for key in f:
         torch.testing.assert_close(f[key], again[key])
-    per_patch = ViTMAEFeaturesTiny(ViTMAEFeaturesTiny.Config(stats=("patch",), layers=(1, 2))).features(x.detach())
+    per_patch = FEATURES.build("vit-mae-tiny", {"stats": ("patch",), "layers": (1, 2)}).features(x.detach())
     assert per_patch["layer1_patch"].shape == (2, 16, 32)  # 32 px / patch 8: all 16 patches, none masked
     # patches stay in image order: the first patch changes only when the top-left corner does
     y = x.detach().clone()
     y[:, :, 24:, 24:] = 0  # bottom-right corner only
-    first = ViTMAEFeaturesTiny(ViTMAEFeaturesTiny.Config(stats=("patch",), layers=(1,)))
+    first = FEATURES.build("vit-mae-tiny", {"stats": ("patch",), "layers": (1,)})
     a, b = first.features(x.detach())["layer1_patch"], first.features(y)["layer1_patch"]
     assert not torch.allclose(a[:, -1], b[:, -1])
     assert _grad_flows(x, f)
 
 
 def test_unet_teacher_features():
-    gen = SDXLTurboTinyGenerator(SDXLTurboTinyGenerator.Config())
+    gen = GENERATORS.build("sdxl-turbo-tiny")
     enc = UNetTeacherFeatures(UNetTeacherFeatures.Config(), generator=gen)
     x = torch.randn(2, *gen.latent_shape, requires_grad=True)
     f = enc.features(x)
@@ -208,7 +208,7 @@ def test_unet_teacher_features():
 
 
 def _vit(**kw):
-    return ViTMAEFeaturesTiny(ViTMAEFeaturesTiny.Config(stats=("patch", "patch_mean", "cls"), **kw))
+    return FEATURES.build("vit-mae-tiny", {"stats": ("patch", "patch_mean", "cls"), **kw})
 
 
 def test_vit_mae_fresh_mask_differs_between_forwards_of_the_same_image():
@@ -252,7 +252,7 @@ def test_vit_mae_ratio_zero_is_the_unmasked_forward():
 
 
 def test_unet_teacher_noise_fresh_differs_fixed_reproduces():
-    gen = SDXLTurboTinyGenerator(SDXLTurboTinyGenerator.Config())
+    gen = GENERATORS.build("sdxl-turbo-tiny")
     x = torch.randn(2, *gen.latent_shape)
     fixed = UNetTeacherFeatures(UNetTeacherFeatures.Config(noise_mode="fixed"), generator=gen)
     a, b = fixed.features(x), fixed.features(x)

@@ -279,11 +279,11 @@ def test_validate_refuses_a_black_box_reward(tmp_path, capsys):
 
 
 def test_one_bf16_step_on_the_tiny_sd_turbo_twin():
-    from drpo_bench.generators.sd_turbo import SDTurboTinyGenerator
+    from drpo_bench.registry import GENERATORS
     from drpo_bench.registry import REWARDS
 
     start = time.perf_counter()
-    gen = SDTurboTinyGenerator(SDTurboTinyGenerator.Config())
+    gen = GENERATORS.build("sd-turbo-tiny")
     with torch.no_grad():  # LoRA B starts at zero, which blocks the gradient to A: make B non-zero
         for name, p in gen.unet.named_parameters():
             if "lora_B" in name:

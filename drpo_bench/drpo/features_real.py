@@ -225,20 +225,13 @@ class LatentMAEFeatures(FeatureEncoder):
         return self
 
 
-@FEATURES.register("latent-mae-tiny")
-class LatentMAEFeaturesTiny(LatentMAEFeatures):
-    """latent-mae's loader and network with a tiny random checkpoint in the public format: for tests."""
-
-    class Config(LatentMAEFeatures.Config):
-        checkpoint: str = ""  # unused: the tiny checkpoint is built offline and cached
-        keys: tuple[str, ...] | None = (  # tiny generators' 16x16 latents leave stage 4 at 2x2: no 4x4 patches
-            "layer4_mean", "layer4_std", "layer4_mean_2", "layer4_std_2",
-        )
-
-    def checkpoint_path(self) -> Path:
-        from drpo_bench.tiny import make_tiny_mae_latent
-
-        return make_tiny_mae_latent() / "mae_latent_256_torch.pth"
+FEATURES.preset(
+    "latent-mae-tiny", LatentMAEFeatures,
+    {"checkpoint": "tiny:mae-latent/mae_latent_256_torch.pth",
+     # tiny generators' 16x16 latents leave stage 4 at 2x2: no 4x4 patches
+     "keys": ("layer4_mean", "layer4_std", "layer4_mean_2", "layer4_std_2")},
+    "latent-mae's loader and network with a tiny random checkpoint in the public format (tiny:mae-latent)",
+)
 
 
 # ---- pixel ViT-MAE ---------------------------------------------------------------------------------
@@ -336,14 +329,10 @@ class ViTMAEFeatures(FeatureEncoder):
         return self
 
 
-@FEATURES.register("vit-mae-tiny")
-class ViTMAEFeaturesTiny(ViTMAEFeatures):
-    """vit-mae with a tiny random-init ViTMAEModel (built offline, cached): for tests."""
-
-    def folder(self) -> Path:
-        from drpo_bench.tiny import make_tiny_vit_mae
-
-        return make_tiny_vit_mae()
+FEATURES.preset(
+    "vit-mae-tiny", ViTMAEFeatures, {"pretrained": "tiny:vit-mae"},
+    "vit-mae with a tiny random-init ViTMAEModel (tiny:vit-mae): tests",
+)
 
 
 # ---- frozen UNet activations -----------------------------------------------------------------------
