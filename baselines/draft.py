@@ -38,6 +38,10 @@ class DRaFT(Method):
         reward_scale: float = Field(1.0, gt=0)  # multiplies the reward in the loss; 1 = as published
         ref_l2_weight: float = Field(0.0, ge=0)  # mean latent MSE to the frozen base; 0 = plain DRaFT (public SD-Turbo), SDXL public: 0.02
 
+    def phases(self) -> tuple[str, ...]:
+        reference = ("reference",) if self.config.ref_l2_weight > 0 else ()
+        return ("sample", *reference, "decode", "reward_forward", "reward_backward", "generator_backward")
+
     def step(self, prompts: Sequence[str], ctx: TrainContext) -> StepOutput:
         assert ctx.reward is not None
         cand = sample_candidates(prompts, ctx)
@@ -48,28 +52,26 @@ class DRaFT(Method):
                 ref_latents = gen.sample(cand.noise, cand.cond)  # (P*K, *latent) same noises, frozen base
         with ctx.ledger.phase("decode"):
             images = ctx.generator.decode(cand.latents)  # (P*K, 3, H, W), grad
-        with ctx.ledger.phase("reward_forward"):
-            leaf = images.detach().requires_grad_(True)  # cut here so the two backwards time apart
-            scores = ctx.reward(leaf, cand.prompts).float()  # (P*K,)
-            sign = 1.0 if ctx.reward.higher_is_better else -1.0
-            loss = -sign * self.config.reward_scale * scores.mean()
+        leaf = images.detach().requires_grad_(True)  # cut here so the two backwards time apart
+        scores = ctx.score(leaf, cand.prompts, grad=True)  # (P*K,) with the reward's graph
+        sign = 1.0 if ctx.reward.higher_is_better else -1.0
+        loss = -sign * self.config.reward_scale * scores.mean()
         with ctx.ledger.phase("reward_backward"):
             # backward (not autograd.grad) into the cut leaf only: module hooks such as the
             # ledger's FLOP counter do not support autograd.grad on a hooked leaf
-            torch.autograd.backward(ctx.scaled(loss * ctx.loss_scale), inputs=[leaf])
+            ctx.backward(loss, inputs=[leaf])
         with ctx.ledger.phase("generator_backward"):
             if ref_latents is None:
                 images.backward(leaf.grad)
                 ref_l2 = torch.zeros(())
             else:
                 ref_l2 = ref_l2_loss(cand.latents, ref_latents)
-                ref_term = ctx.scaled(weight * ref_l2 * ctx.loss_scale)
+                ref_term = ctx.scaled(weight * ref_l2 * ctx.loss_scale)  # the same scaling ctx.backward applies
                 torch.autograd.backward([images, ref_term], [leaf.grad, None])
                 loss = loss + weight * ref_l2
         return StepOutput(
             loss=float(loss.detach()),
-            logs={"reward_mean": float(scores.detach().mean()), "reward_std": float(scores.detach().std()),
-                  "ref_l2": float(ref_l2.detach())},
+            logs={"reward_std": float(scores.detach().std()), "ref_l2": float(ref_l2.detach())},
         )
 
 

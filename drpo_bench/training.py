@@ -68,6 +68,7 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
                 group["lr"] = tcfg.lr * lr_factor(tcfg.lr_schedule, step, budget.steps)
             ctx.noise_rng.manual_seed(update_seed(cell.seed, step))
             ledger.begin_update()
+            ctx.scores_seen.clear()
             losses, logs = [], {}
             try:
                 for i in range(0, len(chosen), budget.micro):
@@ -98,6 +99,9 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
                 exc.update = step + 1
                 raise
             record = ledger.end_update()
+            reward_mean = ctx.reward_mean()  # every method's, from the scores the context saw
+            if reward_mean is not None:
+                logs["reward_mean"] = reward_mean
             loss = sum(losses) / len(losses)
             entry = {"step": step + 1, "loss": loss if math.isfinite(loss) else None, "grad_norm": float(grad_norm), **logs}
             if fp16 and skipped_in_a_row:

@@ -114,7 +114,7 @@ def _step(args=None, loss_scale=1.0):
 def test_step_gives_finite_loss_lora_grads_phases_and_honours_loss_scale(args):
     out, record, grads = _step(args)
     assert math.isfinite(out.loss) and out.loss > 0
-    assert "reward_mean" in out.logs and all(math.isfinite(v) for v in out.logs.values())
+    assert all(math.isfinite(v) for v in out.logs.values())
     assert grads and all(torch.isfinite(g).all() for g in grads.values())
     lora_b = [g for n, g in grads.items() if "lora_B" in n]
     assert lora_b and all(g.abs().sum() > 0 for g in lora_b), "non-zero LoRA gradient"
