@@ -160,6 +160,7 @@ def alignment_vs_compute(rows: dict[RowKey, list[CellResult]], folder: Path, mul
             continue
         base = next((k for k in keys if _is_base(rows[k])), None)
         any_flops = any(_totals(c)[1] for k in trained for c in rows[k])
+        uncounted = [_label(k, multi) for k in trained if not all(_totals(c)[1] for c in rows[k])]
         axes_spec = [("seconds", "training wall-clock (s)", 0)] + ([("tflops", "training compute (TFLOPs)", 1)] if any_flops else [])
         for metric, higher in _metrics([c for k in keys for c in rows[k]]):
             fig, axes = plt.subplots(1, len(axes_spec), figsize=(5.2 * len(axes_spec), 3.8), squeeze=False, sharey=True)
@@ -201,7 +202,9 @@ def alignment_vs_compute(rows: dict[RowKey, list[CellResult]], folder: Path, mul
                                   f"{' on ' + generator if multi else ''}: total wall-clock seconds"
                                   f"{' and TFLOPs' if any_flops else ''} (updates x per-update cost from the ledger). "
                                   + ("Curves: evaluations during training, band 95% CI over seeds; " if drew_curve else "")
-                                  + "points: end of training, mean with 95% CI over seeds (both axes); base at 0."))
+                                  + "points: end of training, mean with 95% CI over seeds (both axes); base at 0."
+                                  + (f" FLOPs not counted for {', '.join(uncounted)}: absent from the TFLOPs panel."
+                                     if any_flops and uncounted else "")))
     return figures
 
 

@@ -53,8 +53,9 @@ def tex(text: object) -> str:
 # ---- tables ----------------------------------------------------------------------------------
 
 #: characters of cell text that fit one text width at \small with the default column padding
-#: (article, 2 cm margins: 17 cm ~ 110 characters of \small; padding costs ~2 characters a column)
-WIDTH_CHARS = 100
+#: (article, 2 cm margins: 17 cm ~ 130 characters of \small digits; padding costs ~2 characters a column;
+#: adjustbox shrinks what the estimate lets through)
+WIDTH_CHARS = 120
 #: a cell longer than this wraps in a paragraph (X) column instead of widening the table
 WRAP_CHARS = 40
 
