@@ -1,4 +1,4 @@
-"""`drpo-bench`: run, validate, list, report (and flops, serve-reward where installed)."""
+"""`drpo-bench`: run, validate, list, report, sample (and flops, serve-reward where installed)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ examples:
   drpo-bench validate suites/*.yaml suites/paper/*.yaml # resolve everything, load no weights
   drpo-bench ls methods                                 # what can be named in a suite
   drpo-bench report runs/quickstart                     # report.md / .tex / .html + figures
+  drpo-bench sample --adapter runs/quickstart/<cell> --prompt "a red circle"  # PNG grid from a cell's LoRA
   drpo-bench flops --generator sd-turbo --reward hpsv3 --methods drpo,draft --K 24 --effective-batch 192
   drpo-bench serve-reward shapes-clip --port 8765       # any reward over HTTP on localhost
 
@@ -179,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("results", help="a results folder written by `drpo-bench run`, e.g. runs/quickstart")
     rep.add_argument("--formats", default="md,tex,html", help="comma-separated subset of md,tex,html")
     rep.set_defaults(func=cmd_report)
+
+    from drpo_bench.sampling import add_sample_parser
+
+    add_sample_parser(sub)
 
     _optional_commands(sub)
     return parser

@@ -67,6 +67,10 @@ class Method(abc.ABC):
         """Raise ``ValueError`` (saying how to fix it) when ``config`` cannot run with K candidates per
         prompt. ``validate`` calls it for every cell before any weight loads; the runner calls it too."""
 
+    def prepare_generator(self, generator: Generator) -> None:  # noqa: B027 - optional hook
+        """Change the freshly built generator before training or evaluation (the runner calls it for
+        every method); e.g. the ``adapter`` row loads an existing LoRA here. No-op by default."""
+
     def setup(self, ctx: TrainContext) -> None:  # noqa: B027 - optional hook
         """Build what the method needs once per cell (feature encoders, buffers)."""
 

@@ -161,6 +161,7 @@ class CellRunner:
         generator = build(GENERATORS, cell.generator)
         method_entry = METHODS.get(cell.method.method)
         method: Method = method_entry.cls(method_entry.parse_config(cell.method.args))
+        method.prepare_generator(generator)
         ledger = Ledger(generator.device, count_flops=cell.train.count_flops)
         resumed_from = None
         if cell.trains:
