@@ -62,6 +62,19 @@ def test_saved_adapter_has_diffusers_keys_and_lora_config(sd_adapter):
     meta = json.loads(header["lora_adapter_metadata"])
     assert meta["unet.r"] == 4 and meta["unet.lora_alpha"] == 8
     assert sorted(meta["unet.target_modules"]) == sorted(g.config.lora_targets)
+    assert [p.name for p in path.parent.iterdir()] == ["adapter.safetensors"]  # no temporary folder left
+
+
+def test_save_adapter_replaces_atomically_and_clears_stale_temporaries(sd_adapter, tmp_path):
+    g, _ = sd_adapter
+    target = tmp_path / "adapter.safetensors"
+    target.write_bytes(b"old")
+    (tmp_path / ".adapter.safetensors.abc123.lora-tmp").mkdir()  # a save killed midway
+    g.save_adapter(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter.safetensors"]
+    fresh = SDTurboTinyGenerator(SDTurboTinyGenerator.Config(lora_rank=4, lora_alpha=8))
+    fresh.load_adapter(target)
+    assert _same_adapter(fresh, g)
 
 
 def test_stable_diffusion_pipeline_loads_the_adapter(sd_adapter):

@@ -277,7 +277,9 @@ class DiffusersOneStepGenerator(Generator):
         state = {k: v.detach().cpu().contiguous() for k, v in self.adapter_state_dict().items()}
         metadata = self.unet.peft_config["default"].to_dict()  # what diffusers' own training scripts save
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        for stale in path.parent.glob(f".{path.name}.*.lora-tmp"):  # left by a process killed mid-save
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".lora-tmp"))
         try:
             self._lora_loader().save_lora_weights(
                 str(tmp), unet_lora_layers=convert_state_dict_to_diffusers(state), weight_name=path.name,
