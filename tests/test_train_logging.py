@@ -186,3 +186,36 @@ def test_real_wandb_offline(tmp_path, monkeypatch):
     sink.close()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert runs and any(p.suffix == ".wandb" for p in runs[0].iterdir())
+
+
+# ---- wired into the training loop (active once Suite has a `logging` field) -------------------------
+
+TOY_SUITE = """\
+name: logging-toy
+generators: [toy]
+rewards: {redness: toy-redness}
+prompts: toy
+train_rewards: [redness]
+methods: [{id: raft, method: raft}]
+seeds: [0]
+budget: {steps: 5, candidates_per_prompt: 4, prompts_per_update: 2, micro_batch_prompts: 2}
+train: {lr: 0.01, checkpoint_every: 5}
+eval: {images_per_prompt: 2, metrics: [redness], grid_prompts: 0}
+logging: {every: 2, lines: "on", tensorboard: %s}
+"""
+
+
+def test_training_loop_feeds_the_sinks(tmp_path, capsys):
+    from drpo_bench.config import Suite
+
+    if "logging" not in Suite.model_fields:
+        pytest.skip("Suite has no `logging` field yet: the sinks are not wired into the training loop")
+    from drpo_bench.cli import main
+
+    (tmp_path / "s.yaml").write_text(TOY_SUITE % ("true" if HAS_TENSORBOARD else "false"))
+    assert main(["run", str(tmp_path / "s.yaml"), "--output", str(tmp_path / "out"), "--quiet"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("cell toy--raft--redness--s0 ")]
+    assert [line.split()[3] for line in lines] == ["1/5", "2/5", "4/5", "5/5"]
+    assert all(" loss " in line and " s/update" in line for line in lines)
+    if HAS_TENSORBOARD:
+        assert list((tmp_path / "out" / "toy--raft--redness--s0" / "tensorboard").glob("events.out.tfevents.*"))
