@@ -1,4 +1,4 @@
-"""`drpo-bench`: run, validate, list, report (and flops, serve-reward where installed)."""
+"""`drpo-bench`: run, validate, list, report, sample (and flops, serve-reward where installed)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ examples:
   drpo-bench ls methods                                 # what can be named in a suite
   drpo-bench report runs/quickstart                     # report.md / .tex / .html, figures/, tables/*.csv + json
   drpo-bench report runs/quickstart --formats pdf       # report.pdf (needs pdflatex)
+  drpo-bench sample --adapter runs/quickstart/<cell> --prompt "a red circle"  # PNG grid from a cell's LoRA
   drpo-bench flops --generator sd-turbo --reward hpsv3 --methods drpo,draft --K 24 --effective-batch 192
   drpo-bench serve-reward shapes-clip --port 8765       # any reward over HTTP on localhost
 
@@ -207,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"comma-separated subset of {','.join(REPORT_FORMATS)} (default: %(default)s; pdf runs "
                           "pdflatex, csv/json write tables/)")
     rep.set_defaults(func=cmd_report)
+
+    from drpo_bench.sampling import add_sample_parser
+
+    add_sample_parser(sub)
 
     _optional_commands(sub)
     return parser

@@ -31,6 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drpo_bench.errors import ConfigError, UserError, nearest
+from drpo_bench.train_logging import LoggingConfig
 from drpo_bench.yaml_strict import load_yaml, safe_name
 
 
@@ -161,6 +162,7 @@ class Suite(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig
     output: str = ""  # where the run writes; default runs/<name>
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)  # live training logs: TensorBoard, W&B, stderr lines
 
     @field_validator("seeds")
     @classmethod

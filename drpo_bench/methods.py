@@ -127,6 +127,10 @@ class Method(abc.ABC):
         """The ledger phases one step records with this config (canonical names, drpo_bench.ledger.PHASES)."""
         return ("sample", "decode", "reward_forward", "loss", "generator_backward")
 
+    def prepare_generator(self, generator: Generator) -> None:  # noqa: B027 - optional hook
+        """Change the freshly built generator before training or evaluation (the runner calls it for
+        every method); e.g. the ``adapter`` row loads an existing LoRA here. No-op by default."""
+
     def setup(self, ctx: TrainContext) -> None:  # noqa: B027 - optional hook
         """Build what the method needs once per cell (feature encoders, buffers)."""
 

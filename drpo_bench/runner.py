@@ -161,6 +161,7 @@ class CellRunner:
         generator = build(GENERATORS, cell.generator)
         method_entry = METHODS.get(cell.method.method)
         method: Method = method_entry.cls(method_entry.parse_config(cell.method.args))
+        method.prepare_generator(generator)
         ledger = Ledger(generator.device, count_flops=cell.train.count_flops)
         resumed_from, reward_identity = None, None
         if cell.trains:
@@ -170,7 +171,7 @@ class CellRunner:
             reward_identity = reward.identity() if callable(getattr(reward, "identity", None)) else None
             train_prompts = [p.text for p in self.prompts("train")]
             resumed_from = train_cell(cell, folder, generator, method, reward, train_prompts, ledger, progress,
-                                      None if self.quiet else self.console)
+                                      None if self.quiet else self.console, logging=self.suite.logging)
             generator.save_adapter(folder.file(CellFolder.ADAPTER))
         result, scores = evaluate(cell, generator, self.prompts(cell.eval.split), self.metrics(generator.device),
                                   folder.file(CellFolder.SAMPLES))

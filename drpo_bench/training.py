@@ -25,7 +25,8 @@ from drpo_bench.errors import NonFiniteError, UserError
 from drpo_bench.ledger import Ledger
 from drpo_bench.methods import Method, TrainContext
 from drpo_bench.planning import Cell
-from drpo_bench.store import CellFolder, CorruptCellError, read_json, save_safetensors, torch_save_atomic, write_json, write_text
+from drpo_bench.store import CellFolder, CorruptCellError, read_json, torch_save_atomic, write_json, write_text
+from drpo_bench.train_logging import LoggingConfig, open_train_logger
 
 
 #: fp16 updates in a row that may overflow while the loss scale backs off (65536 halves to ~1e-3)
@@ -33,7 +34,8 @@ MAX_FP16_SKIPS = 25
 
 
 def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, reward: Any, train_prompts: list[str],
-               ledger: Ledger, progress: Progress | None = None, console: Console | None = None) -> int | None:
+               ledger: Ledger, progress: Progress | None = None, console: Console | None = None,
+               logging: LoggingConfig | None = None) -> int | None:
     """Train ``cell`` in place (its LoRA in ``generator``); returns the step it resumed from, if any."""
     budget, tcfg = cell.budget, cell.train
     device = generator.device
@@ -61,7 +63,12 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
     micro_steps = budget.prompts_per_update // budget.micro
     fp16 = tcfg.precision == "fp16"
     skipped_in_a_row = 0  # fp16: updates the scaler skipped for an overflow, one after another
-    with log_path.open("a") as log:
+    live = open_train_logger(logging, cell.id, folder.path, budget.steps, start, suite=cell.suite,
+                             run_id=f"{cell.fingerprint}-{cell.id}",
+                             run_config={"generator": cell.generator.model_dump(), "method": cell.method.model_dump(),
+                                         "budget": cell.budget.model_dump(), "train": cell.train.model_dump(),
+                                         "seed": cell.seed})
+    with log_path.open("a") as log, live:
         for step in range(start, budget.steps):
             chosen = update_prompts(train_prompts, budget.prompts_per_update, cell.seed, step)
             for group in optimizer.param_groups:  # a function of the step alone: resumes exactly
@@ -110,6 +117,7 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
                 entry["seconds"] = record.seconds
             log.write(json.dumps(entry) + "\n")
             log.flush()
+            live.log_update(step + 1, entry)
             if (step + 1) % tcfg.checkpoint_every == 0 and step + 1 < budget.steps:
                 checkpoint(folder, cell.fingerprint, step + 1, generator, optimizer, scaler, method, ledger)
             if progress is not None and task is not None:
@@ -127,8 +135,7 @@ def checkpoint(folder: CellFolder, fingerprint: str, step: int, generator: Any, 
                method: Method, ledger: Ledger) -> None:
     target = folder.file(f"checkpoint-{step}")
     target.mkdir(exist_ok=True)
-    save_safetensors({k: v.detach().cpu().contiguous() for k, v in generator.adapter_state_dict().items()},
-                     target / "adapter.safetensors")
+    generator.save_adapter(target / "adapter.safetensors")  # the generator's own format (diffusers' for SD/SDXL)
     torch_save_atomic({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                        "method": method.state_dict()}, target / "training_state.pt")
     write_json(target / "ledger.json", {"updates": ledger.to_json()["updates"]})  # the ledger spans resumes
