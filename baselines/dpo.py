@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from drpo_bench.methods import Method, StepOutput, TrainContext, sample_candidates
+from drpo_bench.methods import Method, StepOutput, TrainContext, reference_l2, sample_candidates
 from drpo_bench.registry import METHODS, StrictConfig
 
 Distance = Literal["l2", "l1", "cosine"]
@@ -163,7 +163,7 @@ class OneStepDPO(Method):
             ref_l2 = x.new_zeros(())
             if cfg.ref_l2_weight > 0:
                 assert x_ref is not None
-                ref_l2 = (x.float() - x_ref.float()).pow(2).mean()
+                ref_l2 = reference_l2(x, x_ref)
                 loss = loss + cfg.ref_l2_weight * ref_l2
         with ledger.phase("generator_backward"):
             ctx.backward(loss)

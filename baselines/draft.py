@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from pydantic import Field
 
-from drpo_bench.methods import Method, StepOutput, TrainContext, sample_candidates
+from drpo_bench.methods import Method, StepOutput, TrainContext, reference_l2, sample_candidates
 from drpo_bench.registry import METHODS, StrictConfig
 
 
@@ -65,7 +65,7 @@ class DRaFT(Method):
                 images.backward(leaf.grad)
                 ref_l2 = torch.zeros(())
             else:
-                ref_l2 = ref_l2_loss(cand.latents, ref_latents)
+                ref_l2 = reference_l2(cand.latents, ref_latents)
                 ref_term = ctx.scaled(weight * ref_l2 * ctx.loss_scale)  # the same scaling ctx.backward applies
                 torch.autograd.backward([images, ref_term], [leaf.grad, None])
                 loss = loss + weight * ref_l2
@@ -73,8 +73,3 @@ class DRaFT(Method):
             loss=float(loss.detach()),
             logs={"reward_std": float(scores.detach().std()), "ref_l2": float(ref_l2.detach())},
         )
-
-
-def ref_l2_loss(latents: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference over every element, in fp32: (N, *latent) x2 -> ()."""
-    return (latents.float() - reference.float()).pow(2).mean()

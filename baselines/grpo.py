@@ -56,7 +56,7 @@ import torch
 from pydantic import Field
 
 from drpo_bench.generators.base import repeat_conditioning
-from drpo_bench.methods import Method, StepOutput, TrainContext, sample_candidates
+from drpo_bench.methods import Method, StepOutput, TrainContext, reference_l2, sample_candidates
 from drpo_bench.registry import METHODS, StrictConfig
 
 
@@ -216,7 +216,7 @@ class OneStepGRPO(Method):
                 if cfg.kl_weight > 0:
                     ref_logp = neighbor_log_probs(cand, ref_anchors, cfg.temperature)
                     kl = (logp.exp() * (logp - ref_logp)).sum(dim=-1).mean()
-                ref_l2 = (anchors.float() - ref_anchors.float()).pow(2).mean()
+                ref_l2 = reference_l2(anchors, ref_anchors)
         return self._finish(ctx, policy_loss, kl, ref_l2, stats, scores, adv)
 
     # ---- Gaussian policy (Flow-GRPO / DanceGRPO reading) ---------------------------------------
@@ -241,6 +241,6 @@ class OneStepGRPO(Method):
             )
             kl = ref_l2 = policy_loss.new_zeros(())
             if need_ref:
-                ref_l2 = (cand.latents.float() - ref_means.float()).pow(2).mean()
+                ref_l2 = reference_l2(cand.latents, ref_means)
                 kl = ref_l2 / (2 * cfg.action_std**2)  # exact per-element KL of two sigma-isotropic Gaussians
         return self._finish(ctx, policy_loss, kl, ref_l2, stats, scores, adv)

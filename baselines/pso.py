@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from drpo_bench.methods import Method, StepOutput, TrainContext, sample_candidates
+from drpo_bench.methods import Method, StepOutput, TrainContext, reference_l2, sample_candidates
 from drpo_bench.registry import METHODS, StrictConfig
 
 
@@ -148,7 +148,7 @@ class OneStepPSO(Method):
             loss = pso.mean()
             ref_l2 = loss.new_zeros(())
             if cfg.ref_l2_weight > 0:
-                ref_l2 = (cand.latents.float() - ref_means.float()).pow(2).mean()
+                ref_l2 = reference_l2(cand.latents, ref_means)
                 loss = loss + cfg.ref_l2_weight * ref_l2
         with ledger.phase("generator_backward"):
             ctx.backward(loss)

@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from drpo_bench.methods import Method, StepOutput, TrainContext, sample_candidates
+from drpo_bench.methods import Method, StepOutput, TrainContext, reference_l2, sample_candidates
 from drpo_bench.registry import METHODS, StrictConfig
 
 
@@ -136,7 +136,7 @@ class OneStepVGGFlow(Method):
             )
             loss = per_sample.mean()
             vgg = loss.detach()
-            ref_l2 = (cand.latents.float() - ref_latents.float()).pow(2).mean()
+            ref_l2 = reference_l2(cand.latents, ref_latents)
             if cfg.ref_l2_weight > 0:
                 loss = loss + cfg.ref_l2_weight * ref_l2
         with ledger.phase("generator_backward"):

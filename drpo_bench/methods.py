@@ -146,6 +146,12 @@ class Method(abc.ABC):
         pass
 
 
+def reference_l2(latents: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference to the frozen base's output for the same noises, in float32: the
+    reference regularizer several public baselines share (``ref_l2_weight``). (N, ...) x2 -> ()."""
+    return (latents.float() - reference.float()).pow(2).mean()
+
+
 @dataclass
 class Candidates:
     """K candidates per prompt, prompt-major: row p*K + k is candidate k of prompt p."""

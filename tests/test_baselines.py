@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from worlds import LatentBlueness, LatentRedness, ShiftGenerator, redness_gain
 import torch.nn.functional as F
 from pydantic import ValidationError
 from safetensors.torch import load_file
@@ -210,47 +211,13 @@ def test_lower_is_better_rewards_flip_the_ranking():
 # ---- direction: one update raises the reward (a world where that is provable) ----------------
 
 
-class _ShiftGenerator(ToyGenerator):
-    """x = noise_scale * eps + theta: every candidate's Jacobian is the identity, so a method's
-    latent-space preference direction is exactly its parameter update."""
-
-    def __init__(self, noise_scale: float) -> None:
-        self.config = ToyGenerator.Config()
-        self.noise_scale = noise_scale
-        self.theta = torch.nn.Parameter(torch.zeros(3 * 8 * 8))
-        self._ref = False
-
-    def sample(self, noise, cond):
-        return self.noise_scale * noise + (torch.zeros_like(self.theta) if self._ref else self.theta)
-
-    @contextmanager
-    def reference(self):
-        self._ref = True
-        try:
-            yield
-        finally:
-            self._ref = False
-
-    def trainable_parameters(self):
-        return [self.theta]
 
 
-class _LatentRedness(ToyRedness):
-    """Linear in the latents (logit of the sigmoid images): red minus the mean of green and blue."""
-
-    def score(self, images, prompts):
-        z = torch.logit(images.clamp(1e-6, 1 - 1e-6))
-        return (z[:, 0] - z[:, 1:].mean(dim=1)).flatten(1).mean(dim=1)
 
 
-class _LatentBlueness(_LatentRedness):
-    higher_is_better = False
-
-    def score(self, images, prompts):
-        return -super().score(images, prompts)
 
 
-@pytest.mark.parametrize("reward_cls", [_LatentRedness, _LatentBlueness])
+@pytest.mark.parametrize("reward_cls", [LatentRedness, LatentBlueness])
 @pytest.mark.parametrize("name,args,noise_scale", [
     ("dpo", {}, 1.0),
     ("dpo", {"n_winners": 3, "n_losers": 3}, 1.0),
@@ -259,7 +226,7 @@ class _LatentBlueness(_LatentRedness):
     ("pso", {}, 1.0),
 ])
 def test_one_update_moves_toward_higher_reward(name, args, noise_scale, reward_cls):
-    gen = _ShiftGenerator(noise_scale)
+    gen = ShiftGenerator(noise_scale)
     reward = reward_cls(reward_cls.Config())
     ctx = TrainContext(generator=gen, reward=reward, ledger=Ledger("cpu", enabled=False), candidates_per_prompt=8,
                        noise_rng=torch.Generator().manual_seed(3))
@@ -268,14 +235,7 @@ def test_one_update_moves_toward_higher_reward(name, args, noise_scale, reward_c
     method.step(["toy prompt 0", "toy prompt 1", "toy prompt 2"], ctx)
     step = gen.theta.grad
     assert step.abs().sum() > 0
-    # the reward is linear in theta, so a small descent step's effect is exact: redness must rise
-    redness = _LatentRedness(_LatentRedness.Config())
-    eps = torch.randn(16, 3 * 8 * 8, generator=torch.Generator().manual_seed(9))
-    with torch.no_grad():
-        before = redness(gen.decode(gen.sample(eps, None)), ["p"] * 16).mean()
-        gen.theta -= 1e-2 * step / step.norm()
-        after = redness(gen.decode(gen.sample(eps, None)), ["p"] * 16).mean()
-    assert after > before
+    assert redness_gain(gen, step) > 0  # the reward is linear in theta: a small step's effect is exact
 
 
 # ---- DPO loss on hand-made tensors ----------------------------------------------------------

@@ -9,10 +9,9 @@ whose every candidate has the identity Jacobian, for a higher- and a lower-is-be
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-
 import pytest
 import torch
+from worlds import LatentBlueness, LatentRedness, ShiftGenerator, redness_gain
 
 from drpo_bench.ledger import PHASES, Ledger
 from drpo_bench.methods import TrainContext
@@ -85,59 +84,20 @@ def test_state_round_trips(name):
             assert again[key] == value
 
 
-class _ShiftGenerator(ToyGenerator):
-    """x = eps + theta: every candidate's Jacobian is the identity, so a method's preference
-    direction in latent space is exactly its parameter update."""
-
-    def __init__(self) -> None:
-        self.config = ToyGenerator.Config()
-        self.theta = torch.nn.Parameter(torch.zeros(3 * 8 * 8))
-        self._ref = False
-
-    def sample(self, noise, cond):
-        return noise + (torch.zeros_like(self.theta) if self._ref else self.theta)
-
-    @contextmanager
-    def reference(self):
-        self._ref = True
-        try:
-            yield
-        finally:
-            self._ref = False
-
-    def trainable_parameters(self):
-        return [self.theta]
 
 
-class _LatentRedness(ToyRedness):
-    """Linear in the latents (logit of the sigmoid images): red minus the mean of green and blue."""
-
-    def score(self, images, prompts):
-        z = torch.logit(images.clamp(1e-6, 1 - 1e-6))
-        return (z[:, 0] - z[:, 1:].mean(dim=1)).flatten(1).mean(dim=1)
 
 
-class _LatentBlueness(_LatentRedness):
-    higher_is_better = False
-
-    def score(self, images, prompts):
-        return -super().score(images, prompts)
 
 
-@pytest.mark.parametrize("reward_cls", [_LatentRedness, _LatentBlueness])
+@pytest.mark.parametrize("reward_cls", [LatentRedness, LatentBlueness])
 @pytest.mark.parametrize("name", TRAINABLE)
 def test_one_update_moves_toward_the_better_reward(name, reward_cls):
-    gen = _ShiftGenerator()
+    gen = ShiftGenerator()
     ctx = _context(gen, reward_cls(reward_cls.Config()), seed=3)
     method = _method(name)
     method.setup(ctx)
     method.step(["toy prompt 0", "toy prompt 1", "toy prompt 2"], ctx)
     step = gen.theta.grad
     assert step is not None and step.abs().sum() > 0
-    redness = _LatentRedness(_LatentRedness.Config())  # linear in theta: a small descent step's effect is exact
-    eps = torch.randn(16, 3 * 8 * 8, generator=torch.Generator().manual_seed(9))
-    with torch.no_grad():
-        before = redness(gen.decode(gen.sample(eps, None)), ["p"] * 16).mean()
-        gen.theta -= 1e-2 * step / step.norm()
-        after = redness(gen.decode(gen.sample(eps, None)), ["p"] * 16).mean()
-    assert after > before
+    assert redness_gain(gen, step) > 0  # the reward is linear in theta: a small step's effect is exact

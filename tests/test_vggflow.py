@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from worlds import LatentBlueness, LatentRedness, ShiftGenerator
 from pydantic import ValidationError
 
 from baselines.vggflow import clip_by_norm, one_step_vggflow_loss
@@ -136,52 +137,19 @@ def test_mixed_precision_scale_reaches_the_parameters_once():
         torch.testing.assert_close(grads[1][n], 1024.0 * g, rtol=1e-4, atol=1e-9)
 
 
-class _ShiftGenerator(ToyGenerator):
-    """x = eps + theta (theta = 0 for the reference): the Jacobian is the identity, so theta.grad is
-    the loss gradient in latent space summed over candidates."""
-
-    def __init__(self) -> None:
-        self.config = ToyGenerator.Config()
-        self.theta = torch.nn.Parameter(torch.zeros(3 * 8 * 8))
-        self._ref = False
-
-    def sample(self, noise, cond):
-        return noise + (torch.zeros_like(self.theta) if self._ref else self.theta)
-
-    @contextmanager
-    def reference(self):
-        self._ref = True
-        try:
-            yield
-        finally:
-            self._ref = False
-
-    def trainable_parameters(self):
-        return [self.theta]
 
 
-class _LatentRedness(ToyRedness):
-    """Linear in the latents: d score / d z = +1/64 on red, -1/128 on green and blue."""
-
-    def score(self, images, prompts):
-        z = torch.logit(images.clamp(1e-6, 1 - 1e-6))
-        return (z[:, 0] - z[:, 1:].mean(dim=1)).flatten(1).mean(dim=1)
 
 
-class _LatentBlueness(_LatentRedness):
-    higher_is_better = False
-
-    def score(self, images, prompts):
-        return -super().score(images, prompts)
 
 
 REDNESS_GRAD = torch.cat([torch.full((64,), 1 / 64), torch.full((128,), -1 / 128)])  # (192,) ascent direction
 
 
-@pytest.mark.parametrize("reward_cls", [_LatentRedness, _LatentBlueness])
+@pytest.mark.parametrize("reward_cls", [LatentRedness, LatentBlueness])
 @pytest.mark.parametrize("tau", [1.0, 0.05])  # ||g|| = sqrt(3/128) ~ 0.153: unclipped, then clipped
 def test_step_at_the_base_is_a_scaled_clipped_reward_ascent(reward_cls, tau):
-    gen = _ShiftGenerator()
+    gen = ShiftGenerator()
     ctx = _context(generator=gen, reward=reward_cls(reward_cls.Config()), k=4)
     ctx.ledger = Ledger("cpu", enabled=False)
     method = _method({"reward_scale": 10.0, "initial_clip_threshold": tau})
@@ -202,8 +170,8 @@ def test_step_at_the_base_is_a_scaled_clipped_reward_ascent(reward_cls, tau):
 
 
 def test_clip_threshold_updates_once_per_update_and_checkpoints():
-    gen = _ShiftGenerator()
-    ctx = _context(loss_scale=0.5, generator=gen, reward=_LatentRedness(_LatentRedness.Config()), k=2)
+    gen = ShiftGenerator()
+    ctx = _context(loss_scale=0.5, generator=gen, reward=LatentRedness(LatentRedness.Config()), k=2)
     method = _method({"initial_clip_threshold": 0.01})
     method.step(["p0"], ctx)
     assert method.clip_threshold == 0.01, "half an update: tau must wait for the rest"

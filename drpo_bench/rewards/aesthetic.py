@@ -18,7 +18,7 @@ from torch import nn
 from drpo_bench.errors import UserError
 from drpo_bench.registry import REWARDS, StrictConfig
 from drpo_bench.rewards.aesthetic_head import AestheticMLP
-from drpo_bench.rewards.base import Reward
+from drpo_bench.rewards.base import ModelConfig, Reward
 from drpo_bench.rewards.clip_common import CLIPEmbedder, RewardDType
 from drpo_bench.weights import resolve_file, resolve_folder
 
@@ -28,11 +28,10 @@ HEAD_HINT = (
 )
 
 
-class AestheticConfig(StrictConfig):
+class AestheticConfig(ModelConfig):
     clip: str = "openai/clip-vit-large-patch14"  # the CLIP the head was trained on (ViT-L/14, OpenAI weights)
     head: str = "models/Aesthetic/sac+logos+ava1-l14-linearMSE.pth"  # the MLP head file (DrPO's asset layout)
     dtype: RewardDType = "auto"  # CLIP in fp16 on CUDA, fp32 on CPU; the head always runs in fp32
-    device: str = "auto"  # "auto" = cuda if available, else cpu
 
 
 @REWARDS.register("aesthetic")
@@ -41,7 +40,6 @@ class Aesthetic(Reward):
 
     Config: ClassVar[type[StrictConfig]] = AestheticConfig
     differentiable: ClassVar[bool] = True
-    higher_is_better: ClassVar[bool] = True
     scale: ClassVar[str] = "predicted 1-10 rating; SD-Turbo images ~6"
     report_scale: ClassVar[float] = 1.0  # the public DrPO eval and the paper's AES column print the head's output as is
     definition: ClassVar[dict[str, str]] = {

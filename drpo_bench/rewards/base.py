@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from drpo_bench.errors import NonFiniteError
+from drpo_bench.registry import StrictConfig
 
 
 class Reward(abc.ABC):
@@ -82,6 +83,22 @@ def check_finite_scores(scores: torch.Tensor, reward: str) -> None:
         raise NonFiniteError(f"reward from `{reward}`",
                              f"{int(bad.sum())} of {scores.numel()} scores are not finite (e.g. {values}); "
                              "check the reward model and its inputs")
+
+
+#: the dtype a reward model's weights run in
+RewardDType = Literal["auto", "fp32", "fp16", "bf16"]
+
+
+class DeviceConfig(StrictConfig):
+    """Where a reward runs: the field every reward with a model shares."""
+
+    device: str = "auto"  # "auto" = cuda if available, else cpu
+
+
+class ModelConfig(DeviceConfig):
+    """Device and dtype of a reward model's weights."""
+
+    dtype: RewardDType = "auto"  # fp16 on CUDA, fp32 on CPU
 
 
 def definition_record(definition: dict[str, str], report_scale: float, scale: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from drpo_bench.generators.diffusers_common import resolve_device
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-RewardDType = Literal["auto", "fp32", "fp16", "bf16"]
+from drpo_bench.rewards.base import RewardDType  # noqa: E402 - re-exported for the reward modules
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

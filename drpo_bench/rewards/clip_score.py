@@ -22,17 +22,15 @@ from typing import ClassVar, Literal
 import torch
 
 from drpo_bench.registry import REWARDS, StrictConfig
-from drpo_bench.rewards.base import Reward
+from drpo_bench.rewards.base import ModelConfig, Reward
 from drpo_bench.rewards.clip_common import CLIPEmbedder, RewardDType
 from drpo_bench.weights import resolve_folder
 
 
-class CLIPScoreConfig(StrictConfig):
+class CLIPScoreConfig(ModelConfig):
     pretrained: str = "openai/clip-vit-large-patch14"  # CLIP with tokenizer and processor config in one folder
     revision: str | None = None  # hub revision; None = what the cache has
     formula: Literal["cosine", "clipscore"] = "cosine"  # cosine: the public DrPO eval's; clipscore: 100*max(cos, 0)
-    dtype: RewardDType = "auto"  # fp16 on CUDA, fp32 on CPU
-    device: str = "auto"  # "auto" = cuda if available, else cpu
 
 
 @REWARDS.register("clip-score")
@@ -41,7 +39,6 @@ class CLIPScore(Reward):
 
     Config: ClassVar[type[StrictConfig]] = CLIPScoreConfig
     differentiable: ClassVar[bool] = True
-    higher_is_better: ClassVar[bool] = True
     scale: ClassVar[str] = "cosine, ~0.25-0.35 for prompt-faithful images (clipscore: 100 x max(cosine, 0))"
     report_scale: ClassVar[float] = 100.0  # the paper's CLIP column is the cosine x100; 1 for formula clipscore
     definition: ClassVar[dict[str, str]] = {

@@ -30,21 +30,20 @@ import torch
 from drpo_bench.errors import UserError
 from drpo_bench.generators.diffusers_common import resolve_device
 from drpo_bench.registry import REWARDS, StrictConfig
-from drpo_bench.rewards.base import Reward
+from drpo_bench.rewards.base import DeviceConfig, Reward
 from drpo_bench.rewards.clip_common import load_hf
 from drpo_bench.rewards.geneval_parse import COLORS, ObjectSpec, PromptSpec, parse_prompt
 from drpo_bench.rewards.jpeg import to_uint8_hwc
 from drpo_bench.weights import resolve_folder
 
 
-class GenEvalOwlConfig(StrictConfig):
+class GenEvalOwlConfig(DeviceConfig):
     pretrained: str = "google/owlv2-base-patch16-ensemble"  # OWLv2 weights + processor (hub id or folder)
     threshold: float = 0.3  # detection score cut; GenEval uses 0.3 for its detector
     nms_iou: float = 0.5  # boxes of one object overlapping more than this are one detection
     margin: float = 0.1  # position: centers must differ by this fraction of the image side
     partial_credit: bool = False  # False: GenEval's all-or-nothing per image; True: fraction of constraints
     strict_prompts: bool = False  # raise on prompts outside GenEval's templates instead of scoring 0
-    device: str = "auto"  # "auto" = cuda if available, else cpu
 
 
 @REWARDS.register("geneval-owl")
@@ -53,7 +52,6 @@ class GenEvalOwl(Reward):
 
     Config: ClassVar[type[StrictConfig]] = GenEvalOwlConfig
     differentiable: ClassVar[bool] = False
-    higher_is_better: ClassVar[bool] = True
     scale: ClassVar[str] = "1 if every constraint holds else 0 (fraction with partial_credit)"
     report_scale: ClassVar[float] = 100.0  # percent of images correct, as the paper's GenEval table prints
     definition: ClassVar[dict[str, str]] = {

@@ -33,20 +33,18 @@ import torch.nn.functional as F
 from drpo_bench.errors import UserError
 from drpo_bench.generators.diffusers_common import resolve_device
 from drpo_bench.registry import REWARDS, StrictConfig
-from drpo_bench.rewards.base import Reward
+from drpo_bench.rewards.base import ModelConfig, Reward
 from drpo_bench.rewards.clip_common import ImagePrep, RewardDType, clip_preprocess, resolve_dtype
 from drpo_bench.weights import resolve_file, resolve_weight_file
 
 CHECKPOINTS = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
 
 
-class HPSv2Config(StrictConfig):
+class HPSv2Config(ModelConfig):
     version: Literal["v2.0", "v2.1"] = "v2.0"  # the public DrPO eval's checkpoint (HPS_v2_compressed.pt); v2.1 selectable
     checkpoint: str = ""  # local .pt file; "" = the HF cache's xswu/HPSv2/<file for `version`>
     model_name: str = "ViT-H-14"  # open_clip architecture the checkpoint was trained from
     architecture_json: str | None = None  # open_clip JSON for a custom architecture (registered before building)
-    dtype: RewardDType = "auto"  # fp16 on CUDA, fp32 on CPU
-    device: str = "auto"  # "auto" = cuda if available, else cpu
 
 
 def load_open_clip_checkpoint(model: torch.nn.Module, path: Path) -> None:
@@ -73,7 +71,6 @@ class HPSv2(Reward):
 
     Config: ClassVar[type[StrictConfig]] = HPSv2Config
     differentiable: ClassVar[bool] = True
-    higher_is_better: ClassVar[bool] = True
     scale: ClassVar[str] = "cosine (~0.27-0.35 for SD images)"
     report_scale: ClassVar[float] = 100.0  # the paper's HPSv2 column is the cosine x100
     definition: ClassVar[dict[str, str]] = {

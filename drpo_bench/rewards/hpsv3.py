@@ -40,7 +40,7 @@ from pydantic import Field
 from drpo_bench.errors import MissingWeightsError, UserError
 from drpo_bench.generators.diffusers_common import resolve_device
 from drpo_bench.registry import REWARDS, StrictConfig
-from drpo_bench.rewards.base import Reward
+from drpo_bench.rewards.base import DeviceConfig, ModelConfig, Reward
 from drpo_bench.rewards.clip_common import RewardDType, resolve_dtype
 from drpo_bench.rewards.hpsv3_model import HPSV3_IMAGE_TOKENS, LoadedHPSv3, load_hpsv3, score_hpsv3
 from drpo_bench.weights import resolve_folder, resolve_weight_file
@@ -53,12 +53,11 @@ SERVE_HOW = (
 SCALE = "HPSv3 mu (~5-15 for SD-class images)"
 
 
-class HPSv3Config(StrictConfig):
+class HPSv3Config(ModelConfig):
     checkpoint: str = ""  # HPSv3.safetensors; "" = MizzenAI/HPSv3 from the HF cache
     base: str = "Qwen/Qwen2-VL-7B-Instruct"  # config + tokenizer + chat template (hub id or folder); no weights read
     revision: str | None = None  # hub revision of `base`; None = what the cache has
     dtype: RewardDType = "auto"  # "auto" = bf16 on CUDA (HPSv3's own dtype; Qwen2 overflows in fp16), fp32 on CPU
-    device: str = "auto"  # "auto" = cuda if available, else cpu
     image_tokens: int = Field(HPSV3_IMAGE_TOKENS, gt=0)  # HPSv3 fixes min = max pixels = 256 x 28^2 (448 x 448)
     resample: Literal["bicubic", "bilinear"] = "bicubic"  # bicubic+antialias = the package's inference resize (PIL)
     gradient_checkpointing: bool = False  # recompute Qwen2-VL layers in backward: DRaFT memory for time
@@ -70,7 +69,6 @@ class HPSv3(Reward):
 
     Config: ClassVar[type[StrictConfig]] = HPSv3Config
     differentiable: ClassVar[bool] = True
-    higher_is_better: ClassVar[bool] = True
     scale: ClassVar[str] = SCALE
     report_scale: ClassVar[float] = 1.0  # the paper shows HPSv3 only as training curves, on its own scale
     definition: ClassVar[dict[str, str]] = {
@@ -136,9 +134,8 @@ HOW = (
 )
 
 
-class HPSv3PackageConfig(StrictConfig):
+class HPSv3PackageConfig(DeviceConfig):
     checkpoint: str = ""  # HPSv3.safetensors; "" = the package's default (MizzenAI/HPSv3 from the HF cache)
-    device: str = "auto"  # "auto" = cuda if available, else cpu
 
 
 @REWARDS.register("hpsv3-package")
@@ -147,7 +144,6 @@ class HPSv3Package(Reward):
 
     Config: ClassVar[type[StrictConfig]] = HPSv3PackageConfig
     differentiable: ClassVar[bool] = False
-    higher_is_better: ClassVar[bool] = True
     scale: ClassVar[str] = SCALE
     report_scale: ClassVar[float] = 1.0  # as the in-process hpsv3
     definition: ClassVar[dict[str, str]] = {

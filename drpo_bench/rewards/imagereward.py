@@ -25,7 +25,7 @@ import torch
 from drpo_bench.errors import UserError
 from drpo_bench.generators.diffusers_common import resolve_device
 from drpo_bench.registry import REWARDS, StrictConfig
-from drpo_bench.rewards.base import Reward
+from drpo_bench.rewards.base import DeviceConfig, Reward
 
 HOW = (
     "ImageReward runs in its own environment: there, `pip install image-reward` and drpo-bench, then run "
@@ -33,10 +33,9 @@ HOW = (
 )
 
 
-class ImageRewardConfig(StrictConfig):
+class ImageRewardConfig(DeviceConfig):
     checkpoint: str = "ImageReward-v1.0"  # package model name (downloads THUDM/ImageReward) or a local ImageReward.pt
     med_config: str | None = None  # med_config.json beside a local checkpoint; None = the package's
-    device: str = "auto"  # "auto" = cuda if available, else cpu
 
 
 @REWARDS.register("imagereward")
@@ -45,7 +44,6 @@ class ImageReward(Reward):
 
     Config: ClassVar[type[StrictConfig]] = ImageRewardConfig
     differentiable: ClassVar[bool] = False
-    higher_is_better: ClassVar[bool] = True
     scale: ClassVar[str] = "standardized score (mean 0, std 1 on the authors' data), ~0.5-1.3 for SD-Turbo images"
     report_scale: ClassVar[float] = 10.0  # the paper's tables print "IR = ImageReward x 10" (SD-Turbo base 5.75)
     definition: ClassVar[dict[str, str]] = {

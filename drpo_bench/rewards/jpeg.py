@@ -34,7 +34,6 @@ class JPEGCompressibility(Reward):
 
     Config: ClassVar[type[StrictConfig]] = JPEGConfig
     differentiable: ClassVar[bool] = False
-    higher_is_better: ClassVar[bool] = True
     scale: ClassVar[str] = "-kB at JPEG quality 95 (sign flipped for incompressibility)"
     definition: ClassVar[dict[str, str]] = {
         "model": "Pillow JPEG encoder (program)",

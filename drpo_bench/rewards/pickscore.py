@@ -21,17 +21,15 @@ from typing import ClassVar
 import torch
 
 from drpo_bench.registry import REWARDS, StrictConfig
-from drpo_bench.rewards.base import Reward
+from drpo_bench.rewards.base import ModelConfig, Reward
 from drpo_bench.rewards.clip_common import CLIPEmbedder, RewardDType
 from drpo_bench.weights import resolve_folder
 
 
-class PickScoreConfig(StrictConfig):
+class PickScoreConfig(ModelConfig):
     pretrained: str = "yuvalkirstain/PickScore_v1"  # the PickScore weights (hub id in the HF cache, or a folder)
     processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # tokenizer + preprocessing PickScore was trained with
     revision: str | None = None  # hub revision of `pretrained`; None = what the cache has
-    dtype: RewardDType = "auto"  # fp16 on CUDA, fp32 on CPU
-    device: str = "auto"  # "auto" = cuda if available, else cpu
 
 
 @REWARDS.register("pickscore")
@@ -40,7 +38,6 @@ class PickScore(Reward):
 
     Config: ClassVar[type[StrictConfig]] = PickScoreConfig
     differentiable: ClassVar[bool] = True
-    higher_is_better: ClassVar[bool] = True
     scale: ClassVar[str] = "logit_scale (~100) x cosine; SD-Turbo images ~21-24"
     report_scale: ClassVar[float] = 1.0  # per instance: 100 / logit_scale, so reported = 100 * cosine exactly
     definition: ClassVar[dict[str, str]] = {

@@ -17,7 +17,6 @@ class ShapesChecker(Reward):
     """Fraction of a shapes prompt's constraints that the image satisfies (pixels only)."""
 
     differentiable: ClassVar[bool] = False
-    higher_is_better: ClassVar[bool] = True
     scale: ClassVar[str] = "fraction of the prompt's constraints satisfied, 0..1"
     definition: ClassVar[dict[str, str]] = {
         "model": "shapes checker (program reading pixels: drpo_bench.shapes.checker)",

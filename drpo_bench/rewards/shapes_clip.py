@@ -34,7 +34,6 @@ class ShapesCLIPReward(Reward):
 
     Config: ClassVar[type[StrictConfig]] = ShapesCLIPConfig
     differentiable: ClassVar[bool] = True
-    higher_is_better: ClassVar[bool] = True
     scale: ClassVar[str] = "logit_scale x cosine; ground truth ~35 (small) or ~19 (large), hard negatives about half"
     definition: ClassVar[dict[str, str]] = {
         "model": "shapes-clip small (drpo_bench/assets/shapes_clip_small.safetensors)",
