@@ -38,6 +38,7 @@ EXPECTED = {
     "bad_drpo_feature_args.yaml": ["line 8", "methods[1].args.feature_args.no_such", "unknown key"],
     "anchors_exceed_k.yaml": ["line 8", "methods[1].args", "n_pos + n_neg = 10", "8 candidates"],
     "unknown_diversity_features.yaml": ["line 11", "eval.metrics[1].args.features", "toy-pixelz"],
+    "pso_odd_k.yaml": ["line 8", "methods[1].budget", "must be even, got 7"],
 }
 
 
