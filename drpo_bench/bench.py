@@ -327,13 +327,19 @@ def _prompts(n: int) -> list[str]:
 
 
 class _MetaScalars(TorchDispatchMode):
-    """Answer ``.item()`` of a meta tensor (logs, sanity checks) with 0, 0.0 or False: no shape changes."""
+    """Answer ``.item()`` of a meta tensor (logs, sanity checks) with 0, 0.0 or False, and a copy off the meta
+    device (a method's CPU bookkeeping) with zeros: values only, no shape changes, so no FLOP changes."""
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         if func is torch.ops.aten._local_scalar_dense.default and args[0].device.type == "meta":
             dtype = args[0].dtype
             return False if dtype == torch.bool else (0.0 if dtype.is_floating_point else 0)
-        return func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._to_copy.default and args[0].device.type == "meta":
+            target = kwargs.get("device")
+            if target is not None and torch.device(target).type != "meta":  # e.g. a method's .cpu() bookkeeping
+                return torch.zeros(args[0].shape, dtype=kwargs.get("dtype") or args[0].dtype, device=target)
+        return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
