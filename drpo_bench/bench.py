@@ -26,17 +26,15 @@ is present, with micro-batching and the optimizer as ``training.train_cell`` run
 from __future__ import annotations
 
 import contextlib
-import json
 import platform
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from drpo_bench import architectures as arch
@@ -261,6 +259,10 @@ class Setting:
         }
 
 
+def reward_can_checkpoint(reward: str) -> bool:
+    return arch.get(REWARDS[reward][0]).enable_checkpointing is not None
+
+
 def make_setting(generator: str = "sd-turbo", reward: str = "hpsv3", *, k: int | None = None,
                  effective_batch: int | None = None, checkpointing: Sequence[str] = (), lora_rank: int = 16,
                  features: str | None = None, method_args: dict[str, dict[str, Any]] | None = None,
@@ -277,6 +279,9 @@ def make_setting(generator: str = "sd-turbo", reward: str = "hpsv3", *, k: int |
     bad = set(checkpointing) - set(CHECKPOINT_ROLES)
     if bad:
         raise UserError(f"cannot checkpoint {sorted(bad)}; valid roles: {', '.join(CHECKPOINT_ROLES)}")
+    if "reward" in checkpointing and not reward_can_checkpoint(reward):
+        raise UserError(f"reward {reward} has no gradient checkpointing here; checkpoint only the generator "
+                        "(--grad-checkpointing generator)")
     return Setting(generator, reward, k, effective_batch, frozenset(checkpointing), lora_rank,
                    dict(method_args or {}), features, tiny)
 
@@ -533,12 +538,3 @@ def bench_json(setting: Setting, runs: list[dict[str, Any]], command: str) -> di
     return {"setting": setting.describe(), "runs": runs, "versions": versions(), "command": command,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)
-
-
-__all__ = [
-    "ALL_METHODS", "ArchitectureReward", "Setting", "Stack", "StepCount", "build_stack", "count_methods",
-    "count_update", "make_setting", "time_updates", "Literal", "nn",
-]
