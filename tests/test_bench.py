@@ -60,6 +60,7 @@ def test_checkpointing_recompute_counted_alike() -> None:
     assert with_ckpt["reward_forward"] == without["reward_forward"]
 
 
+@pytest.mark.slow
 def test_pixel_features_and_sdxl() -> None:
     setting = tiny("pickscore", generator="sdxl-turbo")
     predicted = bench.count_update("drpo", setting).phase_flops
