@@ -6,7 +6,7 @@ public configurations in ``drpo_bench/architectures.py`` instead of checkpoints:
 - the generators are the real ``SDTurboGenerator`` / ``SDXLTurboGenerator`` (one-step math, LoRA
   through peft, gradient checkpointing, ``reference()``); only their module loading is replaced
   (:class:`_ArchitectureModules`): the UNet, VAE and text encoders are the full-size (or tiny)
-  architectures, the tokenizers carry CLIP's real 49 408-id vocabulary;
+  architectures; prompts become CLIP's 77 token ids (:class:`FixedTokenizer`);
 - the reward is :class:`ArchitectureReward`: a ``Reward`` around the architecture's network and
   canonical forward (HPSv3: Qwen2-VL-7B at 448 px, 77 caption tokens; CLIP-type rewards at 224),
   differentiable with respect to the pixels;
@@ -62,22 +62,59 @@ _SCHEDULER: dict[str, Any] = dict(  # SD-Turbo's and SDXL-Turbo's shipped schedu
 )
 
 
-def _clip_tokenizer(pad_token: str) -> Any:
-    """CLIP's tokenizer (the real 49 408-id BPE vocabulary, built offline and cached)."""
-    from transformers import CLIPTokenizer
+class FixedTokenizer:
+    """Stands in for CLIP's tokenizer: every prompt becomes <start> ... <end> padded to 77 ids.
 
-    from drpo_bench.testing import cached_build, write_clip_tokenizer
+    Token values cost no FLOPs; the sequence length (CLIP's 77) is what counts, and it is real.
+    """
 
-    name = "clip-tokenizer-bang" if pad_token == "!" else "clip-tokenizer-eot"
-    folder = cached_build(name, lambda f: write_clip_tokenizer(f, pad_token=pad_token) and None)
-    return CLIPTokenizer.from_pretrained(str(folder))
+    model_max_length = 77  # CLIP's context length, padding="max_length" as the real pipelines
+    bos, eos = 49406, 49407  # CLIP's <|startoftext|>, <|endoftext|> ids (the vocabulary has 49 408)
+
+    def __call__(self, prompts: list[str], **_: Any) -> Any:
+        from types import SimpleNamespace
+
+        ids = torch.full((len(prompts), self.model_max_length), self.eos, dtype=torch.long)  # (B, 77)
+        ids[:, 0] = self.bos
+        ids[:, 1:9] = torch.arange(320, 328)  # a few ordinary word ids
+        return SimpleNamespace(input_ids=ids)
+
+
+def latent_mae_params(width: int, layers: tuple[int, ...], in_channels: int = 4) -> dict[str, torch.Tensor]:
+    """Random parameters in the public ``mae_latent_256_torch.pth`` key layout (what ``LatentResNetEncoder``
+    reads), on the current default device: JAX (kh, kw, in, out) kernels, GroupNorm scale/bias per conv."""
+    params: dict[str, torch.Tensor] = {}
+
+    def conv(key: str, k: int, cin: int, cout: int) -> None:
+        params[f"{key}.kernel"] = torch.randn(k, k, cin, cout) * (2.0 / (k * k * cin)) ** 0.5
+
+    def norm(key: str, c: int) -> None:
+        params[f"{key}.scale"], params[f"{key}.bias"] = torch.ones(c), torch.zeros(c)
+
+    conv("encoder.conv1", 3, in_channels, width)
+    norm("encoder.gn1", width)
+    cin = width
+    for s, blocks in enumerate(layers):
+        cout = width * 2**s
+        for b in range(blocks):
+            prefix = f"encoder.stages_{s}.layers_{b}"
+            conv(f"{prefix}.conv1", 3, cin, cout)
+            norm(f"{prefix}.gn1", cout)
+            conv(f"{prefix}.conv2", 3, cout, cout)
+            norm(f"{prefix}.gn2", cout)
+            if cin != cout or (s > 0 and b == 0):
+                conv(f"{prefix}.proj_conv", 1, cin, cout)
+                norm(f"{prefix}.proj_gn", cout)
+            cin = cout
+        norm(f"encoder.layer{s + 1}_norm", cout)
+    return params
 
 
 class _ArchitectureModules:
     """Mixin for a diffusers one-step generator: build each part from ``PARTS`` instead of loading it."""
 
     PARTS: ClassVar[dict[str, str]] = {}  # pipeline subfolder -> architecture name
-    PADS: ClassVar[dict[str, str]] = {}  # tokenizer subfolder -> pad token
+    PADS: ClassVar[dict[str, str]] = {}  # tokenizer subfolders (pad token of the real one, for the record)
     tiny: bool = False
 
     def weights_folder(self) -> Path:
@@ -87,7 +124,7 @@ class _ArchitectureModules:
         if subfolder == "scheduler":
             return cls(**_SCHEDULER)
         if subfolder in self.PADS:
-            return _clip_tokenizer(self.PADS[subfolder])
+            return FixedTokenizer()
         dtype = kwargs.get("torch_dtype", kwargs.get("dtype", torch.float32))
         return arch.build(self.PARTS[subfolder], device=self.config.device, dtype=dtype, tiny=self.tiny)  # type: ignore[attr-defined]
 
@@ -172,16 +209,14 @@ class ArchLatentMAE(LatentMAEFeatures):
     Config = _ArchFeatureConfig  # type: ignore[assignment]
 
     def __init__(self, config: _ArchFeatureConfig | None = None, generator: Any = None) -> None:
-        from drpo_bench.testing import tiny_mae_latent_state
-
         config = config or _ArchFeatureConfig()
         spec = arch.LATENT_MAE_RESNET_TINY if config.tiny else arch.LATENT_MAE_RESNET
         self.config = LatentMAEFeatures.Config(keys=None if config.tiny else LatentMAEFeatures.Config().keys)
         device = generator.device if generator is not None else torch.device("cpu")
         with torch.device(device):
-            state = tiny_mae_latent_state(width=spec["width"], layers=tuple(spec["layers"]), in_channels=spec["in_channels"])
+            params = latent_mae_params(spec["width"], tuple(spec["layers"]), spec["in_channels"])
         self.in_channels = spec["in_channels"]
-        self.net = LatentResNetEncoder(state["state_dict"], tuple(spec["layers"]))
+        self.net = LatentResNetEncoder(params, tuple(spec["layers"]))
         if config.tiny:  # tiny latents leave stage 4 at 1x1: keep the whole-map statistics only
             self.config = LatentMAEFeatures.Config(keys=("layer4_mean", "layer4_std"), patch_sizes=())
 
