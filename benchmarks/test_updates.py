@@ -30,7 +30,7 @@ def test_tiny_sd_turbo_update(benchmark: Any, tiny_setting: Any, method: str) ->
     runner = bench.prepare(method, tiny_setting, stack, ledger)
     opt = torch.optim.AdamW(stack.generator.trainable_parameters(), lr=1e-4)
     benchmark.group = "tiny sd-turbo update (K=8, effective batch 16)"
-    benchmark.pedantic(bench.run_update, args=(runner, stack, tiny_setting, ledger), kwargs={"micro": 1, "optimizer": opt},
+    benchmark.pedantic(bench.run_update, args=(runner, tiny_setting, ledger), kwargs={"micro": 1, "optimizer": opt},
                        rounds=3, warmup_rounds=1)
 
 

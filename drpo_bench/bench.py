@@ -450,14 +450,22 @@ class StepCount:
         return sum(v for k, v in self.phase_flops.items() if k in ("reward_backward", "generator_backward"))
 
 
-def run_update(method: Any, stack: Stack, setting: Setting, ledger: Ledger, *, micro: int | None = None,
+@dataclass
+class Prepared:
+    """A method after ``setup``, with the TrainContext its steps get."""
+
+    method: Any
+    ctx: TrainContext
+
+
+def run_update(prepared: Prepared, setting: Setting, ledger: Ledger, *, micro: int | None = None,
                optimizer: torch.optim.Optimizer | None = None, seed: int = 0) -> Any:
     """One optimizer update as ``training.train_cell`` runs it: micro-batches of prompts, then the optimizer."""
     prompts = _prompts(setting.prompts)
     micro = micro or setting.prompts
     if setting.prompts % micro:
         raise UserError(f"micro-batch {micro} prompts must divide the {setting.prompts} prompts of an update")
-    ctx = method._bench_ctx
+    method, ctx = prepared.method, prepared.ctx
     ctx.loss_scale = micro / setting.prompts
     ctx.noise_rng.manual_seed(seed)
     ledger.begin_update()
@@ -473,15 +481,15 @@ def run_update(method: Any, stack: Stack, setting: Setting, ledger: Ledger, *, m
     return record
 
 
-def prepare(method_name: str, setting: Setting, stack: Stack, ledger: Ledger) -> Any:
+def prepare(method_name: str, setting: Setting, stack: Stack, ledger: Ledger) -> Prepared:
+    """Build a registered method and run its ``setup`` on the stack, as the runner does for a cell."""
     method = build_method(method_name, setting)
     ctx = TrainContext(generator=stack.generator, reward=stack.reward, ledger=ledger,
                        candidates_per_prompt=setting.k, noise_rng=torch.Generator())
     method.check_budget(method.config, setting.k)
     method.setup(ctx)
     stack.generator.train(True)
-    method._bench_ctx = ctx
-    return method
+    return Prepared(method, ctx)
 
 
 def count_update(method_name: str, setting: Setting, stack: Stack | None = None) -> StepCount:
@@ -489,10 +497,10 @@ def count_update(method_name: str, setting: Setting, stack: Stack | None = None)
     ``stack`` lives elsewhere: then the tensors are real and the count is what a training run records)."""
     stack = stack or build_stack(setting, "meta")
     ledger = Ledger("cpu", count_flops=True)
-    method = prepare(method_name, setting, stack, ledger)
+    prepared = prepare(method_name, setting, stack, ledger)
     on_meta = stack.generator.device.type == "meta"
     with meta_step() if on_meta else contextlib.nullcontext():
-        record = run_update(method, stack, setting, ledger)
+        record = run_update(prepared, setting, ledger)
     for p in stack.generator.trainable_parameters():
         p.grad = None
     flops = {k: v for k, v in record.phase_flops.items() if v}
@@ -537,12 +545,12 @@ def time_updates(method_name: str, setting: Setting, *, device: torch.device | s
     torch.manual_seed(0)
     stack = stack or build_stack(setting, device, dtype)
     ledger = Ledger(device, count_flops=True)
-    method = prepare(method_name, setting, stack, ledger)
+    prepared = prepare(method_name, setting, stack, ledger)
     optimizer = torch.optim.AdamW(stack.generator.trainable_parameters(), lr=lr)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     for i in range(updates + 1):  # the first update is warm-up and counts FLOPs (the ledger skips it in means)
         with autocast:
-            run_update(method, stack, setting, ledger, micro=micro, optimizer=optimizer, seed=i)
+            run_update(prepared, setting, ledger, micro=micro, optimizer=optimizer, seed=i)
     summary = ledger.summary()
     name, peak = device_peak_flops(device)
     achieved = summary.get("achieved_flops_per_second")
