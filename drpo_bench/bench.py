@@ -578,6 +578,7 @@ def versions() -> dict[str, str]:
 
 
 def bench_json(setting: Setting, runs: list[dict[str, Any]], command: str) -> dict[str, Any]:
-    return {"setting": setting.describe(), "runs": runs, "versions": versions(), "command": command,
+    return {"setting": setting.describe(), "device": runs[0]["device_name"] if runs else None, "runs": runs,
+            "versions": versions(), "command": command,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 

@@ -200,6 +200,24 @@ def flops_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_line(args: argparse.Namespace, setting: Any) -> str:
+    """The ``drpo-bench bench`` command that reproduces this run, every default spelled out."""
+    parts = ["drpo-bench", "bench", "--generator", setting.generator, "--reward", setting.reward, "--methods",
+             args.methods, "--K", str(setting.k), "--effective-batch", str(setting.effective_batch),
+             "--lora-rank", str(setting.lora_rank), "--updates", str(args.updates)]
+    if setting.checkpointing:
+        parts += ["--grad-checkpointing", ",".join(sorted(setting.checkpointing))]
+    for flag, value in (("--micro", args.micro), ("--device", args.device), ("--dtype", args.dtype),
+                        ("--features", args.features)):
+        if value is not None:
+            parts += [flag, str(value)]
+    for item in args.method_arg:
+        parts += ["--method-arg", item]
+    if setting.tiny:
+        parts.append("--tiny")
+    return " ".join(parts)
+
+
 def bench_command(args: argparse.Namespace) -> int:
     """Run ``drpo-bench bench``: time each method's real step; prints a table, optionally writes JSON."""
     import torch
@@ -237,7 +255,7 @@ def bench_command(args: argparse.Namespace) -> int:
                 ratio = by["draft"]["summary"]["seconds_per_update"] / r["summary"]["seconds_per_update"]
                 console.print(f"DRaFT time ÷ {name} time: {ratio:.2f}×")
     if args.json is not None:
-        write_json(args.json, bench_json(setting, runs, " ".join(["drpo-bench", "bench", *sys.argv[2:]])))
+        write_json(args.json, bench_json(setting, runs, command_line(args, setting)))
         print(f"wrote {args.json}")
     return 0
 
