@@ -30,8 +30,11 @@ does), averaged over the micro-batch's prompts. At theta = ref the logit is 0 an
 log 2; its gradient pulls every candidate toward the winners and away from the losers, weighted
 by sigmoid(-logit), with the reference as the DPO anchor that stops the pull once the margin is
 won. Choices kept from the public code: online pairs from the current generator's own
-candidates (not an offline preference dataset), top-1 vs bottom-1, beta = 1 on the per-element
-MSE, raw-latent space (its feature-space variants are not ported: use DrPO's encoders via a new
+candidates (not an offline preference dataset), raw-latent space, per-element MSE. The
+defaults (beta = 1, top-1 vs bottom-1) are the public trainer's argument defaults
+(baselines/dpo/train_lora.py), which suit any K >= 2; the public SD-Turbo launch
+(scripts/train/dpo.sh) overrides them with beta = 30 and 8 winners / 8 losers of K = 24, and the
+paper suites (suites/paper/) set those values explicitly (its feature-space variants are not ported: use DrPO's encoders via a new
 option if needed). Costs one trainable and one frozen generator pass per candidate; the reward
 only ranks.
 """
@@ -39,7 +42,7 @@ only ranks.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -107,22 +110,30 @@ class OneStepDPO(Method):
     paper = "https://arxiv.org/abs/2311.12908"
 
     class Config(StrictConfig):
-        beta: float = Field(1.0, gt=0)  # public one-step code's dpo_beta on per-element latent errors
-        n_winners: int = Field(1, ge=1)  # top candidates per prompt taken as winners; public code: 1
-        n_losers: int = Field(1, ge=1)  # bottom candidates as losers; public code: 1
+        beta: float = Field(1.0, gt=0)  # public trainer's argument default; its SD-Turbo launch uses 30
+        n_winners: int = Field(1, ge=1)  # top-1: public trainer's default, fits any K; its launch uses 8
+        n_losers: int = Field(1, ge=1)  # bottom-1: public trainer's default; its launch uses 8
         distance: Distance = "l2"  # regression error defining the pseudo log-likelihood; public default l2
         reference_free: bool = False  # True drops the reference gap (an ablation); DPO keeps it
         ref_l2_weight: float = Field(0.0, ge=0)  # extra mse(x, x_ref) term; public default 0
 
     config: Config
 
-    def setup(self, ctx: TrainContext) -> None:
-        k, cfg = ctx.candidates_per_prompt, self.config
-        if cfg.n_winners + cfg.n_losers > k:
+    @classmethod
+    def check_budget(cls, config: Any, candidates_per_prompt: int) -> None:
+        if config.n_winners + config.n_losers > candidates_per_prompt:
             raise ValueError(
-                f"dpo: n_winners + n_losers = {cfg.n_winners + cfg.n_losers} exceeds the {k} candidates per "
-                "prompt; winners and losers must be disjoint. Lower them or raise budget.candidates_per_prompt."
+                f"dpo: n_winners + n_losers = {config.n_winners + config.n_losers} exceeds the {candidates_per_prompt} "
+                "candidates per prompt; winners and losers must be disjoint. Lower them or raise "
+                "budget.candidates_per_prompt."
             )
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.check_budget(self.config, ctx.candidates_per_prompt)
+
+    def phases(self) -> tuple[str, ...]:
+        need_ref = not self.config.reference_free or self.config.ref_l2_weight > 0
+        return ("sample", *(("reference",) if need_ref else ()), "decode", "reward_forward", "loss", "generator_backward")
 
     def step(self, prompts: Sequence[str], ctx: TrainContext) -> StepOutput:
         cfg, gen, ledger, k = self.config, ctx.generator, ctx.ledger, ctx.candidates_per_prompt
@@ -136,12 +147,10 @@ class OneStepDPO(Method):
                 ref_latents = gen.sample(cand.noise, cand.cond)  # same noises, frozen base
         with ledger.phase("decode"), torch.no_grad():
             images = gen.decode(cand.latents.detach())
-        with ledger.phase("reward_forward"), torch.no_grad():
-            scores = ctx.reward(images, cand.prompts).float().view(p, k)  # (P, K)
-        ranked = scores if ctx.reward.higher_is_better else -scores
+        ranking = ctx.rank(images, cand.prompts)  # (P, K), best first
+        ranked = ranking.ranked
         with ledger.phase("loss"):
-            order = ranked.argsort(dim=1, descending=True)  # (P, K)
-            win_idx, lose_idx = order[:, : cfg.n_winners], order[:, k - cfg.n_losers :]
+            win_idx, lose_idx = ranking.top(cfg.n_winners), ranking.bottom(cfg.n_losers)
             x = cand.latents.reshape(p, k, -1)  # (P, K, F)
             x_ref = ref_latents.reshape(p, k, -1) if ref_latents is not None else None
             f = x.shape[-1]
@@ -157,11 +166,10 @@ class OneStepDPO(Method):
                 ref_l2 = (x.float() - x_ref.float()).pow(2).mean()
                 loss = loss + cfg.ref_l2_weight * ref_l2
         with ledger.phase("generator_backward"):
-            ctx.backward(loss * ctx.loss_scale)
+            ctx.backward(loss)
         return StepOutput(
             loss=float(loss.detach()),
             logs={
-                "reward_mean": float(scores.mean()),
                 "reward_winner_minus_loser": float(ranked.gather(1, win_idx).mean()
                                                    - ranked.gather(1, lose_idx).mean()),
                 "loss_dpo": float(dpo.detach().mean()),

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -130,10 +130,19 @@ class OneStepGRPO(Method):
 
     config: Config
 
+    @classmethod
+    def check_budget(cls, config: Any, candidates_per_prompt: int) -> None:
+        if config.policy == "neighbor" and config.anchors > candidates_per_prompt:
+            raise ValueError(f"grpo: anchors {config.anchors} exceeds the {candidates_per_prompt} candidates per prompt; "
+                             "lower anchors")
+
     def setup(self, ctx: TrainContext) -> None:
-        cfg, k = self.config, ctx.candidates_per_prompt
-        if cfg.policy == "neighbor" and cfg.anchors > k:
-            raise ValueError(f"grpo: anchors {cfg.anchors} exceeds the {k} candidates per prompt; lower anchors")
+        self.check_budget(self.config, ctx.candidates_per_prompt)
+
+    def phases(self) -> tuple[str, ...]:
+        cfg = self.config
+        need_ref = cfg.kl_weight > 0 or cfg.ref_l2_weight > 0 or cfg.policy == "gaussian"
+        return ("sample", *(("reference",) if need_ref else ()), "decode", "reward_forward", "loss", "generator_backward")
 
     def step(self, prompts: Sequence[str], ctx: TrainContext) -> StepOutput:
         assert ctx.reward is not None
@@ -149,9 +158,8 @@ class OneStepGRPO(Method):
         assert ctx.reward is not None
         with ctx.ledger.phase("decode"), torch.no_grad():
             images = ctx.generator.decode(latents.detach())
-        with ctx.ledger.phase("reward_forward"), torch.no_grad():
-            scores = ctx.reward(images, prompts).float().view(p, -1)
-        return scores, (scores if ctx.reward.higher_is_better else -scores)
+        ranking = ctx.rank(images, prompts)  # (P, K)
+        return ranking.scores, ranking.ranked
 
     def _finish(self, ctx: TrainContext, policy_loss: torch.Tensor, kl: torch.Tensor, ref_l2: torch.Tensor,
                 stats: dict[str, torch.Tensor], scores: torch.Tensor, adv: torch.Tensor) -> StepOutput:
@@ -159,11 +167,10 @@ class OneStepGRPO(Method):
         with ctx.ledger.phase("loss"):
             loss = policy_loss + cfg.kl_weight * kl + cfg.ref_l2_weight * ref_l2
         with ctx.ledger.phase("generator_backward"):
-            ctx.backward(loss * ctx.loss_scale)
+            ctx.backward(loss)
         return StepOutput(
             loss=float(loss.detach()),
             logs={
-                "reward_mean": float(scores.mean()),
                 "reward_std_within_prompt": float(scores.std(dim=1).mean()),
                 "advantage_abs": float(adv.abs().mean()),
                 "loss_policy": float(policy_loss.detach()),

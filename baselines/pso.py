@@ -35,7 +35,7 @@ generator with grad after a no-grad rollout; the values are identical, so one pa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -112,10 +112,16 @@ class OneStepPSO(Method):
 
     config: Config
 
+    @classmethod
+    def check_budget(cls, config: Any, candidates_per_prompt: int) -> None:
+        if candidates_per_prompt % 2:
+            raise ValueError(f"pso pairs adjacent candidates: budget.candidates_per_prompt must be even, got {candidates_per_prompt}")
+
     def setup(self, ctx: TrainContext) -> None:
-        k = ctx.candidates_per_prompt
-        if k % 2:
-            raise ValueError(f"pso pairs adjacent candidates: budget.candidates_per_prompt must be even, got {k}")
+        self.check_budget(self.config, ctx.candidates_per_prompt)
+
+    def phases(self) -> tuple[str, ...]:
+        return ("sample", "reference", "decode", "reward_forward", "loss", "generator_backward")
 
     def step(self, prompts: Sequence[str], ctx: TrainContext) -> StepOutput:
         cfg, gen, ledger, k = self.config, ctx.generator, ctx.ledger, ctx.candidates_per_prompt
@@ -132,9 +138,7 @@ class OneStepPSO(Method):
             ref_means = gen.sample(cand.noise, cand.cond)  # same noises, frozen base
         with ledger.phase("decode"), torch.no_grad():
             images = gen.decode(actions)
-        with ledger.phase("reward_forward"), torch.no_grad():
-            scores = ctx.reward(images, cand.prompts).float().view(p, k)  # (P, K)
-        ranked = scores if ctx.reward.higher_is_better else -scores
+        ranked = ctx.rank(images, cand.prompts).ranked  # (P, K), larger is better
         with ledger.phase("loss"):
             logp = gaussian_log_probs(actions, cand.latents, cfg.action_std).view(p, k)
             ref_logp = gaussian_log_probs(actions, ref_means, cfg.action_std).view(p, k)
@@ -147,11 +151,10 @@ class OneStepPSO(Method):
                 ref_l2 = (cand.latents.float() - ref_means.float()).pow(2).mean()
                 loss = loss + cfg.ref_l2_weight * ref_l2
         with ledger.phase("generator_backward"):
-            ctx.backward(loss * ctx.loss_scale)
+            ctx.backward(loss)
         return StepOutput(
             loss=float(loss.detach()),
             logs={
-                "reward_mean": float(scores.mean()),
                 "loss_pso": float(pso.detach().mean()),
                 "ref_l2": float(ref_l2.detach()),
                 **{key: float(v) for key, v in stats.items()},

@@ -38,18 +38,14 @@ class RAFT(Method):
         cand = sample_candidates(prompts, ctx)
         with ctx.ledger.phase("decode"), torch.no_grad():
             images = ctx.generator.decode(cand.latents.detach())
-        with ctx.ledger.phase("reward_forward"), torch.no_grad():
-            scores = ctx.reward(images, cand.prompts).float().view(p, k)  # (P, K)
-        ranked = scores if ctx.reward.higher_is_better else -scores
+        ranking = ctx.rank(images, cand.prompts)  # (P, K), best first
         with ctx.ledger.phase("loss"):
             latents = cand.latents.view(p, k, -1)  # (P, K, F)
-            best = ranked.topk(self.config.top_n, dim=1).indices  # (P, n)
+            best = ranking.top(self.config.top_n)  # (P, n)
             targets = torch.gather(latents.detach(), 1, best[:, :, None].expand(-1, -1, latents.shape[-1]))
             # every candidate regresses onto the mean of its prompt's top-n: (P, K, F) vs (P, 1, F)
             loss = (latents - targets.mean(dim=1, keepdim=True)).pow(2).mean()
         with ctx.ledger.phase("generator_backward"):
-            ctx.backward(loss * ctx.loss_scale)
-        return StepOutput(
-            loss=float(loss.detach()),
-            logs={"reward_mean": float(scores.mean()), "reward_best": float(ranked.max(dim=1).values.mean())},
-        )
+            ctx.backward(loss)
+        best_score = ranking.ranked.gather(1, ranking.top(1)).mean()  # on the higher-is-better scale
+        return StepOutput(loss=float(loss.detach()), logs={"reward_best": float(best_score)})

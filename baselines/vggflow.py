@@ -107,6 +107,9 @@ class OneStepVGGFlow(Method):
         self._norms: list[torch.Tensor] = []  # unclipped norms of the update in progress
         self._share = 0.0  # sum of loss_scale seen in the update in progress
 
+    def phases(self) -> tuple[str, ...]:
+        return ("sample", "reference", "decode", "reward_forward", "reward_backward", "loss", "generator_backward")
+
     def step(self, prompts: Sequence[str], ctx: TrainContext) -> StepOutput:
         cfg, gen, ledger = self.config, ctx.generator, ctx.ledger
         assert ctx.reward is not None
@@ -116,9 +119,8 @@ class OneStepVGGFlow(Method):
         with ledger.phase("decode"):
             leaf = cand.latents.detach().float().requires_grad_(True)  # gradient wanted in latent space
             images = gen.decode(leaf)  # (P*K, 3, H, W), grad to the leaf only
-        with ledger.phase("reward_forward"):
-            scores = ctx.reward(images, cand.prompts).float()  # (P*K,)
-            sign = 1.0 if ctx.reward.higher_is_better else -1.0
+        scores = ctx.score(images, cand.prompts, grad=True)  # (P*K,) with the reward's graph
+        sign = 1.0 if ctx.reward.higher_is_better else -1.0
         with ledger.phase("reward_backward"):
             # per-sample gradients at once: score n depends on latent n only. The mixed-precision
             # scale keeps fp16 activation gradients from underflowing; it is divided out below
@@ -138,9 +140,8 @@ class OneStepVGGFlow(Method):
             if cfg.ref_l2_weight > 0:
                 loss = loss + cfg.ref_l2_weight * ref_l2
         with ledger.phase("generator_backward"):
-            ctx.backward(loss * ctx.loss_scale)
+            ctx.backward(loss)
         logs = {
-            "reward_mean": float(scores.detach().mean()),
             "reward_std": float(scores.detach().std(unbiased=False)),
             "loss_vgg": float(vgg),
             "ref_l2": float(ref_l2.detach()),

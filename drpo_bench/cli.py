@@ -1,4 +1,4 @@
-"""`drpo-bench`: run, validate, list, report (and flops, serve-reward where installed)."""
+"""`drpo-bench`: run, validate, list, report, sample (and flops, serve-reward where installed)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,22 @@ from rich.text import Text
 
 from drpo_bench.errors import UserError
 
+#: kept in step with drpo_bench.report.build.FORMATS / DEFAULT_FORMATS (tests check it); not imported
+#: here so that `drpo-bench --help` does not load matplotlib
+REPORT_FORMATS = ("md", "tex", "html", "pdf", "csv", "json")
+DEFAULT_FORMATS = ("md", "tex", "html", "csv", "json")
+
 EXAMPLES = """\
 examples:
   drpo-bench run suites/quickstart.yaml                 # the embedded shapes world, CPU, minutes
   drpo-bench run suites/smoke.yaml budget.steps=4       # dotted overrides of any suite field
   drpo-bench run suites/quickstart.yaml --output /tmp/q # write somewhere else (default runs/<suite>)
   drpo-bench validate suites/*.yaml suites/paper/*.yaml # resolve everything, load no weights
+  drpo-bench validate suites/smoke.yaml budget.steps=4  # overrides as with run (or --set budget.steps=4)
   drpo-bench ls methods                                 # what can be named in a suite
-  drpo-bench report runs/quickstart                     # report.md / .tex / .html + figures
+  drpo-bench report runs/quickstart                     # report.md / .tex / .html, figures/, tables/*.csv + json
+  drpo-bench report runs/quickstart --formats pdf       # report.pdf (needs pdflatex)
+  drpo-bench sample --adapter runs/quickstart/<cell> --prompt "a red circle"  # PNG grid from a cell's LoRA
   drpo-bench flops --generator sd-turbo --reward hpsv3 --methods drpo,draft --K 24 --effective-batch 192
   drpo-bench serve-reward shapes-clip --port 8765       # any reward over HTTP on localhost
 
@@ -38,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from drpo_bench.report.build import summary_rows
     from drpo_bench.runner import run_suite
 
-    suite = load_suite(args.suite, args.overrides)
+    suite = load_suite(args.suite, _overrides(args))
     shard = _parse_shard(args.shard)
     _quiet_library_progress_bars()
     console = _console()
@@ -88,13 +96,28 @@ def _parse_shard(text: str | None) -> tuple[int, int]:
     return (i, n)
 
 
+def _is_override(text: str) -> bool:
+    """``key=value`` (not an option, not an existing file whose name has an ``=``)."""
+    return "=" in text and not text.startswith("-") and not Path(text).exists()
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """Positional ``key=value`` overrides, then ``--set key=value`` ones (a later one wins)."""
+    return [*args.overrides, *args.set_overrides]
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from drpo_bench.config import load_suite
     from drpo_bench.planning import plan_cells
 
+    # validate SUITE... [key=value ...]: the positional words with an "=" are overrides
+    overrides = [x for x in args.suites if _is_override(x)] + args.overrides + args.set_overrides
+    suites = [x for x in args.suites if not _is_override(x)]
+    if not suites:
+        raise UserError("validate needs at least one suite file, e.g. `drpo-bench validate suites/smoke.yaml`")
     console = _console()
-    for path in args.suites:
-        suite = load_suite(path, args.overrides)
+    for path in suites:
+        suite = load_suite(path, overrides)
         cells = plan_cells(suite)
         console.print(f"[green]ok[/] {path}: {len(cells)} cells, effective batch {suite.budget.effective}, output {suite.output_dir}")
     return 0
@@ -139,7 +162,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from drpo_bench.report import build_report
 
-    written = build_report(args.results, tuple(args.formats.split(",")))
+    written = build_report(args.results, args.formats)
     for path in written.values():
         print(path)
     return 0
@@ -158,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("suite", help="suite YAML file, e.g. suites/quickstart.yaml")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. budget.steps=10 seeds=[0]")
+    run.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="key=value",
+                     help="an override given as an option (same as a positional key=value); repeatable")
     run.add_argument("--output", help="results folder (default: the suite's output, runs/<suite>)")
     run.add_argument("--shard", help="run only cells i, i+n, i+2n, ... (i/n), for several processes or jobs")
     run.add_argument("--update-reference", action="store_true", help="allow writing into the committed results/ folder")
@@ -167,9 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check suites: schema, names, pairings; loads no weights")
-    val.add_argument("suites", nargs="+", help="suite YAML files")
-    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="key=value", help="override, as with run")
-    val.set_defaults(func=cmd_validate)
+    val.add_argument("suites", nargs="+", metavar="SUITE_OR_OVERRIDE",
+                     help="suite YAML files, then optional key=value overrides as with run (e.g. budget.steps=4)")
+    val.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="key=value",
+                     help="an override given as an option (same as a positional key=value); repeatable")
+    val.set_defaults(func=cmd_validate, overrides=[])
 
     ls = sub.add_parser("ls", help="list registered components or suites")
     ls.add_argument("kind", choices=["generators", "rewards", "features", "methods", "metrics", "prompts", "suites"])
@@ -177,8 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="tables (md, tex, html) and figures from a results folder")
     rep.add_argument("results", help="a results folder written by `drpo-bench run`, e.g. runs/quickstart")
-    rep.add_argument("--formats", default="md,tex,html", help="comma-separated subset of md,tex,html")
+    rep.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
+                     help=f"comma-separated subset of {','.join(REPORT_FORMATS)} (default: %(default)s; pdf runs "
+                          "pdflatex, csv/json write tables/)")
     rep.set_defaults(func=cmd_report)
+
+    from drpo_bench.sampling import add_sample_parser
+
+    add_sample_parser(sub)
 
     _optional_commands(sub)
     return parser

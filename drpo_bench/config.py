@@ -31,6 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drpo_bench.errors import ConfigError, UserError, nearest
+from drpo_bench.train_logging import LoggingConfig
 from drpo_bench.yaml_strict import load_yaml, safe_name
 
 
@@ -66,6 +67,9 @@ class TrainConfig(_Strict):
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW defaults
     grad_clip: float | None = Field(1.0, gt=0)  # published clip norm; null disables
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # CPU-safe default; paper: fp16 (SD-Turbo), bf16 (SDXL)
+    # fp16's dynamic loss scale starts here (torch's and accelerate's default 2^16) and halves on each
+    # overflowing update, which the scaler skips
+    fp16_init_scale: float = Field(65536.0, gt=0)
     checkpoint_every: int = Field(10, ge=1)  # optimizer updates between resumable checkpoints
     count_flops: bool = True  # count FLOPs per phase during the first update (left out of timing means)
 
@@ -158,6 +162,7 @@ class Suite(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig
     output: str = ""  # where the run writes; default runs/<name>
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)  # live training logs: TensorBoard, W&B, stderr lines
 
     @field_validator("seeds")
     @classmethod

@@ -17,11 +17,12 @@ from drpo_bench.store import EvalRecord, MetricRecord, _atomic_write_bytes
 
 @torch.no_grad()
 def evaluate(cell: Cell, generator: Any, prompts: list[Prompt], metrics: list[Metric],
-             grid_path: Path | None = None) -> EvalRecord:
+             grid_path: Path | None = None) -> tuple[EvalRecord, list[dict[str, Any]]]:
     """Sample ``images_per_prompt`` images for each held-out prompt and compute every metric.
 
     Base and methods at seed s share the eval noise (``eval.seed + s``), so per-seed differences
-    cancel the draw both share.
+    cancel the draw both share. Returns the record for eval.json and one row per image (prompt
+    index, prompt, task, every per-image metric) for scores.jsonl.
     """
     ecfg = cell.eval
     prompts = prompts[: ecfg.max_prompts]
@@ -51,13 +52,20 @@ def evaluate(cell: Cell, generator: Any, prompts: list[Prompt], metrics: list[Me
             definitions[name] = metric_definition(metric, name)
     if grid_path is not None and ecfg.grid_prompts:
         write_samples_grid(grid_path, samples.images[: ecfg.grid_prompts * n], nrow=n)
-    return EvalRecord(
+    record = EvalRecord(
         n_prompts=len(prompts),
         images_per_prompt=n,
         split=ecfg.split,
         metrics={k: MetricRecord(mean=v.mean, higher_is_better=v.higher_is_better, per_task=v.per_task,
                                  definition=definitions.get(k, {})) for k, v in values.items()},
     )
+    per_image = {k: v.per_image for k, v in values.items() if v.per_image is not None}
+    scores = [
+        {"image": i, "prompt_index": index, "prompt": prompt.text, "task": prompt.task,
+         **{k: column[i] for k, column in per_image.items()}}
+        for i, (index, prompt) in enumerate(rows)
+    ]
+    return record, scores
 
 
 def metric_definition(metric: Metric, name: str) -> dict[str, Any]:

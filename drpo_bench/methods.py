@@ -1,9 +1,17 @@
 """The Method seam: one training update, shared by DrPO and every baseline.
 
-The shared loop (runner.train_cell) owns the optimizer, precision, accumulation, clipping,
+The shared loop (training.train_cell) owns the optimizer, precision, accumulation, clipping,
 checkpoints and logging; a method only computes a loss for a micro-batch of prompts and
 backpropagates it (so it can time its own backward phases in the ledger). That sameness is
 what makes the comparison fair.
+
+What a method need not remember, because the context does it:
+- ``ctx.backward(loss)`` applies the micro-batch's share of the update (``loss_scale``) and the
+  mixed-precision scaler;
+- ``ctx.score(images, prompts)`` / ``ctx.rank(images, prompts)`` time the reward as
+  "reward_forward", rank K candidates per prompt (best first, a NaN never first) and remember
+  the scores, from which the loop logs ``reward_mean`` for every method alike.
+A method declares the ledger phases its step records (``phases()``); the contract tests check them.
 """
 
 from __future__ import annotations
@@ -35,10 +43,58 @@ class TrainContext:
     loss_scale: float = 1.0  # this micro-batch's share of the update: micro prompts / update prompts
     #: scales a loss for mixed precision (fp16 GradScaler); identity otherwise
     scaled: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda loss: loss)
+    #: detached training-reward scores seen in the update in progress (the loop logs their mean)
+    scores_seen: list[torch.Tensor] = field(default_factory=list)
 
-    def backward(self, loss: torch.Tensor) -> None:
-        """Backpropagate ``loss`` (already multiplied by ``loss_scale``) with precision scaling."""
-        self.scaled(loss).backward()
+    def backward(self, loss: torch.Tensor, inputs: Sequence[torch.Tensor] | None = None) -> None:
+        """Backpropagate this micro-batch's ``loss``: times ``loss_scale`` (its share of the update),
+        then the precision scaler. ``inputs``: accumulate into these tensors only (a split backward)."""
+        scaled = self.scaled(loss * self.loss_scale)
+        if inputs is None:
+            scaled.backward()
+        else:
+            torch.autograd.backward(scaled, inputs=list(inputs))
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str], *, grad: bool = False) -> torch.Tensor:
+        """The training reward (B,) in float32, timed as "reward_forward" and remembered for the
+        update's reward_mean. ``grad=True`` keeps the graph (reward backprop: DRaFT, VGG-Flow)."""
+        if self.reward is None:
+            raise RuntimeError("this cell has no training reward")
+        with self.ledger.phase("reward_forward"), torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            scores = self.reward(images, list(prompts)).float()
+        self.scores_seen.append(scores.detach())
+        return scores
+
+    def rank(self, images: torch.Tensor, prompts: Sequence[str]) -> Ranking:
+        """Score K candidates per prompt (rows prompt-major) without grad and rank them, best first."""
+        assert self.reward is not None
+        scores = self.score(images, prompts).view(-1, self.candidates_per_prompt)  # (P, K)
+        ranked = scores if self.reward.higher_is_better else -scores
+        ranked = torch.nan_to_num(ranked, nan=float("-inf"))  # a NaN never ranks first
+        return Ranking(scores=scores, ranked=ranked, order=ranked.argsort(dim=1, descending=True))
+
+    def reward_mean(self) -> float | None:
+        """Mean training reward over the update's scores so far (None if the method scored nothing)."""
+        if not self.scores_seen:
+            return None
+        return float(torch.cat([s.flatten() for s in self.scores_seen]).mean())
+
+
+@dataclass
+class Ranking:
+    """The K candidates of each prompt ranked by the training reward."""
+
+    scores: torch.Tensor  # (P, K) as the reward gives them
+    ranked: torch.Tensor  # (P, K) larger is better (negated for lower-is-better rewards)
+    order: torch.Tensor  # (P, K) candidate indices, best first
+
+    def top(self, n: int) -> torch.Tensor:
+        """(P, n) indices of the n best candidates of each prompt."""
+        return self.order[:, :n]
+
+    def bottom(self, n: int) -> torch.Tensor:
+        """(P, n) indices of the n worst candidates of each prompt."""
+        return self.order[:, self.order.shape[1] - n :]
 
 
 @dataclass
@@ -67,12 +123,20 @@ class Method(abc.ABC):
         """Raise ``ValueError`` (saying how to fix it) when ``config`` cannot run with K candidates per
         prompt. ``validate`` calls it for every cell before any weight loads; the runner calls it too."""
 
+    def phases(self) -> tuple[str, ...]:
+        """The ledger phases one step records with this config (canonical names, drpo_bench.ledger.PHASES)."""
+        return ("sample", "decode", "reward_forward", "loss", "generator_backward")
+
+    def prepare_generator(self, generator: Generator) -> None:  # noqa: B027 - optional hook
+        """Change the freshly built generator before training or evaluation (the runner calls it for
+        every method); e.g. the ``adapter`` row loads an existing LoRA here. No-op by default."""
+
     def setup(self, ctx: TrainContext) -> None:  # noqa: B027 - optional hook
         """Build what the method needs once per cell (feature encoders, buffers)."""
 
     @abc.abstractmethod
     def step(self, prompts: Sequence[str], ctx: TrainContext) -> StepOutput:
-        """Loss for one micro-batch of prompts; calls ``ctx.backward(loss * ctx.loss_scale)``."""
+        """Loss for one micro-batch of prompts; calls ``ctx.backward(loss)`` (or a split backward)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Extra method state to checkpoint (e.g. a running baseline)."""

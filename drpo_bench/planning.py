@@ -22,6 +22,19 @@ BOOKKEEPING = {"checkpoint_every", "count_flops"}
 METRIC_CONVENTIONS = 2
 
 
+#: config keys whose values are secrets: never written into results, never part of a fingerprint
+SECRET_KEYS = {"token"}
+
+
+def redact(value: Any) -> Any:
+    """A spec dump with every secret (e.g. a reward server's ``token``) replaced by "<redacted>"."""
+    if isinstance(value, dict):
+        return {k: ("<redacted>" if k in SECRET_KEYS and v else redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class Cell:
     suite: str
@@ -48,12 +61,12 @@ class Cell:
         payload = {
             "generator": self.generator.model_dump(),
             "method": self.method.model_dump(),
-            "reward": self.reward.model_dump() if self.reward else None,
+            "reward": redact(self.reward.model_dump()) if self.reward else None,
             "prompts": self.prompts.model_dump(),
             "seed": self.seed,
             "budget": self.budget.model_dump() if self.trains else None,
             "train": self.train.model_dump(exclude=BOOKKEEPING) if self.trains else None,
-            "eval": self.eval.model_dump(),
+            "eval": redact(self.eval.model_dump()),
             "metric_conventions": METRIC_CONVENTIONS,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

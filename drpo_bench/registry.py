@@ -33,13 +33,15 @@ class Entry(Generic[T]):
     name: str
     cls: type[T]
     description: str
+    #: a preset: these config values first, then the suite's args (e.g. a tiny twin's weights: tiny)
+    preset: dict[str, Any] | None = None
 
     @property
     def config_model(self) -> type[BaseModel]:
         return getattr(self.cls, "Config", StrictConfig)
 
     def parse_config(self, args: dict[str, Any] | None) -> BaseModel:
-        return self.config_model.model_validate(args or {})
+        return self.config_model.model_validate({**(self.preset or {}), **(args or {})})
 
 
 class Registry(Generic[T]):
@@ -59,6 +61,18 @@ class Registry(Generic[T]):
             return cls
 
         return decorator
+
+    def preset(self, name: str, base: type[T], args: dict[str, Any], description: str) -> None:
+        """Register ``name`` as ``base`` with ``args`` preset (the suite's args override them): one
+        class, several ready-made configurations, e.g. ``sd-turbo-tiny`` = sd-turbo with tiny weights."""
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._entries[name] = Entry(name, base, description, dict(args))
+
+    def build(self, name: str, args: dict[str, Any] | None = None) -> Any:
+        """Construct component ``name`` with ``args`` validated against its config (presets applied)."""
+        entry = self.get(name)
+        return entry.cls(entry.parse_config(args))
 
     def names(self) -> list[str]:
         load_builtins()

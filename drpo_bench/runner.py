@@ -32,7 +32,7 @@ from drpo_bench.locks import GATE_NAME, LOCK_NAME, FileLock, LockedError, descri
 from drpo_bench.methods import Method
 from drpo_bench.metrics.base import Metric
 from drpo_bench.metrics.reward_metric import RewardMetric
-from drpo_bench.planning import Cell, plan_cells
+from drpo_bench.planning import Cell, plan_cells, redact
 from drpo_bench.prompts.base import Prompt, PromptSet
 from drpo_bench.registry import GENERATORS, METHODS, METRICS, PROMPTS, REWARDS
 from drpo_bench.store import CellFolder, CellRecord, CorruptCellError, read_json, write_json, write_text
@@ -161,17 +161,21 @@ class CellRunner:
         generator = build(GENERATORS, cell.generator)
         method_entry = METHODS.get(cell.method.method)
         method: Method = method_entry.cls(method_entry.parse_config(cell.method.args))
+        method.prepare_generator(generator)
         ledger = Ledger(generator.device, count_flops=cell.train.count_flops)
-        resumed_from = None
+        resumed_from, reward_identity = None, None
         if cell.trains:
             assert cell.reward_alias is not None
             reward = self.reward(cell.reward_alias, generator.device)
+            # a served reward says which reward, config and weights answered (drpo_bench.serve /info)
+            reward_identity = reward.identity() if callable(getattr(reward, "identity", None)) else None
             train_prompts = [p.text for p in self.prompts("train")]
             resumed_from = train_cell(cell, folder, generator, method, reward, train_prompts, ledger, progress,
-                                      None if self.quiet else self.console)
+                                      None if self.quiet else self.console, logging=self.suite.logging)
             generator.save_adapter(folder.file(CellFolder.ADAPTER))
-        result = evaluate(cell, generator, self.prompts(cell.eval.split), self.metrics(generator.device),
-                          folder.file(CellFolder.SAMPLES))
+        result, scores = evaluate(cell, generator, self.prompts(cell.eval.split), self.metrics(generator.device),
+                                  folder.file(CellFolder.SAMPLES))
+        folder.write_scores(scores)
         folder.write_eval(result)
         folder.write_ledger(ledger.to_json())
         budget = cell.budget.model_dump()
@@ -185,11 +189,12 @@ class CellRunner:
             method_paper=method_entry.cls.paper,
             trains=cell.trains,
             needs_differentiable_reward=method_entry.cls.needs_differentiable_reward,
-            train_reward={"alias": cell.reward_alias, **cell.reward.model_dump()} if cell.reward else None,
+            train_reward={"alias": cell.reward_alias, **redact(cell.reward.model_dump())} if cell.reward else None,
+            train_reward_identity=reward_identity,
             seed=cell.seed,
             budget={**budget, "effective_batch": cell.budget.effective} if cell.trains else None,
             train=cell.train.model_dump() if cell.trains else None,
-            eval=cell.eval.model_dump(),
+            eval=redact(cell.eval.model_dump()),
             overrides=cell.overrides,
             budget_matched=cell.budget_matched,
             higher_is_better={k: v.higher_is_better for k, v in result.metrics.items()},
@@ -237,7 +242,7 @@ def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool
         settings["cells"].update({c.id: c.fingerprint for c in planned})
         settings["holders"].append(holder_info())
         write_json(settings_file, settings)
-        write_json(output / "suite.json", suite.model_dump(mode="json"))
+        write_json(output / "suite.json", redact(suite.model_dump(mode="json")))
     try:
         return _run_cells(suite, output, cells, quiet, console)
     finally:

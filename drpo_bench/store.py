@@ -96,7 +96,8 @@ class CellRecord(_Record):
     method_paper: str = ""
     trains: bool
     needs_differentiable_reward: bool = False
-    train_reward: dict[str, Any] | None = None  # {"alias": ..., "name": ..., "args": ...}
+    train_reward: dict[str, Any] | None = None  # {"alias": ..., "name": ..., "args": ...}, secrets redacted
+    train_reward_identity: dict[str, Any] | None = None  # a served reward's /info identity (name, config, weights)
     seed: int
     budget: dict[str, Any] | None = None  # resolved budget (+ effective_batch)
     train: dict[str, Any] | None = None  # resolved training settings
@@ -144,6 +145,7 @@ class CellFolder:
     SAMPLES = "samples.png"
     ERROR = "error.txt"
     CHECKPOINT = "checkpoint.json"
+    SCORES = "scores.jsonl"  # per eval image: prompt index, prompt, task and every per-image metric
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -180,8 +182,15 @@ class CellFolder:
             raise CorruptCellError(self.file(self.LEDGER), "no summary mapping")
         return data.get("summary", {})
 
+    def read_scores(self) -> list[dict[str, Any]]:
+        """Per-image scores (``scores.jsonl``): [] for cells written before they were kept."""
+        return self._read_jsonl(self.SCORES)
+
     def read_train_log(self) -> list[dict[str, Any]]:
-        path = self.file(self.TRAIN_LOG)
+        return self._read_jsonl(self.TRAIN_LOG)
+
+    def _read_jsonl(self, name: str) -> list[dict[str, Any]]:
+        path = self.file(name)
         if not path.exists():
             return []
         rows = []
@@ -196,7 +205,7 @@ class CellFolder:
 
     # -- integrity --
     #: files whose checksums cell.json records (those that exist when it is written)
-    CHECKED = (EVAL, LEDGER, TRAIN_LOG, ADAPTER, SAMPLES)
+    CHECKED = (EVAL, LEDGER, TRAIN_LOG, ADAPTER, SAMPLES, SCORES)
 
     def checksums(self) -> dict[str, str]:
         return {name: sha256_file(self.file(name)) for name in self.CHECKED if self.file(name).exists()}
@@ -225,6 +234,9 @@ class CellFolder:
 
     def write_ledger(self, ledger_json: dict[str, Any]) -> None:
         write_json(self.file(self.LEDGER), ledger_json)
+
+    def write_scores(self, rows: list[dict[str, Any]]) -> None:
+        write_text(self.file(self.SCORES), "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def sha256_file(path: Path) -> str:

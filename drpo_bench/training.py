@@ -25,11 +25,17 @@ from drpo_bench.errors import NonFiniteError, UserError
 from drpo_bench.ledger import Ledger
 from drpo_bench.methods import Method, TrainContext
 from drpo_bench.planning import Cell
-from drpo_bench.store import CellFolder, CorruptCellError, read_json, save_safetensors, torch_save_atomic, write_json, write_text
+from drpo_bench.store import CellFolder, CorruptCellError, read_json, torch_save_atomic, write_json, write_text
+from drpo_bench.train_logging import LoggingConfig, open_train_logger
+
+
+#: fp16 updates in a row that may overflow while the loss scale backs off (65536 halves to ~1e-3)
+MAX_FP16_SKIPS = 25
 
 
 def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, reward: Any, train_prompts: list[str],
-               ledger: Ledger, progress: Progress | None = None, console: Console | None = None) -> int | None:
+               ledger: Ledger, progress: Progress | None = None, console: Console | None = None,
+               logging: LoggingConfig | None = None) -> int | None:
     """Train ``cell`` in place (its LoRA in ``generator``); returns the step it resumed from, if any."""
     budget, tcfg = cell.budget, cell.train
     device = generator.device
@@ -37,7 +43,7 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
     if not params:
         raise RuntimeError(f"generator {cell.generator.name} exposes no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=tcfg.betas)
-    scaler = torch.amp.GradScaler(device.type, enabled=tcfg.precision == "fp16")
+    scaler = torch.amp.GradScaler(device.type, init_scale=tcfg.fp16_init_scale, enabled=tcfg.precision == "fp16")
     ctx = TrainContext(
         generator=generator,
         reward=reward,
@@ -55,19 +61,27 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
     task = progress.add_task(f"  {cell.id}", total=budget.steps, completed=start) if progress else None
     generator.train(True)
     micro_steps = budget.prompts_per_update // budget.micro
-    with log_path.open("a") as log:
+    fp16 = tcfg.precision == "fp16"
+    skipped_in_a_row = 0  # fp16: updates the scaler skipped for an overflow, one after another
+    live = open_train_logger(logging, cell.id, folder.path, budget.steps, start, suite=cell.suite,
+                             run_id=f"{cell.fingerprint}-{cell.id}",
+                             run_config={"generator": cell.generator.model_dump(), "method": cell.method.model_dump(),
+                                         "budget": cell.budget.model_dump(), "train": cell.train.model_dump(),
+                                         "seed": cell.seed})
+    with log_path.open("a") as log, live:
         for step in range(start, budget.steps):
             chosen = update_prompts(train_prompts, budget.prompts_per_update, cell.seed, step)
             for group in optimizer.param_groups:  # a function of the step alone: resumes exactly
                 group["lr"] = tcfg.lr * lr_factor(tcfg.lr_schedule, step, budget.steps)
             ctx.noise_rng.manual_seed(update_seed(cell.seed, step))
             ledger.begin_update()
+            ctx.scores_seen.clear()
             losses, logs = [], {}
             try:
                 for i in range(0, len(chosen), budget.micro):
                     with autocast(device, tcfg.precision):
                         out = method.step(chosen[i : i + budget.micro], ctx)
-                    if not math.isfinite(out.loss):
+                    if not math.isfinite(out.loss) and not fp16:
                         raise NonFiniteError("loss", f"{cell.method.method} returned loss {out.loss}")
                     losses.append(out.loss)
                     for k, v in out.logs.items():
@@ -75,10 +89,16 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
                 with ledger.phase("optimizer"):
                     scaler.unscale_(optimizer)
                     grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip or float("inf"))
-                    # fp16: the scaler skips an update with inf gradients by design; elsewhere it is a failure
-                    if tcfg.precision != "fp16" and not torch.isfinite(grad_norm):
+                    overflow = not torch.isfinite(grad_norm) or not all(math.isfinite(v) for v in losses)
+                    if overflow and not fp16:
                         raise NonFiniteError("gradient", f"LoRA gradient norm is {float(grad_norm)} "
                                              f"(learning rate {optimizer.param_groups[0]['lr']})")
+                    # fp16: an overflow is expected while the scaler searches its scale; the scaler skips
+                    # the update and halves the scale. Only a run of them means the values themselves are bad
+                    skipped_in_a_row = skipped_in_a_row + 1 if overflow else 0
+                    if skipped_in_a_row > MAX_FP16_SKIPS:
+                        raise NonFiniteError("loss or gradient", f"{skipped_in_a_row} fp16 updates in a row overflowed "
+                                             f"(loss scale now {scaler.get_scale():g}); the values are not finite at any scale")
                     scaler.step(optimizer)
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
@@ -86,15 +106,22 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
                 exc.update = step + 1
                 raise
             record = ledger.end_update()
-            entry = {"step": step + 1, "loss": sum(losses) / len(losses), "grad_norm": float(grad_norm), **logs}
+            reward_mean = ctx.reward_mean()  # every method's, from the scores the context saw
+            if reward_mean is not None:
+                logs["reward_mean"] = reward_mean
+            loss = sum(losses) / len(losses)
+            entry = {"step": step + 1, "loss": loss if math.isfinite(loss) else None, "grad_norm": float(grad_norm), **logs}
+            if fp16 and skipped_in_a_row:
+                entry["skipped_overflow"] = True  # the fp16 scaler skipped this update and halved its scale
             if record is not None:
                 entry["seconds"] = record.seconds
             log.write(json.dumps(entry) + "\n")
             log.flush()
+            live.log_update(step + 1, entry)
             if (step + 1) % tcfg.checkpoint_every == 0 and step + 1 < budget.steps:
                 checkpoint(folder, cell.fingerprint, step + 1, generator, optimizer, scaler, method, ledger)
             if progress is not None and task is not None:
-                progress.update(task, advance=1, description=f"  {cell.id} loss {entry['loss']:.3g}")
+                progress.update(task, advance=1, description=f"  {cell.id} loss {loss:.3g}")
     generator.train(False)
     if progress is not None and task is not None:
         progress.remove_task(task)
@@ -108,8 +135,7 @@ def checkpoint(folder: CellFolder, fingerprint: str, step: int, generator: Any, 
                method: Method, ledger: Ledger) -> None:
     target = folder.file(f"checkpoint-{step}")
     target.mkdir(exist_ok=True)
-    save_safetensors({k: v.detach().cpu().contiguous() for k, v in generator.adapter_state_dict().items()},
-                     target / "adapter.safetensors")
+    generator.save_adapter(target / "adapter.safetensors")  # the generator's own format (diffusers' for SD/SDXL)
     torch_save_atomic({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                        "method": method.state_dict()}, target / "training_state.pt")
     write_json(target / "ledger.json", {"updates": ledger.to_json()["updates"]})  # the ledger spans resumes

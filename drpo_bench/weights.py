@@ -13,6 +13,21 @@ from pathlib import Path
 from drpo_bench.errors import MissingWeightsError
 
 
+#: a weights location that names a tiny random-init twin: ``tiny:<twin>[/<path inside it>]``
+TINY_PREFIX = "tiny:"
+
+
+def tiny_location(location: str) -> Path | None:
+    """``tiny:clip`` -> the tiny CLIP folder (built offline and cached by drpo_bench.tiny); else None."""
+    if not location.startswith(TINY_PREFIX):
+        return None
+    from drpo_bench.tiny import folder
+
+    twin, _, inside = location[len(TINY_PREFIX):].partition("/")
+    path = folder(twin)
+    return path / inside if inside else path
+
+
 def looks_like_path(name: str) -> bool:
     """A local path (absolute, relative with ./ or ../, home, or an existing entry), not a hub id."""
     return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists() or name.count("/") > 1
@@ -40,6 +55,9 @@ def resolve_folder(
     """
     if not pretrained.strip():
         raise MissingWeightsError(f"{what}: `pretrained` is empty; set it to a hub id or a local folder")
+    tiny = tiny_location(pretrained)
+    if tiny is not None:
+        return tiny
     hub_id = hub_id or (pretrained if not looks_like_path(pretrained) else "<repo-id>")
     if looks_like_path(pretrained):
         folder = Path(pretrained).expanduser()
@@ -61,8 +79,8 @@ def resolve_folder(
 
 
 def resolve_file(path: str, *, what: str, how: str) -> Path:
-    """A local weight file, or ``MissingWeightsError`` saying ``how`` to get it."""
-    file = Path(path).expanduser()
+    """A local weight file (or a ``tiny:`` twin's), or ``MissingWeightsError`` saying ``how`` to get it."""
+    file = tiny_location(path) or Path(path).expanduser()
     if not file.is_file():
         raise MissingWeightsError(f"{what}: no file at {file}. {how}")
     return file

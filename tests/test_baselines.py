@@ -441,3 +441,56 @@ def test_standardized_input_noise_offsets():
     z = standardize_per_sample(x)
     torch.testing.assert_close(z.flatten(1).mean(1), torch.zeros(3), atol=1e-5, rtol=0)
     torch.testing.assert_close(z.flatten(1).std(1, unbiased=False), torch.ones(3))
+
+
+# ---- DRaFT's reference L2 (public SDXL-Turbo DRaFT) --------------------------------------------
+
+
+def test_draft_ref_l2_is_zero_at_the_base_and_its_gradient_pulls_toward_the_reference():
+    def run(weight, ctx):
+        method = METHODS.get("draft").cls(METHODS.get("draft").parse_config({"ref_l2_weight": weight}))
+        method.setup(ctx)
+        for p in ctx.generator.net.parameters():
+            p.grad = None
+        ctx.noise_rng.manual_seed(0)
+        ctx.ledger.begin_update()
+        out = method.step(["toy prompt 0", "toy prompt 1"], ctx)
+        record = ctx.ledger.end_update()
+        grads = {n: p.grad.clone() for n, p in ctx.generator.net.named_parameters() if p.requires_grad}
+        return out, record, grads
+
+    ctx = _context(reward=ToyRedness(ToyRedness.Config()))
+    ctx.ledger = Ledger("cpu")
+    out, record, _ = run(1.0, ctx)
+    assert out.logs["ref_l2"] == pytest.approx(0.0, abs=1e-10), "at init the generator is the base"
+    assert "reference" in record.phase_seconds
+    _, plain_record, _ = run(0.0, ctx)
+    assert "reference" not in plain_record.phase_seconds  # no reference pass when the term is off
+    with torch.no_grad():
+        for n, p in ctx.generator.net.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.5)
+    out_w, _, g_w = run(1.0, ctx)
+    out_0, _, g_0 = run(0.0, ctx)
+    assert out_w.logs["ref_l2"] > 1e-4
+    assert out_w.loss == pytest.approx(out_0.loss + out_w.logs["ref_l2"], rel=1e-5)
+    with torch.no_grad():  # step along the ref term's own gradient: the distance to the base shrinks
+        for n, p in ctx.generator.net.named_parameters():
+            if n in g_w:
+                p -= 0.5 * (g_w[n] - g_0[n]) / max(float((g_w[n] - g_0[n]).abs().max()), 1e-12) * 1e-2
+    after, _, _ = run(1.0, ctx)
+    assert after.logs["ref_l2"] < out_w.logs["ref_l2"]
+
+
+def test_dpo_defaults_are_the_public_trainer_defaults_and_the_paper_suites_set_the_launch_values():
+    """Defaults = baselines/dpo/train_lora.py's argument defaults (beta 1, top-1 / bottom-1), as the
+    docstring says; the paper suites set scripts/train/dpo.sh's beta 30 and 8 / 8 explicitly."""
+    cfg = METHODS.get("dpo").parse_config({})
+    assert (cfg.beta, cfg.n_winners, cfg.n_losers, cfg.distance, cfg.ref_l2_weight) == (1.0, 1, 1, "l2", 0.0)
+    doc = sys.modules[METHODS.get("dpo").cls.__module__].__doc__
+    assert "beta = 30" in doc and "8 winners / 8 losers" in doc
+    paper = Path(__file__).resolve().parents[1] / "suites" / "paper"
+    for name in ("sd-turbo-pickscore.yaml", "sdxl-turbo-pickscore.yaml"):
+        suite = load_suite(paper / name)
+        (row,) = [m for m in suite.methods if m.method == "dpo"]
+        assert (row.args["beta"], row.args["n_winners"], row.args["n_losers"]) == (30.0, 8, 8), name

@@ -22,7 +22,7 @@ from drpo_bench.errors import MissingWeightsError, UserError
 from drpo_bench.ledger import Ledger
 from drpo_bench.methods import TrainContext
 from drpo_bench.registry import METHODS, REWARDS
-from drpo_bench.rewards.hpsv3 import HPSv3, HPSv3Package, HPSv3Tiny
+from drpo_bench.rewards.hpsv3 import HPSv3, HPSv3Package
 from drpo_bench.rewards.hpsv3_model import (
     INSTRUCTION,
     REWARD_SUFFIX,
@@ -32,15 +32,15 @@ from drpo_bench.rewards.hpsv3_model import (
     qwen2vl_pixel_values,
     score_hpsv3,
 )
-from drpo_bench.testing import make_tiny_hpsv3
+from drpo_bench.tiny import make_tiny_hpsv3
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["a photo of a red cat", "two dogs on a beach"]
 
 
 @pytest.fixture(scope="module")
-def reward() -> HPSv3Tiny:
-    return HPSv3Tiny(HPSv3Tiny.Config())
+def reward() -> HPSv3:
+    return REWARDS.build("hpsv3-tiny")
 
 
 def _smooth(h: int, w: int, seed: int = 0, batch: int = 1) -> torch.Tensor:
@@ -54,7 +54,7 @@ def _smooth(h: int, w: int, seed: int = 0, batch: int = 1) -> torch.Tensor:
 
 def test_names_and_gradient_truths():
     assert REWARDS.get("hpsv3").cls is HPSv3 and HPSv3.differentiable
-    assert REWARDS.get("hpsv3-tiny").cls is HPSv3Tiny and HPSv3Tiny.differentiable
+    assert REWARDS.get("hpsv3-tiny").cls is HPSv3 and REWARDS.get("hpsv3-tiny").preset["checkpoint"].startswith("tiny:")
     assert REWARDS.get("hpsv3-package").cls is HPSv3Package and not HPSv3Package.differentiable
     assert HPSv3.higher_is_better and HPSv3.scale
 
@@ -190,7 +190,7 @@ def test_gradients_reach_the_pixels(reward):
 
 
 def test_gradient_checkpointing_changes_nothing_but_memory(reward):
-    ckpt = HPSv3Tiny(HPSv3Tiny.Config(gradient_checkpointing=True))
+    ckpt = REWARDS.build("hpsv3-tiny", {"gradient_checkpointing": True})
     images = _smooth(64, 64, seed=5, batch=2)
     grads, calls = [], []
     for r in (reward, ckpt):
@@ -208,7 +208,7 @@ def test_gradient_checkpointing_changes_nothing_but_memory(reward):
 
 def test_bf16_weights_give_close_fp32_scores_and_gradients(reward):
     """HPSv3's own dtype: Qwen2-VL in bf16, patches cast to the tower's dtype, the head in fp32."""
-    bf16 = HPSv3Tiny(HPSv3Tiny.Config(dtype="bf16"))
+    bf16 = REWARDS.build("hpsv3-tiny", {"dtype": "bf16"})
     assert bf16.model.network.model.language_model.embed_tokens.weight.dtype == torch.bfloat16
     assert bf16.model.network.rm_head[0].weight.dtype == torch.float32
     images = _smooth(64, 64, seed=8, batch=2).requires_grad_(True)
@@ -270,9 +270,9 @@ def test_real_size_preprocessing_equals_the_processor_and_the_packages_pil_path(
 
 
 def test_draft_step_on_sd_turbo_tiny_gives_finite_lora_gradients(reward):
-    from drpo_bench.generators.sd_turbo import SDTurboTinyGenerator
+    from drpo_bench.registry import GENERATORS
 
-    generator = SDTurboTinyGenerator(SDTurboTinyGenerator.Config())
+    generator = GENERATORS.build("sd-turbo-tiny")
     ledger = Ledger("cpu")
     ledger.begin_update()
     ctx = TrainContext(generator=generator, reward=reward, ledger=ledger, candidates_per_prompt=2,

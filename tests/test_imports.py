@@ -12,7 +12,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("drpo_bench", "baselines")
 #: modules that only tests may import
-TEST_ONLY = ("drpo_bench.testing",)
+TEST_ONLY = ("drpo_bench.testing", "tests", "conftest")
 
 
 def _modules() -> dict[str, Path]:
@@ -87,3 +87,10 @@ def test_the_walker_sees_lazy_imports():
     """It must find an import inside a function body, or the two tests above prove nothing."""
     graph = _graph()
     assert "drpo_bench.runner" in graph["drpo_bench.cli"]  # cli imports the runner lazily, in cmd_run
+
+
+def test_tiny_twins_are_reached_only_as_a_weight_source():
+    """drpo_bench.tiny builds random-init weights; production code reaches it only through the
+    ``tiny:<twin>`` weight locations that drpo_bench.weights resolves."""
+    importers = sorted(m for m, targets in _graph().items() if "drpo_bench.tiny" in targets)
+    assert importers == ["drpo_bench.weights"], importers

@@ -1,26 +1,51 @@
-"""The paper suites' tiny twins run end to end on a CPU (slow: about a minute each on 2 cores)."""
+"""The paper suites' tiny twins run end to end on a CPU, every method of the paper's comparison,
+at the full suites' precision and per-method settings (slow: about a minute each on 2 cores)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from drpo_bench.cli import main
+from drpo_bench.config import load_suite
 
 REPO = Path(__file__).resolve().parents[1]
+PAPER_METHODS = {"drpo", "dpo", "pso", "grpo", "draft", "vggflow"}
+
+
+@pytest.mark.parametrize("suite", ["sd-turbo-pickscore", "sdxl-turbo-pickscore"])
+def test_each_tiny_twin_mirrors_its_full_suite(suite):
+    """Same methods (ids and registered names), same precision, same per-method overrides' keys."""
+    full, tiny = load_suite(REPO / f"suites/paper/{suite}.yaml"), load_suite(REPO / f"suites/paper/{suite}-tiny.yaml")
+    assert [(m.id, m.method) for m in full.methods] == [(m.id, m.method) for m in tiny.methods]
+    assert {m.method for m in full.methods} >= PAPER_METHODS | {"base"}
+    assert full.train.precision == tiny.train.precision
+    for f, t in zip(full.methods, tiny.methods):
+        assert f.train.precision == t.train.precision, f.id
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("suite", ["sd-turbo-pickscore-tiny", "sdxl-turbo-pickscore-tiny"])
-def test_tiny_twin_runs_end_to_end(suite, tmp_path, monkeypatch):
+def test_tiny_twin_trains_every_method_at_the_suites_precision(suite, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the suites name their prompt files relative to the repository root
     out = tmp_path / suite
     assert main(["run", f"suites/paper/{suite}.yaml", "--output", str(out), "--quiet"]) == 0
     cells = sorted(p for p in out.iterdir() if p.is_dir() and (p / "cell.json").is_file())
-    methods = {json.loads((c / "cell.json").read_text())["method"]["id"] for c in cells}
-    assert {"base", "drpo", "draft"} <= methods
-    for cell in cells:
+    infos = {c: json.loads((c / "cell.json").read_text()) for c in cells}
+    assert {i["method"]["method"] for i in infos.values()} >= PAPER_METHODS | {"base"}
+    for cell, info in infos.items():
         assert (cell / "eval.json").is_file()
+        if not info["trains"]:
+            continue
+        for entry in (json.loads(x) for x in (cell / "train.jsonl").read_text().splitlines()):
+            # every update counted: a finite loss and gradient, none skipped as an fp16 overflow
+            assert entry["loss"] is not None and math.isfinite(entry["loss"]), (cell.name, entry)
+            assert math.isfinite(entry["grad_norm"]) and entry["grad_norm"] > 0, (cell.name, entry)
+            assert not entry.get("skipped_overflow"), (cell.name, entry)
+        lora_b = [v for k, v in load_file(str(cell / "adapter.safetensors")).items() if "lora_B" in k or "lora.up" in k]
+        assert lora_b and any(bool((v != 0).any()) for v in lora_b), f"{cell.name}: LoRA B starts at zero and must move"
     assert (out / "report.md").is_file()

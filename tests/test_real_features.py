@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from torch import nn
+
+from drpo_bench.registry import FEATURES, GENERATORS
 
 from drpo_bench.drpo.features_real import (
     LatentMAEFeatures,
-    LatentMAEFeaturesTiny,
     RawLatentFeatures,
     UNetTeacherFeatures,
     ViTMAEFeatures,
-    ViTMAEFeaturesTiny,
     gn_groups,
 )
 from drpo_bench.errors import MissingWeightsError, UserError
-from drpo_bench.generators.sdxl_turbo import SDXLTurboTinyGenerator
-from drpo_bench.testing import tiny_mae_latent_state
+from drpo_bench.tiny import tiny_mae_latent_state
 
 
 def _check(features: dict[str, torch.Tensor], batch: int) -> None:
@@ -49,7 +49,7 @@ def test_raw_latents():
 
 
 def test_latent_mae_default_keys_shapes_and_grad():
-    enc = LatentMAEFeaturesTiny(LatentMAEFeaturesTiny.Config(keys=LatentMAEFeatures.Config().keys))
+    enc = FEATURES.build("latent-mae-tiny", {"keys": LatentMAEFeatures.Config().keys})
     x = torch.randn(2, 4, 32, 32, requires_grad=True)  # stage 4 at 4x4: 2x2 and 4x4 patches both tile
     f = enc.features(x)
     width4 = 8 * 2**3
@@ -63,7 +63,7 @@ def test_latent_mae_default_keys_shapes_and_grad():
     with pytest.raises(UserError, match="latent channels"):
         enc.features(torch.randn(1, 3, 32, 32))
     with pytest.raises(UserError, match="not available"):
-        LatentMAEFeaturesTiny(LatentMAEFeaturesTiny.Config(keys=("layer9_mean",))).features(x)
+        FEATURES.build("latent-mae-tiny", {"keys": ("layer9_mean",)}).features(x)
 
 
 class _ReferenceResNet(nn.Module):
@@ -162,7 +162,7 @@ def test_latent_mae_missing_checkpoint(tmp_path):
 
 
 def test_vit_mae_no_masking_deterministic_and_differentiable():
-    enc = ViTMAEFeaturesTiny()
+    enc = FEATURES.build("vit-mae-tiny")
     assert enc.model.config.mask_ratio == 0.0
     x = torch.rand(2, 3, 64, 64, requires_grad=True)
     f = enc.features(x)
@@ -171,19 +171,19 @@ def test_vit_mae_no_masking_deterministic_and_differentiable():
     again = enc.features(x)
     for key in f:
         torch.testing.assert_close(f[key], again[key])
-    per_patch = ViTMAEFeaturesTiny(ViTMAEFeaturesTiny.Config(stats=("patch",), layers=(1, 2))).features(x.detach())
+    per_patch = FEATURES.build("vit-mae-tiny", {"stats": ("patch",), "layers": (1, 2)}).features(x.detach())
     assert per_patch["layer1_patch"].shape == (2, 16, 32)  # 32 px / patch 8: all 16 patches, none masked
     # patches stay in image order: the first patch changes only when the top-left corner does
     y = x.detach().clone()
     y[:, :, 24:, 24:] = 0  # bottom-right corner only
-    first = ViTMAEFeaturesTiny(ViTMAEFeaturesTiny.Config(stats=("patch",), layers=(1,)))
+    first = FEATURES.build("vit-mae-tiny", {"stats": ("patch",), "layers": (1,)})
     a, b = first.features(x.detach())["layer1_patch"], first.features(y)["layer1_patch"]
     assert not torch.allclose(a[:, -1], b[:, -1])
     assert _grad_flows(x, f)
 
 
 def test_unet_teacher_features():
-    gen = SDXLTurboTinyGenerator(SDXLTurboTinyGenerator.Config())
+    gen = GENERATORS.build("sdxl-turbo-tiny")
     enc = UNetTeacherFeatures(UNetTeacherFeatures.Config(), generator=gen)
     x = torch.randn(2, *gen.latent_shape, requires_grad=True)
     f = enc.features(x)
@@ -205,3 +205,63 @@ def test_unet_teacher_features():
     assert loc["up_blocks.0"].shape == (2, 4, 32)  # 8x8 map pooled 4x4 -> 2x2 locations of 32 channels
     with pytest.raises(UserError, match="needs a diffusers generator"):
         UNetTeacherFeatures(UNetTeacherFeatures.Config())
+
+
+def _vit(**kw):
+    return FEATURES.build("vit-mae-tiny", {"stats": ("patch", "patch_mean", "cls"), **kw})
+
+
+def test_vit_mae_fresh_mask_differs_between_forwards_of_the_same_image():
+    enc = _vit(mask_ratio=0.75, mask="fresh")
+    assert enc.model.config.mask_ratio == 0.75
+    x = torch.rand(2, 3, 64, 64)
+    torch.manual_seed(0)
+    a = enc.features(x)
+    assert a["layer2_patch"].shape == (2, 4, 32)  # 16 patches, int(16 * 0.25) = 4 kept
+    b = enc.features(x)
+    assert not torch.allclose(a["layer2_patch_mean"], b["layer2_patch_mean"])
+
+
+def test_vit_mae_fixed_mask_is_reproducible_and_depends_on_its_seed():
+    x = torch.rand(2, 3, 64, 64, requires_grad=True)
+    enc = _vit(mask_ratio=0.75, mask="fixed", mask_seed=3)
+    a, b = enc.features(x), enc.features(x)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+    torch.testing.assert_close(_vit(mask_ratio=0.75, mask="fixed", mask_seed=3).features(x)["layer2_cls"],
+                               a["layer2_cls"])
+    other = _vit(mask_ratio=0.75, mask="fixed", mask_seed=4).features(x)
+    assert not torch.allclose(other["layer2_patch_mean"], a["layer2_patch_mean"])
+    assert _grad_flows(x, a)
+
+
+def test_vit_mae_ratio_zero_is_the_unmasked_forward():
+    """Ratio 0 (either mask mode) equals the model run on every patch in image order (the old output)."""
+    from drpo_bench.rewards.clip_common import clip_preprocess
+
+    x = torch.rand(2, 3, 64, 64)
+    for mode in ("fresh", "fixed"):
+        enc = _vit(mask_ratio=0.0, mask=mode)
+        f = enc.features(x)
+        order = torch.arange(16, dtype=torch.float32).expand(2, -1)  # argsort keeps patch order
+        h = enc.model(pixel_values=clip_preprocess(x, enc.prep), noise=order, output_hidden_states=True).hidden_states[2]
+        assert h.shape[1] == 17  # CLS + all 16 patches
+        torch.testing.assert_close(f["layer2_patch"], h[:, 1:].float())
+        torch.testing.assert_close(f["layer2_cls"], h[:, :1].float())
+        torch.testing.assert_close(f["layer2_patch_mean"], enc.features(x)["layer2_patch_mean"])
+
+
+def test_unet_teacher_noise_fresh_differs_fixed_reproduces():
+    gen = GENERATORS.build("sdxl-turbo-tiny")
+    x = torch.randn(2, *gen.latent_shape)
+    fixed = UNetTeacherFeatures(UNetTeacherFeatures.Config(noise_mode="fixed"), generator=gen)
+    a, b = fixed.features(x), fixed.features(x)
+    fresh = UNetTeacherFeatures(UNetTeacherFeatures.Config(noise_mode="fresh"), generator=gen)
+    c, d = fresh.features(x), fresh.features(x)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+        assert not torch.allclose(c[key], d[key]), key
+    quiet = UNetTeacherFeatures(UNetTeacherFeatures.Config(noise_mode="fresh", noise=0.0), generator=gen)
+    e, f = quiet.features(x), quiet.features(x)  # no noise: fresh and fixed agree
+    for key in e:
+        torch.testing.assert_close(e[key], f[key])

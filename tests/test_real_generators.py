@@ -10,9 +10,10 @@ import torch
 
 from drpo_bench.errors import MissingWeightsError, UserError
 from drpo_bench.generators.diffusers_common import one_step_coefficients
-from drpo_bench.generators.sd_turbo import SDTurboGenerator, SDTurboTinyGenerator
-from drpo_bench.generators.sdxl_turbo import SDXLTurboGenerator, SDXLTurboTinyGenerator
-from drpo_bench.testing import make_tiny_sd_turbo, make_tiny_sdxl_turbo
+from drpo_bench.generators.sd_turbo import SDTurboGenerator
+from drpo_bench.generators.sdxl_turbo import SDXLTurboGenerator
+from drpo_bench.registry import GENERATORS
+from drpo_bench.tiny import make_tiny_sd_turbo, make_tiny_sdxl_turbo
 
 PROMPTS = ["a photo of a red cat", "two dogs on a beach"]
 
@@ -31,19 +32,21 @@ def _perturb_lora(g, scale=0.05):
 
 @pytest.fixture(scope="module")
 def sd():
-    return SDTurboTinyGenerator(SDTurboTinyGenerator.Config())
+    return GENERATORS.build("sd-turbo-tiny")
 
 
 @pytest.fixture(scope="module")
 def sdxl():
-    return SDXLTurboTinyGenerator(SDXLTurboTinyGenerator.Config())
+    return GENERATORS.build("sdxl-turbo-tiny")
 
 
 def test_registered_names():
     assert SDTurboGenerator.registry_name == "sd-turbo"
     assert SDXLTurboGenerator.registry_name == "sdxl-turbo"
-    assert SDTurboTinyGenerator.registry_name == "sd-turbo-tiny"
-    assert SDXLTurboTinyGenerator.registry_name == "sdxl-turbo-tiny"
+    # the tiny twins are presets of the real classes whose weights come from tiny:<twin>
+    assert GENERATORS.get("sd-turbo-tiny").cls is SDTurboGenerator
+    assert GENERATORS.get("sdxl-turbo-tiny").cls is SDXLTurboGenerator
+    assert GENERATORS.get("sd-turbo-tiny").preset["pretrained"] == "tiny:sd-turbo"
 
 
 def test_tiny_folders_use_the_diffusers_layout():
@@ -130,7 +133,7 @@ def test_adapter_roundtrip_and_mismatch(sd, tmp_path):
     with torch.no_grad():
         tuned = sd.sample(noise, cond)
     sd.save_adapter(tmp_path / "adapter.safetensors")
-    other = SDTurboTinyGenerator(SDTurboTinyGenerator.Config())
+    other = GENERATORS.build("sd-turbo-tiny")
     other.load_adapter(tmp_path / "adapter.safetensors")
     with torch.no_grad():
         torch.testing.assert_close(other.sample(noise, cond), tuned)
@@ -195,7 +198,7 @@ def test_user_loader_on_a_local_folder_and_checkpointing(sd):
 
 
 def test_bf16_weights_keep_fp32_lora():
-    g = SDTurboTinyGenerator(SDTurboTinyGenerator.Config(dtype="bf16"))
+    g = GENERATORS.build("sd-turbo-tiny", {"dtype": "bf16"})
     assert g.unet.conv_in.weight.dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for p in g.trainable_parameters())
     latents = g.sample(_noise(g), g.encode(PROMPTS))
@@ -223,7 +226,7 @@ def test_missing_weights_are_one_clear_error(tmp_path, monkeypatch):
 def test_tiny_twins_keep_the_real_structure():
     """The tiny UNets differ from the full-size configs (drpo_bench.architectures) only in sizes."""
     from drpo_bench import architectures
-    from drpo_bench.testing import TINY_SD_UNET, TINY_SDXL_UNET
+    from drpo_bench.tiny import TINY_SD_UNET, TINY_SDXL_UNET
 
     def norm(value):
         return tuple(value) if isinstance(value, (list, tuple)) else value
@@ -234,3 +237,13 @@ def test_tiny_twins_keep_the_real_structure():
         real = architectures.get(name).config
         for key in structural:
             assert norm(tiny.get(key)) == norm(real.get(key)), (name, key)
+
+
+def test_frozen_weight_dtype_defaults_follow_the_public_trainers():
+    """SD-Turbo: the public DrPO trainer loads every part in fp32 (fp16 only as autocast); SDXL-Turbo:
+    the public SDXL trainers load the pipeline in the bf16 run dtype. Building the real config needs
+    no weights."""
+    assert SDTurboGenerator.Config().dtype == "fp32"
+    assert SDXLTurboGenerator.Config().dtype == "bf16"
+    g = GENERATORS.build("sd-turbo-tiny")
+    assert g.unet.conv_in.weight.dtype == torch.float32 and g.text_encoder.dtype == torch.float32

@@ -9,43 +9,48 @@ import torch
 import torch.nn.functional as F
 
 from drpo_bench.errors import MissingWeightsError, UserError
-from drpo_bench.generators.sd_turbo import SDTurboTinyGenerator
-from drpo_bench.rewards.aesthetic import Aesthetic, AestheticTiny
-from drpo_bench.rewards.clip_score import CLIPScore, CLIPScoreTiny
-from drpo_bench.rewards.geneval_owl import GenEvalOwl, GenEvalOwlTiny
+from drpo_bench.registry import GENERATORS, REWARDS
+from drpo_bench.rewards.aesthetic import Aesthetic
+from drpo_bench.rewards.clip_score import CLIPScore
+from drpo_bench.rewards.geneval_owl import GenEvalOwl
 from drpo_bench.rewards.geneval_parse import ObjectSpec, parse_prompt
-from drpo_bench.rewards.hpsv2 import HPSv2, HPSv2Tiny
+from drpo_bench.rewards.hpsv2 import HPSv2
 from drpo_bench.rewards.hpsv3 import HPSv3
 from drpo_bench.rewards.imagereward import ImageReward
 from drpo_bench.rewards.jpeg import JPEGCompressibility
-from drpo_bench.rewards.pickscore import PickScore, PickScoreTiny
-from drpo_bench.testing import make_tiny_clip
+from drpo_bench.rewards.pickscore import PickScore
+from drpo_bench.tiny import make_tiny_clip
 
 PROMPTS = ["a photo of a red cat", "two dogs on a beach"]
-DIFFERENTIABLE = [PickScoreTiny, CLIPScoreTiny, AestheticTiny, HPSv2Tiny]
+DIFFERENTIABLE = ["pickscore-tiny", "clip-score-tiny", "aesthetic-tiny", "hpsv2-tiny"]
 
 
 @pytest.fixture(scope="module")
 def generator():
-    return SDTurboTinyGenerator(SDTurboTinyGenerator.Config())
+    return GENERATORS.build("sd-turbo-tiny")
 
 
 @pytest.fixture(scope="module")
 def rewards():
-    return {cls: cls(cls.Config()) for cls in DIFFERENTIABLE}
+    return {name: REWARDS.build(name) for name in DIFFERENTIABLE}
 
 
 def test_registered_names():
-    names = {PickScore: "pickscore", PickScoreTiny: "pickscore-tiny", CLIPScore: "clip-score", HPSv2: "hpsv2",
+    names = {PickScore: "pickscore", CLIPScore: "clip-score", HPSv2: "hpsv2",
              Aesthetic: "aesthetic", JPEGCompressibility: "jpeg", GenEvalOwl: "geneval-owl", HPSv3: "hpsv3",
-             ImageReward: "imagereward", HPSv2Tiny: "hpsv2-tiny", AestheticTiny: "aesthetic-tiny"}
+             ImageReward: "imagereward"}
     for cls, name in names.items():
         assert cls.registry_name == name
+    # tiny twins are presets of the real classes (weights from tiny:<twin>), not sibling classes
+    for tiny, cls in {"pickscore-tiny": PickScore, "hpsv2-tiny": HPSv2, "aesthetic-tiny": Aesthetic,
+                      "clip-score-tiny": CLIPScore, "geneval-owl-tiny": GenEvalOwl, "hpsv3-tiny": HPSv3}.items():
+        entry = REWARDS.get(tiny)
+        assert entry.cls is cls and any(str(v).startswith("tiny:") for v in entry.preset.values())
 
 
-@pytest.mark.parametrize("cls", DIFFERENTIABLE, ids=lambda c: c.registry_name)
-def test_differentiable_reward_backprops_into_lora(cls, rewards, generator):
-    reward = rewards[cls]
+@pytest.mark.parametrize("name", DIFFERENTIABLE)
+def test_differentiable_reward_backprops_into_lora(name, rewards, generator):
+    reward = rewards[name]
     assert reward.differentiable
     cond = generator.encode(PROMPTS)
     noise = generator.noise(2, torch.Generator().manual_seed(0)) * 0.02  # small noise: unsaturated pixels
@@ -74,11 +79,11 @@ def test_pickscore_equals_clipmodel_logits(rewards):
     text = tok(PROMPTS, padding=True, return_tensors="pt")
     with torch.no_grad():
         logits = model(input_ids=text.input_ids, attention_mask=text.attention_mask, pixel_values=pixels).logits_per_image
-    torch.testing.assert_close(rewards[PickScoreTiny](images, PROMPTS), logits.diagonal(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(rewards["pickscore-tiny"](images, PROMPTS), logits.diagonal(), rtol=1e-4, atol=1e-4)
 
 
 def test_hpsv2_equals_open_clip_forward(rewards):
-    reward = rewards[HPSv2Tiny]
+    reward = rewards["hpsv2-tiny"]
     images = torch.rand(2, 3, 32, 32)
     mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
@@ -89,7 +94,7 @@ def test_hpsv2_equals_open_clip_forward(rewards):
 
 
 def test_aesthetic_is_the_head_on_normalized_embeddings(rewards):
-    reward = rewards[AestheticTiny]
+    reward = rewards["aesthetic-tiny"]
     images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         emb = reward.clip.model.get_image_features(pixel_values=(images - torch.tensor(
@@ -124,18 +129,18 @@ def test_geneval_prompt_parsing():
 
 
 def test_geneval_owl_scores_with_a_tiny_detector():
-    reward = GenEvalOwlTiny(GenEvalOwlTiny.Config())
+    reward = REWARDS.build("geneval-owl-tiny")
     images = torch.rand(3, 3, 64, 64)
     prompts = ["a photo of two cats", "a photo of a red car and a blue bench", "a photo of a cat left of a dog"]
     scores = reward(images, prompts)
     assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all()
-    strict = GenEvalOwlTiny(GenEvalOwlTiny.Config(threshold=1.01, partial_credit=False))  # nothing detected
+    strict = REWARDS.build("geneval-owl-tiny", {"threshold": 1.01, "partial_credit": False})  # nothing detected
     assert strict(images, prompts).tolist() == [0.0, 0.0, 0.0]
     # the constraint list: 2 objects + 2 colors; without detections every one fails
     assert strict.check((images[0].permute(1, 2, 0) * 255).byte().numpy(), parse_prompt(prompts[1])) == [False] * 4
     assert strict(images[:1], ["???"]).tolist() == [0.0]
     with pytest.raises(UserError, match="cannot parse"):
-        GenEvalOwlTiny(GenEvalOwlTiny.Config(strict_prompts=True))(images[:1], ["???"])
+        REWARDS.build("geneval-owl-tiny", {"strict_prompts": True})(images[:1], ["???"])
 
 
 def test_missing_weights_are_one_clear_error(tmp_path, monkeypatch):
@@ -199,10 +204,10 @@ def test_clip_score_default_is_the_raw_cosine_and_clipscore_is_selectable(reward
 
     images = (torch.rand(2, 3, 32, 32) * 255).round() / 255  # 8-bit exact: our preprocessing is the processor's
     cos, _ = _tiny_clip_cosine(images)
-    reward = rewards[CLIPScoreTiny]
-    assert CLIPScore.Config().formula == "cosine" and CLIPScoreTiny.Config().formula == "cosine"
+    reward = rewards["clip-score-tiny"]
+    assert CLIPScore.Config().formula == "cosine" and REWARDS.get("clip-score-tiny").parse_config({}).formula == "cosine"
     torch.testing.assert_close(reward(images, PROMPTS), cos, rtol=1e-4, atol=1e-5)  # training sees the cosine
-    clipscore = CLIPScoreTiny(CLIPScoreTiny.Config(formula="clipscore"))
+    clipscore = REWARDS.build("clip-score-tiny", {"formula": "clipscore"})
     torch.testing.assert_close(clipscore(images, PROMPTS), 100 * cos.clamp(min=0), rtol=1e-4, atol=1e-4)
     # reported: the cosine x100 (the paper's CLIP column); CLIPScore already is x100
     value = RewardMetric(reward, "clip").compute(_samples(images, PROMPTS))["clip"]
@@ -219,12 +224,12 @@ def test_pickscore_reports_100_cosine_while_training_sees_logit_scale_cosine(rew
     images = (torch.rand(2, 3, 32, 32) * 255).round() / 255
     cos, logit_scale = _tiny_clip_cosine(images)
     assert abs(logit_scale - 100) > 1  # the tiny twin's logit_scale is not 100: the test tells the two apart
-    reward = rewards[PickScoreTiny]
+    reward = rewards["pickscore-tiny"]
     torch.testing.assert_close(reward(images, PROMPTS), logit_scale * cos, rtol=1e-4, atol=1e-4)
     value = RewardMetric(reward, "pickscore").compute(_samples(images, PROMPTS))["pickscore"]
     assert value.mean == pytest.approx(float(100 * cos.mean()), rel=1e-4, abs=1e-4)
     assert value.definition["logit_scale"] == pytest.approx(logit_scale)
-    assert value.definition["reward"] == "pickscore-tiny" and "100 * cos" in value.definition["formula"]
+    assert value.definition["reward"] == "pickscore" and value.definition["model"].startswith("tiny:clip") and "100 * cos" in value.definition["formula"]
     assert PickScore.class_definition()["model"].startswith("yuvalkirstain/PickScore_v1")
 
 
@@ -233,7 +238,7 @@ def test_hpsv2_defaults_to_the_public_eval_version_reported_x100(rewards):
 
     assert HPSv2.Config().version == "v2.0"  # UGVly/DrPO loads HPS_v2_compressed.pt
     assert HPSv2.class_definition()["version"] == "v2.0" and HPSv2.report_scale == 100
-    reward = rewards[HPSv2Tiny]
+    reward = rewards["hpsv2-tiny"]
     images = torch.rand(2, 3, 32, 32)
     value = RewardMetric(reward, "hpsv2").compute(_samples(images, PROMPTS))["hpsv2"]
     assert value.mean == pytest.approx(float(100 * reward(images, PROMPTS).mean()), rel=1e-5)
@@ -257,7 +262,7 @@ def test_imagereward_is_reported_x10_and_aesthetics_as_is(rewards):
     assert value.mean == pytest.approx(10 * (0.5 - 0.2 + 1.1) / 3)
     assert value.per_task == pytest.approx({"x": 10 * 0.15, "y": 11.0})
     assert value.definition["scale"] == 10 and "ImageReward-v1.0" in value.definition["model"]
-    aes = rewards[AestheticTiny]
+    aes = rewards["aesthetic-tiny"]
     assert Aesthetic.report_scale == 1
     got = RewardMetric(aes, "aesthetic").compute(_samples(images[:2], PROMPTS))["aesthetic"].mean
     assert got == pytest.approx(float(aes(images[:2], PROMPTS).mean()), rel=1e-5)

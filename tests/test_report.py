@@ -42,7 +42,7 @@ def test_markdown_table(report):
 def test_latex_and_html(report):
     _, written = report
     tex = written["tex"].read_text()
-    assert r"\begin{tabular}" in tex and r"$\pm$" in tex and r"\textbf{" in tex
+    assert r"\begin{tabular}" in tex and r"\ensuremath{\pm}" in tex and r"\textbf{" in tex
     html = written["html"].read_text()
     assert "<table>" in html and "<b>" in html
 

@@ -155,3 +155,13 @@ def test_lr_schedules():
     assert 0 < cosine[-1] < 0.05 and cosine[5] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="unknown lr_schedule"):
         lr_factor("linear", 0, 10)
+
+
+def test_per_image_scores_are_kept_per_cell(toy_run):
+    suite, out, _ = toy_run
+    rows = [json.loads(x) for x in (out / "toy--drpo--redness--s0" / "scores.jsonl").read_text().splitlines()]
+    n = len({r["prompt_index"] for r in rows})
+    assert len(rows) == n * suite.eval.images_per_prompt
+    assert {"image", "prompt_index", "prompt", "task", "redness"} <= set(rows[0])
+    mean = json.loads((out / "toy--drpo--redness--s0" / "eval.json").read_text())["metrics"]["redness"]["mean"]
+    assert sum(r["redness"] for r in rows) / len(rows) == pytest.approx(mean, rel=1e-5)

@@ -114,7 +114,7 @@ def _step(args=None, loss_scale=1.0):
 def test_step_gives_finite_loss_lora_grads_phases_and_honours_loss_scale(args):
     out, record, grads = _step(args)
     assert math.isfinite(out.loss) and out.loss > 0
-    assert "reward_mean" in out.logs and all(math.isfinite(v) for v in out.logs.values())
+    assert all(math.isfinite(v) for v in out.logs.values())
     assert grads and all(torch.isfinite(g).all() for g in grads.values())
     lora_b = [g for n, g in grads.items() if "lora_B" in n]
     assert lora_b and all(g.abs().sum() > 0 for g in lora_b), "non-zero LoRA gradient"
@@ -279,16 +279,16 @@ def test_validate_refuses_a_black_box_reward(tmp_path, capsys):
 
 
 def test_one_bf16_step_on_the_tiny_sd_turbo_twin():
-    from drpo_bench.generators.sd_turbo import SDTurboTinyGenerator
-    from drpo_bench.rewards.pickscore import PickScoreTiny
+    from drpo_bench.registry import GENERATORS
+    from drpo_bench.registry import REWARDS
 
     start = time.perf_counter()
-    gen = SDTurboTinyGenerator(SDTurboTinyGenerator.Config())
+    gen = GENERATORS.build("sd-turbo-tiny")
     with torch.no_grad():  # LoRA B starts at zero, which blocks the gradient to A: make B non-zero
         for name, p in gen.unet.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.01, generator=torch.Generator().manual_seed(1))
-    ctx = _context(generator=gen, reward=PickScoreTiny(PickScoreTiny.Config()), k=2)
+    ctx = _context(generator=gen, reward=REWARDS.build("pickscore-tiny"), k=2)
     method = _method()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = method.step(["a photo of a red cat"], ctx)

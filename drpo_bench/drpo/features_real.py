@@ -3,9 +3,12 @@
 - ``latent-raw``: the latents themselves (spatial vectors, mean/std, patch mean/std);
 - ``latent-mae``: the frozen latent ResNet-MAE encoder of the public DrPO code
   (``mae_latent_256_torch.pth``), SD-Turbo's default: stage-4 mean/std and 2x2/4x4 patch mean/std;
-- ``vit-mae``: a pixel ViT-MAE (``facebook/vit-mae-base``) with no masking, SDXL-Turbo's option;
+- ``vit-mae``: a pixel ViT-MAE (``facebook/vit-mae-base``), SDXL-Turbo's option; by default no
+  masking; ``mask_ratio`` 0.75 with ``mask: fresh`` is the public SDXL-Turbo code (the model's own
+  random masking, a new mask on every forward), ``mask: fixed`` a seeded mask, the same every call;
 - ``unet-teacher``: the generator's own frozen UNet (LoRA off) at t = 100, forward-hooked at
-  down_blocks.2 / mid_block / up_blocks.0 and 4x4 average pooled, SDXL-Turbo's other option.
+  down_blocks.2 / mid_block / up_blocks.0 and 4x4 average pooled, SDXL-Turbo's other option; its
+  input noise is seeded (``noise_mode: fixed``) or drawn anew per call (``fresh``, as the public code).
 
 Every encoder returns ``{name: (B, L, D)}``; gradients flow to the input, weights stay frozen.
 Names and statistics follow the public code (``layer4_mean_2`` = stage-4 mean over 2x2 patches).
@@ -18,6 +21,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from drpo_bench.drpo.features_base import FeatureEncoder
@@ -221,20 +225,13 @@ class LatentMAEFeatures(FeatureEncoder):
         return self
 
 
-@FEATURES.register("latent-mae-tiny")
-class LatentMAEFeaturesTiny(LatentMAEFeatures):
-    """latent-mae's loader and network with a tiny random checkpoint in the public format: for tests."""
-
-    class Config(LatentMAEFeatures.Config):
-        checkpoint: str = ""  # unused: the tiny checkpoint is built offline and cached
-        keys: tuple[str, ...] | None = (  # tiny generators' 16x16 latents leave stage 4 at 2x2: no 4x4 patches
-            "layer4_mean", "layer4_std", "layer4_mean_2", "layer4_std_2",
-        )
-
-    def checkpoint_path(self) -> Path:
-        from drpo_bench.testing import make_tiny_mae_latent
-
-        return make_tiny_mae_latent() / "mae_latent_256_torch.pth"
+FEATURES.preset(
+    "latent-mae-tiny", LatentMAEFeatures,
+    {"checkpoint": "tiny:mae-latent/mae_latent_256_torch.pth",
+     # tiny generators' 16x16 latents leave stage 4 at 2x2: no 4x4 patches
+     "keys": ("layer4_mean", "layer4_std", "layer4_mean_2", "layer4_std_2")},
+    "latent-mae's loader and network with a tiny random checkpoint in the public format (tiny:mae-latent)",
+)
 
 
 # ---- pixel ViT-MAE ---------------------------------------------------------------------------------
@@ -242,7 +239,14 @@ class LatentMAEFeaturesTiny(LatentMAEFeatures):
 
 @FEATURES.register("vit-mae")
 class ViTMAEFeatures(FeatureEncoder):
-    """A frozen pixel ViT-MAE encoder, no masking: per-layer patch mean/std and CLS token."""
+    """A frozen pixel ViT-MAE encoder: per-layer patch mean/std and CLS token over the kept patches.
+
+    ``mask_ratio`` r drops int(N * r) of the N patches before the encoder (transformers'
+    ``random_masking``, driven through its ``noise=`` argument): ``fresh`` draws a new random
+    mask per image on every call (the public SDXL-Turbo code, which keeps facebook/vit-mae-base's
+    0.75), ``fixed`` uses one mask drawn from ``mask_seed`` for every image and call (the same
+    image always gives the same features). r = 0 keeps every patch in order.
+    """
 
     input_space: ClassVar[Literal["latents", "images"]] = "images"
 
@@ -252,6 +256,9 @@ class ViTMAEFeatures(FeatureEncoder):
         stats: tuple[Literal["patch", "patch_mean", "patch_std", "cls"], ...] = (  # public SDXL-Turbo keys
             "patch_mean", "patch_std", "cls",
         )
+        mask_ratio: float = Field(0.0, ge=0.0, lt=1.0)  # 0 = deterministic, every patch; public SDXL code: 0.75
+        mask: Literal["fresh", "fixed"] = "fresh"  # with mask_ratio > 0: public code draws a new mask each forward
+        mask_seed: int = 0  # the "fixed" mask's seed
 
     def __init__(self, config: Config | None = None) -> None:
         from transformers import ViTMAEModel
@@ -260,7 +267,8 @@ class ViTMAEFeatures(FeatureEncoder):
 
         self.config = config or self.Config()
         folder = self.folder()
-        self.model = load_hf(ViTMAEModel, folder, "ViT-MAE features", "facebook/vit-mae-base", mask_ratio=0.0)
+        self.model = load_hf(ViTMAEModel, folder, "ViT-MAE features", "facebook/vit-mae-base",
+                             mask_ratio=self.config.mask_ratio)
         self.model.requires_grad_(False).eval()
         size = self.model.config.image_size
         self.prep = ImagePrep(size, (size, size), *self._mean_std(folder))
@@ -288,8 +296,8 @@ class ViTMAEFeatures(FeatureEncoder):
         pixels = clip_preprocess(x.to(device), self.prep)  # resize + normalize (square inputs: no crop)
         b = pixels.shape[0]
         n_patches = (self.prep.size // self.model.config.patch_size) ** 2
-        order = torch.arange(n_patches, device=device, dtype=torch.float32).expand(b, -1)  # keep patch order
-        hidden = self.model(pixel_values=pixels, noise=order, output_hidden_states=True).hidden_states
+        hidden = self.model(pixel_values=pixels, noise=self._mask_noise(b, n_patches, device),
+                            output_hidden_states=True).hidden_states
         out: dict[str, torch.Tensor] = {}
         for layer in self.layers:
             h = hidden[layer].float()  # (B, 1 + N, D)
@@ -306,19 +314,25 @@ class ViTMAEFeatures(FeatureEncoder):
                     out[key] = cls
         return out
 
+    def _mask_noise(self, b: int, n_patches: int, device: torch.device) -> torch.Tensor:
+        """(B, N) scores whose argsort keeps the first (1 - ratio) N patches (transformers' convention)."""
+        cfg = self.config
+        if cfg.mask_ratio == 0:
+            return torch.arange(n_patches, device=device, dtype=torch.float32).expand(b, -1)  # keep patch order
+        if cfg.mask == "fresh":
+            return torch.rand(b, n_patches, device=device)  # a new mask per image and call
+        g = torch.Generator(device="cpu").manual_seed(cfg.mask_seed)
+        return torch.rand(1, n_patches, generator=g).to(device).expand(b, -1)  # one seeded mask
+
     def to(self, device: torch.device | str) -> ViTMAEFeatures:
         self.model.to(device)
         return self
 
 
-@FEATURES.register("vit-mae-tiny")
-class ViTMAEFeaturesTiny(ViTMAEFeatures):
-    """vit-mae with a tiny random-init ViTMAEModel (built offline, cached): for tests."""
-
-    def folder(self) -> Path:
-        from drpo_bench.testing import make_tiny_vit_mae
-
-        return make_tiny_vit_mae()
+FEATURES.preset(
+    "vit-mae-tiny", ViTMAEFeatures, {"pretrained": "tiny:vit-mae"},
+    "vit-mae with a tiny random-init ViTMAEModel (tiny:vit-mae): tests",
+)
 
 
 # ---- frozen UNet activations -----------------------------------------------------------------------
@@ -341,7 +355,8 @@ class UNetTeacherFeatures(FeatureEncoder):
         layers: tuple[str, ...] = ("down_blocks.2", "mid_block", "up_blocks.0")  # public SDXL-Turbo teacher layers
         timestep: int = 100  # public code: features read at t = 100
         noise: float = 0.1  # public code adds 0.1 * N(0, I) to the latents before the UNet
-        noise_seed: int = 0  # fixed noise: the same latents always give the same features
+        noise_mode: Literal["fixed", "fresh"] = "fixed"  # fixed: same latents, same features; public code: fresh per call
+        noise_seed: int = 0  # the "fixed" noise's seed
         pool: int = 4  # average-pool kernel = stride; maps smaller than this pool to 1x1
         layout: Literal["vector", "locations"] = "vector"  # public: one flattened vector per sample
         prompt: str = ""  # conditioning when the caller passes none (the diversity metric)
@@ -374,8 +389,11 @@ class UNetTeacherFeatures(FeatureEncoder):
 
     def features(self, x: torch.Tensor, cond: Any = None) -> dict[str, torch.Tensor]:  # x (B, 4, h, w)
         gen, cfg = self.generator, self.config
-        g = torch.Generator(device="cpu").manual_seed(cfg.noise_seed)
-        noise = torch.randn(x.shape, generator=g).to(x.device)
+        if cfg.noise_mode == "fresh":
+            noise = torch.randn(x.shape, device=x.device)  # (B, 4, h, w) new every call, as the public code
+        else:
+            g = torch.Generator(device="cpu").manual_seed(cfg.noise_seed)
+            noise = torch.randn(x.shape, generator=g).to(x.device)
         captured: dict[str, torch.Tensor] = {}
 
         def hook(name: str):

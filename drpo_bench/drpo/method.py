@@ -109,6 +109,9 @@ class DrPO(Method):
         self.check_budget(self.config, ctx.candidates_per_prompt)
         self.encoder = build_feature_encoder(self.config.features, self.config.feature_args, ctx.generator)
 
+    def phases(self) -> tuple[str, ...]:
+        return ("sample", "reference", "decode", "reward_forward", "features", "loss", "generator_backward")
+
     def _feature_precision(self, x: torch.Tensor) -> Any:
         """float32 features (autocast off) unless the encoder is a forward the public code autocasts."""
         return nullcontext() if self.encoder.autocast_features else torch.autocast(x.device.type, enabled=False)
@@ -138,11 +141,9 @@ class DrPO(Method):
             else:
                 with torch.no_grad():
                     images = gen.decode(latents.detach())
-        with ledger.phase("reward_forward"), torch.no_grad():
-            scores = ctx.reward(images.detach(), repeated).float().view(p, k)  # (P, K)
-        ranked = scores if ctx.reward.higher_is_better else -scores
-        order = ranked.argsort(dim=1, descending=True)  # (P, K)
-        pos_idx, neg_idx = order[:, : cfg.n_pos], order[:, k - cfg.n_neg :]  # (P, n+), (P, n-)
+        ranking = ctx.rank(images.detach(), repeated)  # the reward only ranks: (P, K), best first
+        scores, ranked = ranking.scores, ranking.ranked
+        pos_idx, neg_idx = ranking.top(cfg.n_pos), ranking.bottom(cfg.n_neg)  # (P, n+), (P, n-)
 
         extra = {"cond": cand.cond} if self.encoder.uses_conditioning else {}
         encoder_input = images if on_images else latents  # (P*K, ...) with grad
@@ -196,14 +197,13 @@ class DrPO(Method):
                 pref_total, ref_total = pref_total / len(keys), ref_total / len(keys)
             loss = pref_total + cfg.lambda_ref * ref_total
         with ledger.phase("generator_backward"):
-            ctx.backward(loss * ctx.loss_scale)
+            ctx.backward(loss)
 
         top = ranked.gather(1, pos_idx).mean()
         bottom = ranked.gather(1, neg_idx).mean()
         return StepOutput(
             loss=float(loss.detach()),
             logs={
-                "reward_mean": float(scores.mean()),
                 "reward_std_within_prompt": float(scores.std(dim=1).mean()) if k > 1 else 0.0,
                 "reward_top_minus_bottom": float(top - bottom),
                 "loss_preference": float(pref_total.detach()),

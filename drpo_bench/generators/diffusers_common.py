@@ -17,12 +17,20 @@ The two differ by 0.23 % in the UNet input and by ≈0.03·ε̂ in the output; t
 SD-Turbo numbers were produced with "drpo", the SDXL-Turbo ones with the diffusers pipeline path.
 
 LoRA comes from peft through diffusers' ``add_adapter``; ``reference()`` switches the adapters off
-(``disable_adapters``) so the frozen base answers from the same weights.
+(``disable_adapters``) so the frozen base answers from the same weights. ``save_adapter`` writes
+diffusers' LoRA format (``save_lora_weights``: keys ``unet.…lora.down/up.weight``, the peft
+LoRA config as ``lora_adapter_metadata``), so a cell's ``adapter.safetensors`` loads with
+``StableDiffusionPipeline.load_lora_weights`` (``StableDiffusionXLPipeline`` for SDXL-Turbo);
+``load_adapter`` reads that, peft's own layout (drpo-bench before this format, checkpoints) and
+peft ``save_pretrained`` folders.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +39,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from drpo_bench.errors import MissingWeightsError, UserError
-from drpo_bench.generators.base import Conditioning, Generator
+from drpo_bench.generators.base import Conditioning, Generator, read_adapter, resolve_adapter_file
 from drpo_bench.registry import StrictConfig
 from drpo_bench.weights import resolve_folder
 
@@ -252,6 +260,79 @@ class DiffusersOneStepGenerator(Generator):
             raise UserError(
                 f"{self.family}: adapter shapes differ from lora_rank {self.config.lora_rank}: {str(exc).splitlines()[0]}"
             ) from exc
+
+    # ---- adapter files (diffusers' LoRA format) -----------------------------------------------------
+    def _lora_loader(self) -> Any:
+        """diffusers' LoRA loader mixin of this model's pipeline (SD or SDXL)."""
+        from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
+
+        return StableDiffusionXLLoraLoaderMixin if "text_encoder_2" in self.parts else StableDiffusionLoraLoaderMixin
+
+    def save_adapter(self, path: str | Path) -> None:
+        """Write the UNet LoRA with diffusers' ``save_lora_weights`` (atomically: a temporary folder
+        beside ``path``, then a rename), its peft config (rank, alpha, targets) as metadata."""
+        from diffusers.utils import convert_state_dict_to_diffusers
+
+        path = Path(path)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.adapter_state_dict().items()}
+        metadata = self.unet.peft_config["default"].to_dict()  # what diffusers' own training scripts save
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.*.lora-tmp"):  # left by a process killed mid-save
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".lora-tmp"))
+        try:
+            self._lora_loader().save_lora_weights(
+                str(tmp), unet_lora_layers=convert_state_dict_to_diffusers(state), weight_name=path.name,
+                unet_lora_adapter_metadata=metadata, safe_serialization=True,
+            )
+            os.replace(tmp / path.name, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def load_adapter(self, path: str | Path) -> None:
+        """Load a UNet LoRA: diffusers' format (``unet.`` keys, from ``save_adapter`` or any diffusers
+        LoRA), peft's (``…lora_A.weight``; older drpo-bench adapters and checkpoints) or a peft
+        ``save_pretrained`` folder. A file that says its rank, alpha or targets must match this
+        generator's ``lora_*`` args; the error names the args to set."""
+        from diffusers.utils import convert_unet_state_dict_to_peft
+
+        file = resolve_adapter_file(path)
+        state, metadata = read_adapter(file)
+        if any(k.startswith("unet.") for k in state):  # diffusers pipeline format
+            others = sorted({k.split(".")[0] for k in state if not k.startswith("unet.")})
+            if others:
+                raise UserError(f"{self.family}: adapter {file} also adapts {others}; only UNet LoRAs are supported")
+            state = {k.removeprefix("unet."): v for k, v in state.items()}
+            if metadata is not None:
+                metadata = {k.removeprefix("unet."): v for k, v in metadata.items() if k.startswith("unet.")} or None
+        state = {k.removeprefix("base_model.model."): v for k, v in state.items()}  # peft save_pretrained
+        if any(".lora.down." in k or ".lora.up." in k for k in state):
+            state = convert_unet_state_dict_to_peft(state)
+        self._check_lora_config(file, state, metadata)
+        self.load_adapter_state_dict(state)
+
+    def _check_lora_config(self, file: Path, state: dict[str, torch.Tensor], metadata: dict[str, Any] | None) -> None:
+        """The file's rank / alpha / targets against this generator's; the error says what to set."""
+        cfg = self.config
+        ranks = {int(v.shape[0]) for k, v in state.items() if k.endswith("lora_A.weight")}
+        found: dict[str, Any] = {"lora_rank": max(ranks) if ranks else None}
+        if metadata:
+            found["lora_rank"] = int(metadata.get("r", found["lora_rank"]))
+            if "lora_alpha" in metadata:
+                found["lora_alpha"] = metadata["lora_alpha"]
+            if isinstance(metadata.get("target_modules"), (list, tuple, set)):
+                found["lora_targets"] = sorted(metadata["target_modules"])
+        ours = {"lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "lora_targets": sorted(cfg.lora_targets)}
+        wrong = {k: v for k, v in found.items() if v is not None and v != ours[k]}
+        if len(ranks) > 1 or (metadata or {}).get("rank_pattern") or (metadata or {}).get("alpha_pattern"):
+            raise UserError(f"{self.family}: adapter {file} has per-layer ranks or alphas; only a uniform LoRA loads")
+        if wrong:
+            args = ", ".join(f"{k}: {list(v) if isinstance(v, list) else v}" for k, v in wrong.items())
+            raise UserError(
+                f"{self.family}: adapter {file} was made with {args}, this generator has "
+                + ", ".join(f"{k}: {ours[k]}" for k in wrong)
+                + f". Set the generator's args to match ({args})."
+            )
 
     def train(self, mode: bool = True) -> None:
         self.unet.train(mode)

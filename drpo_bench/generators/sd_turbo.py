@@ -20,7 +20,7 @@ from drpo_bench.registry import GENERATORS
 
 class SDTurboConfig(OneStepConfig, PretrainedMixin):
     pretrained: str = "stabilityai/sd-turbo"  # hub id in the local HF cache, or a local diffusers folder
-    dtype: Literal["fp32", "fp16", "bf16"] = "fp16"  # DrPO public SD-Turbo runs: frozen weights in fp16
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"  # public SD-Turbo DrPO trainer loads every part in fp32 (fp16 autocast)
 
 
 @GENERATORS.register("sd-turbo")
@@ -46,19 +46,9 @@ class SDTurboGenerator(DiffusersOneStepGenerator):
         return {"prompt_embeds": self.text_encoder(ids, return_dict=False)[0]}  # (B, 77, 1024)
 
 
-class SDTurboTinyConfig(OneStepConfig):
-    resolution: int = 64  # tiny VAE downsamples 4x: 16x16 latents keep CPU tests fast
-    device: str = "cpu"  # tests and CPU smoke runs
-
-
-@GENERATORS.register("sd-turbo-tiny")
-class SDTurboTinyGenerator(SDTurboGenerator):
-    """SD-Turbo's classes with tiny random weights (built offline, cached), loaded like real ones."""
-
-    Config: ClassVar[type[OneStepConfig]] = SDTurboTinyConfig
-    family: ClassVar[str] = "SD-Turbo (tiny)"
-
-    def weights_folder(self) -> Path:
-        from drpo_bench.testing import make_tiny_sd_turbo
-
-        return make_tiny_sd_turbo()
+GENERATORS.preset(
+    "sd-turbo-tiny", SDTurboGenerator,
+    # tiny VAE downsamples 4x: 64 px gives 16x16 latents, which keep CPU tests fast
+    {"pretrained": "tiny:sd-turbo", "resolution": 64, "device": "cpu", "dtype": "fp32"},
+    "SD-Turbo's classes and loader on tiny random weights (tiny:sd-turbo): tests and CPU smoke runs",
+)

@@ -21,7 +21,7 @@ from drpo_bench.registry import GENERATORS
 
 class SDXLTurboConfig(OneStepConfig, PretrainedMixin):
     pretrained: str = "stabilityai/sdxl-turbo"  # hub id in the local HF cache, or a local diffusers folder
-    dtype: Literal["fp32", "fp16", "bf16"] = "bf16"  # DrPO public SDXL-Turbo runs: frozen weights in bf16
+    dtype: Literal["fp32", "fp16", "bf16"] = "bf16"  # public SDXL-Turbo trainers load the pipeline in the bf16 run dtype (VAE kept fp32 here)
 
 
 @GENERATORS.register("sdxl-turbo")
@@ -73,19 +73,9 @@ class SDXLTurboGenerator(DiffusersOneStepGenerator):
         }
 
 
-class SDXLTurboTinyConfig(OneStepConfig):
-    resolution: int = 64  # tiny VAE downsamples 4x: 16x16 latents keep CPU tests fast
-    device: str = "cpu"  # tests and CPU smoke runs
-
-
-@GENERATORS.register("sdxl-turbo-tiny")
-class SDXLTurboTinyGenerator(SDXLTurboGenerator):
-    """SDXL-Turbo's classes with tiny random weights (built offline, cached), loaded like real ones."""
-
-    Config: ClassVar[type[OneStepConfig]] = SDXLTurboTinyConfig
-    family: ClassVar[str] = "SDXL-Turbo (tiny)"
-
-    def weights_folder(self) -> Path:
-        from drpo_bench.testing import make_tiny_sdxl_turbo
-
-        return make_tiny_sdxl_turbo()
+GENERATORS.preset(
+    "sdxl-turbo-tiny", SDXLTurboGenerator,
+    # tiny VAE downsamples 4x: 64 px gives 16x16 latents, which keep CPU tests fast
+    {"pretrained": "tiny:sdxl-turbo", "resolution": 64, "device": "cpu", "dtype": "fp32"},
+    "SDXL-Turbo's classes and loader on tiny random weights (tiny:sdxl-turbo): tests and CPU smoke runs",
+)

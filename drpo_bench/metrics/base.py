@@ -39,6 +39,8 @@ class MetricValue:
     higher_is_better: bool
     per_task: dict[str, float] | None = None
     definition: dict[str, Any] | None = None
+    #: one value per eval image (row order of EvalSamples), for metrics that score images one by one
+    per_image: list[float] | None = None
 
 
 class Metric(abc.ABC):

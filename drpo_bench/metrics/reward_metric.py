@@ -45,5 +45,6 @@ class RewardMetric(Metric):
                 higher_is_better=self.reward.higher_is_better,
                 per_task={t: sum(v) / len(v) for t, v in sorted(per_task.items())} or None,
                 definition=self.definitions()[self.label],
+                per_image=values.tolist(),
             )
         }

@@ -1,4 +1,4 @@
-"""Reports from a results folder: Markdown, LaTeX and HTML tables, plus figures."""
+"""Reports from a results folder: Markdown, LaTeX (and PDF), self-contained HTML, figures, CSV/JSON tables."""
 
 from drpo_bench.report.build import build_report
 

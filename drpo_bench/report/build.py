@@ -1,11 +1,16 @@
-"""Turn a results folder into paper-style tables (Markdown, LaTeX, HTML) and figures."""
+"""Turn a results folder into paper-style tables and figures: Markdown, LaTeX (and its PDF),
+self-contained HTML, and every table as CSV and JSON."""
 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from drpo_bench.errors import UserError
 from drpo_bench.ledger import PHASES
+from drpo_bench.report import figures as figs
+from drpo_bench.report import html_page, latex
+from drpo_bench.report.export import export_tables
 from drpo_bench.report.results import (
     CellResult,
     Estimate,
@@ -14,16 +19,13 @@ from drpo_bench.report.results import (
     load_results_and_problems,
     load_suite_snapshot,
 )
+from drpo_bench.report.scores import win_rate_table
+from drpo_bench.report.table import Table, slugify
 from drpo_bench.store import write_text
 
-
-@dataclass
-class Table:
-    title: str
-    headers: list[str]
-    rows: list[list[str]]
-    bold: list[list[bool]] = field(default_factory=list)
-    note: str = ""
+#: what ``--formats`` may name; ``pdf`` compiles the LaTeX with pdflatex, csv/json export the tables
+FORMATS = ("md", "tex", "html", "pdf", "csv", "json")
+DEFAULT_FORMATS = ("md", "tex", "html", "csv", "json")  # pdf only on request: it needs a TeX install
 
 
 def _fmt(est: Estimate | None, digits: int = 3) -> str:
@@ -69,7 +71,7 @@ def alignment_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: b
             for cells in rows.values()
         ])
     best = [_best(col, higher[m]) for col, m in zip(columns, metrics)]
-    body, bold = [], []
+    body, bold, raw = [], [], []
     unmatched = False
     for i, (key, cells) in enumerate(rows.items()):
         label = _row_label(key, multi) + [str(len(cells))]
@@ -78,11 +80,18 @@ def alignment_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: b
             unmatched = True
         body.append(label + [_fmt(col[i]) for col in columns])
         bold.append([False] * len(label) + [b[i] for b in best])
+        raw.append(_row_label(key, multi) + [len(cells)] + [col[i] for col in columns])
     note = "Best mean per column in bold. ↑ higher is better, ↓ lower is better. CI: Student-t over seeds."
     if unmatched:
         note += (" † budget not matched: the method ran another number of updates, candidates or prompts per update "
                  "than the suite (its public settings); see the settings table.")
-    return Table("Held-out alignment (mean ± 95% CI over seeds)", headers, body, bold, note)
+    return Table("Held-out alignment (mean ± 95% CI over seeds)", headers, body, bold, note, slug="alignment",
+                 label_columns=_labels(multi), raw=raw)
+
+
+def _labels(multi: bool) -> int:
+    """Leading columns that name a row: (generator,) method, train reward."""
+    return 3 if multi else 2
 
 
 def _budget_matched(cells: list[CellResult]) -> bool:
@@ -105,9 +114,9 @@ def settings_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: bo
         return None
     headers = (["generator"] if multi else []) + ["method", "train reward", "overrides", "budget matched",
                                                   "steps × K × prompts/update"]
-    return Table("Per-method settings that differ from the suite", headers, body, [],
-                 "Overrides come from the suite's `methods[].train` / `methods[].budget` (e.g. a method's public "
-                 "settings). Learning rate and precision keep the budget matched; steps, K or prompts per update do not.")
+    return Table("Per-method settings that differ from the suite", headers, body, [], slug="settings", label_columns=_labels(multi), note=
+                 ("Overrides come from the suite's `methods[].train` / `methods[].budget` (e.g. a method's public "
+                 "settings). Learning rate and precision keep the budget matched; steps, K or prompts per update do not."))
 
 
 def metric_definitions(results: list[CellResult]) -> list[str]:
@@ -141,13 +150,15 @@ def per_task_tables(rows: dict[tuple[str, str, str], list[CellResult]], multi: b
             for t in tasks
         ]
         best = [_best(col, higher) for col in columns]
-        body, bold = [], []
+        body, bold, raw = [], [], []
         for i, key in enumerate(rows):
             label = _row_label(key, multi)
             body.append(label + [_fmt(col[i]) for col in columns])
             bold.append([False] * len(label) + [b[i] for b in best])
+            raw.append(label + [col[i] for col in columns])
         headers = (["generator"] if multi else []) + ["method", "train reward"] + tasks
-        tables.append(Table(f"{metric} per task (mean ± 95% CI over seeds)", headers, body, bold))
+        tables.append(Table(f"{metric} per task (mean ± 95% CI over seeds)", headers, body, bold,
+                            slug="per-task-" + slugify(metric), label_columns=_labels(multi), raw=raw))
     return tables
 
 
@@ -170,19 +181,21 @@ def gain_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: bool) 
     metrics = _metric_names([c for cells in rows.values() for c in cells])
     headers = (["generator"] if multi else []) + ["method", "train reward", "paired seeds"]
     headers += [f"Δ {m}" for m in metrics]
-    body, bold = [], []
+    body, bold, raw = [], [], []
     for key, cells in others.items():
         base_by_seed = {c.info.seed: c for c in bases[key[0]]}
         pairs = [(c, base_by_seed[c.info.seed]) for c in cells if c.info.seed in base_by_seed]
-        row, marks = [], []
+        row, marks, values = [], [], []
         for m in metrics:
             diffs = [c.metrics[m].mean - b.metrics[m].mean for c, b in pairs
                      if m in c.metrics and m in b.metrics and c.metrics[m].mean is not None and b.metrics[m].mean is not None]
             if not diffs:
                 row.append("n/a")
                 marks.append(False)
+                values.append(None)
                 continue
             est = Estimate.of(diffs)
+            values.append(est)
             higher = next(c.metrics[m].higher_is_better for c, _ in pairs if m in c.metrics)
             row.append(("+" if est.mean >= 0 else "") + _fmt(est))
             clear = est.half_width is not None and (est.mean - est.half_width > 0 if higher else est.mean + est.half_width < 0)
@@ -190,7 +203,9 @@ def gain_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: bool) 
         label = _row_label(key, multi) + [str(len(pairs))]
         body.append(label + row)
         bold.append([False] * len(label) + marks)
+        raw.append(_row_label(key, multi) + [len(pairs)] + values)
     return Table("Gain over base, paired by seed (mean ± 95% CI of the per-seed difference)", headers, body, bold,
+                 slug="gain-over-base", label_columns=_labels(multi), raw=raw, note=
                  "Δ = method − base at the same seed; both are evaluated on the same held-out prompts and noise. "
                  "Bold: the 95% Student-t interval excludes zero on the better side.")
 
@@ -226,7 +241,8 @@ def compute_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: boo
     note = (f"Wall-clock per optimizer update from the ledger (first update excluded as warm-up), device "
             f"{next(iter(trained.values()))[0].ledger.get('device', '?')}. Peak memory: {kind}"
             + (" (process-wide on CPU, so it includes everything loaded before)." if kind == "process_peak_rss" else "."))
-    return Table("Compute per update (matched effective batch)", headers, body, [], note)
+    return Table("Compute per update (matched effective batch)", headers, body, [], note, slug="compute",
+                 label_columns=_labels(multi))
 
 
 # ---- renderers -----------------------------------------------------------------------------
@@ -253,78 +269,45 @@ def to_markdown(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-_TEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-                "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
-                "±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "×": r"$\times$", "—": "--"}
-
-
-def _tex(text: str) -> str:
-    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in text)
-
-
 def to_latex(table: Table) -> str:
-    spec = "l" * len(table.headers)
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{_tex(table.title)}}}",
-             rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(_tex(h) for h in table.headers) + r" \\", r"\midrule"]
-    for i, row in enumerate(table.rows):
-        cells = [rf"\textbf{{{_tex(c)}}}" if table.bold and table.bold[i][j] else _tex(c) for j, c in enumerate(row)]
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    """A ``table`` float for pdflatex (ASCII-only, split when wider than the page)."""
+    return latex.table_to_latex(table)
 
 
 def to_html(table: Table) -> str:
-    esc = html.escape
-    out = [f"<h3>{esc(table.title)}</h3>", "<table>", "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in table.headers) + "</tr>"]
-    for i, row in enumerate(table.rows):
-        cells = [f"<td><b>{esc(c)}</b></td>" if table.bold and table.bold[i][j] else f"<td>{esc(c)}</td>" for j, c in enumerate(row)]
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</table>")
-    if table.note:
-        out.append(f"<p class='note'>{esc(table.note)}</p>")
-    return "\n".join(out) + "\n"
-
-
-# ---- figures -------------------------------------------------------------------------------
-
-
-def training_curves(rows: dict[tuple[str, str, str], list[CellResult]], path: Path, key: str = "reward_mean") -> bool:
-    """Training reward per update, mean over seeds, one line per trained row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    drawn = False
-    for row_key, cells in rows.items():
-        logs = [c.train_log for c in cells if c.train_log and key in c.train_log[0]]
-        if not logs:
-            continue
-        length = min(len(log) for log in logs)
-        steps = [logs[0][i]["step"] for i in range(length)]
-        mean = [sum(log[i][key] for log in logs) / len(logs) for i in range(length)]
-        ax.plot(steps, mean, label=f"{row_key[1]} ({row_key[2]})")
-        drawn = True
-    if not drawn:
-        plt.close(fig)
-        return False
-    ax.set_xlabel("optimizer update")
-    ax.set_ylabel(f"{key} (training reward, own scale)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    """The table in a horizontally scrolling wrapper."""
+    return html_page.table_to_html(table)
 
 
 # ---- the report ----------------------------------------------------------------------------
 
 
-def build_report(folder: str | Path, formats: tuple[str, ...] = ("md", "tex", "html")) -> dict[str, Path]:
-    """Writes report.md / report.tex / report.html and figures/ into ``folder``; returns paths."""
+def parse_formats(formats: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``"md,tex"`` or a sequence -> the formats, or a UserError naming the valid ones."""
+    items = [f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats)]
+    items = [f for f in items if f]
+    unknown = [f for f in items if f not in FORMATS]
+    if unknown or not items:
+        what = f"unknown format(s) {', '.join(unknown)}" if unknown else "no format given"
+        raise UserError(f"--formats: {what}; valid: {', '.join(FORMATS)} (comma-separated, e.g. --formats md,pdf)")
+    return tuple(dict.fromkeys(items))
+
+
+def _figures(rows: dict[tuple[str, str, str], list[CellResult]], folder: Path, multi: bool) -> list[figs.Figure]:
+    return (figs.training_reward_figures(rows, folder, multi) + figs.alignment_vs_compute(rows, folder, multi)
+            + figs.pareto_figures(rows, folder, multi) + figs.sample_grid_figures(rows, folder, multi))
+
+
+def build_report(folder: str | Path, formats: str | tuple[str, ...] = DEFAULT_FORMATS) -> dict[str, Path]:
+    """Writes the report into ``folder`` and returns {format: path}.
+
+    md, tex, html: report.md / report.tex / report.html (figures under figures/; the HTML embeds
+    them and needs no other file); pdf: report.pdf compiled from the LaTeX with pdflatex (log in
+    report.latex.log); csv, json: tables/<table>.csv and tables/tables.json.
+    """
+    formats = parse_formats(formats)
+    if "pdf" in formats:
+        latex.require_pdflatex()  # before anything is written
     folder = Path(folder)
     results = load_results(folder)
     _, problems = load_results_and_problems(folder)
@@ -334,6 +317,9 @@ def build_report(folder: str | Path, formats: tuple[str, ...] = ("md", "tex", "h
     gains = gain_table(rows, multi)
     if gains is not None:
         tables.append(gains)
+    wins = win_rate_table(rows, multi)
+    if wins is not None:
+        tables.append(wins)
     tables += per_task_tables(rows, multi)
     settings = settings_table(rows, multi)
     if settings is not None:
@@ -342,44 +328,52 @@ def build_report(folder: str | Path, formats: tuple[str, ...] = ("md", "tex", "h
     if compute is not None:
         tables.append(compute)
     suite = results[0].info.suite or folder.name
-    figures: list[tuple[str, str]] = []
-    if training_curves(rows, folder / "figures" / "train_reward.png"):
-        figures.append(("Training reward per update (mean over seeds)", "figures/train_reward.png"))
-    grids = [(f"Samples: {k[1]} ({k[2]}), seed {cells[0].info.seed}", str((cells[0].folder / 'samples.png').relative_to(folder)))
-             for k, cells in rows.items() if (cells[0].folder / "samples.png").exists()]
+    title = f"{suite}: results"
+    figures = _figures(rows, folder, multi) if {"md", "tex", "html", "pdf"} & set(formats) else []
     env = results[0].info.versions
     provenance = (f"{len(results)} cells; git {results[0].info.git}; torch {env.get('torch')}; "
                   f"hardware {results[0].info.hardware.get('platform')}")
     definitions = metric_definitions(results)
     written: dict[str, Path] = {}
     if "md" in formats:
-        parts = [f"# {suite}: results\n", f"_{provenance}_\n"] + [to_markdown(t) for t in tables]
+        parts = [f"# {md_escape(title)}\n", f"_{md_escape(provenance)}_\n"] + [to_markdown(t) for t in tables]
         parts += ["### Metric definitions\n\n" + "\n".join(f"- {md_escape(d)}" for d in definitions) + "\n"]
         if problems:
             parts += ["### Cells not in the tables\n\n" + "\n".join(f"- {md_escape(k)}: {md_escape(v)}"
                                                                     for k, v in problems.items()) + "\n"]
-        parts += [f"### {title}\n\n![{title}]({src})\n" for title, src in figures + grids]
+        parts += [f"### Figure: {md_escape(f.slug)}\n\n![{md_escape(f.slug)}]({f.path})\n\n{md_escape(f.caption)}\n"
+                  for f in figures]
         written["md"] = folder / "report.md"
         write_text(written["md"], "\n".join(parts))
-    if "tex" in formats:
-        written["tex"] = folder / "report.tex"
-        footnotes = ("\n\\paragraph{Metric definitions.}\n\\begin{itemize}\n"
-                     + "".join(f"\\item {_tex(d)}\n" for d in definitions) + "\\end{itemize}\n")
-        write_text(written["tex"], f"% {suite}: generated by drpo-bench report\n% {provenance}\n"
-                   + "\n".join(to_latex(t) for t in tables) + footnotes)
-    if "html" in formats:
-        body = "".join(to_html(t) for t in tables)
-        body += "<h3>Metric definitions</h3><ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in definitions) + "</ul>"
+    if "tex" in formats or "pdf" in formats:
+        body = [to_latex(t) for t in tables]
+        body.append("\\paragraph{Metric definitions.}\n\\begin{itemize}\n"
+                    + "".join(f"\\item {latex.tex(d)}\n" for d in definitions) + "\\end{itemize}\n")
         if problems:
-            body += "<h3>Cells not in the tables</h3><ul>" + "".join(
+            body.append("\\paragraph{Cells not in the tables.}\n\\begin{itemize}\n"
+                        + "".join(f"\\item {latex.tex(k)}: {latex.tex(v)}\n" for k, v in problems.items())
+                        + "\\end{itemize}\n")
+        body.append("\\clearpage\n")
+        body += [latex.figure_to_latex(f.path, f.caption, f.slug) for f in figures]
+        source = (f"% {latex.tex(suite)}: generated by drpo-bench report\n% {latex.tex(provenance)}\n"
+                  + latex.document(title, provenance, body))
+        if "tex" in formats:
+            written["tex"] = folder / "report.tex"
+            write_text(written["tex"], source)
+        if "pdf" in formats:
+            written["pdf"] = latex.build_pdf(source, folder, [f.path for f in figures]).pdf
+    if "html" in formats:
+        body_html = "".join(to_html(t) for t in tables)
+        body_html += "<h3>Metric definitions</h3><ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in definitions) + "</ul>"
+        if problems:
+            body_html += "<h3>Cells not in the tables</h3><ul>" + "".join(
                 f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in problems.items()) + "</ul>"
-        body += "".join(f"<h3>{html.escape(t)}</h3><img src='{html.escape(s)}' alt='{html.escape(t)}'>" for t, s in figures + grids)
-        page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(suite)}</title>"
-                "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-                "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}.note{color:#555;font-size:12px}</style>"
-                f"</head><body><h1>{html.escape(suite)}: results</h1><p><i>{html.escape(provenance)}</i></p>{body}</body></html>\n")
+        body_html += "<h2>Figures</h2>" + "".join(html_page.figure_to_html(folder / f.path, f.caption, f.slug)
+                                                  for f in figures)
         written["html"] = folder / "report.html"
-        write_text(written["html"], page)
+        write_text(written["html"], html_page.page(title, provenance, body_html))
+    written.update(export_tables(tables, folder, csv_files="csv" in formats, json_file="json" in formats)
+                   if {"csv", "json"} & set(formats) else {})
     return written
 
 

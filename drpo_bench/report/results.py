@@ -23,6 +23,9 @@ class CellResult:
     ledger: dict[str, Any]  # ledger.json's summary
     train_log: list[dict[str, Any]]
     folder: Path
+    scores: list[dict[str, Any]] = field(default_factory=list)  # scores.jsonl: one row per eval image
+    # eval_history.jsonl ({"step", <metric>: value} per evaluation during training), when the runner wrote it
+    eval_history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def row_key(self) -> tuple[str, str, str]:
@@ -74,10 +77,20 @@ def load_results_and_problems(folder: Path) -> tuple[list[CellResult], dict[str,
                     problems[cell_dir.name] = "unfinished (rerun the suite to resume it)"
                 continue
             results.append(CellResult(info.cell_id, info, cell.read_eval().metrics, cell.read_ledger_summary(),
-                                      cell.read_train_log(), cell.path))
+                                      cell.read_train_log(), cell.path, cell.read_scores(), read_eval_history(cell)))
         except CorruptCellError as exc:
             problems[cell_dir.name] = f"corrupt: {exc}"
     return results, problems
+
+
+EVAL_HISTORY = "eval_history.jsonl"  # held-out metrics at intermediate steps, when a run records them
+
+
+def read_eval_history(cell: CellFolder) -> list[dict[str, Any]]:
+    """Rows {"step": int, <metric>: value} sorted by step; [] when the cell has none."""
+    reader = getattr(cell, "read_eval_history", None)  # the store's own reader, once it has one
+    rows = reader() if reader is not None else cell._read_jsonl(EVAL_HISTORY)
+    return sorted((r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)), key=lambda r: r["step"])
 
 
 def group_rows(results: list[CellResult], suite: dict[str, Any] | None = None) -> dict[tuple[str, str, str], list[CellResult]]:

@@ -17,6 +17,7 @@ from torch import nn
 
 from drpo_bench.errors import UserError
 from drpo_bench.registry import REWARDS, StrictConfig
+from drpo_bench.rewards.aesthetic_head import AestheticMLP
 from drpo_bench.rewards.base import Reward
 from drpo_bench.rewards.clip_common import CLIPEmbedder, RewardDType
 from drpo_bench.weights import resolve_file, resolve_folder
@@ -25,26 +26,6 @@ HEAD_HINT = (
     "Get it from the improved-aesthetic-predictor repository (christophschuhmann/improved-aesthetic-predictor on "
     "GitHub, file sac+logos+ava1-l14-linearMSE.pth) and set `head:` to its path."
 )
-
-
-class AestheticMLP(nn.Module):
-    """The predictor's head; layer indices match the released state dict (``layers.{0,2,4,6,7}``)."""
-
-    def __init__(self, input_size: int = 768) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(input_size, 1024),
-            nn.Dropout(0.2),
-            nn.Linear(1024, 128),
-            nn.Dropout(0.2),
-            nn.Linear(128, 64),
-            nn.Dropout(0.1),
-            nn.Linear(64, 16),
-            nn.Linear(16, 1),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, 1)
-        return self.layers(x)
 
 
 class AestheticConfig(StrictConfig):
@@ -71,6 +52,7 @@ class Aesthetic(Reward):
 
     def __init__(self, config: AestheticConfig) -> None:
         self.config = config
+        self.definition = {**self.definition, "model": f"{config.head} on {config.clip}"}  # type: ignore[misc]
         clip_folder, head_file = self.locations()
         self.clip = CLIPEmbedder(clip_folder, clip_folder, what="aesthetic CLIP", hub_hint="openai/clip-vit-large-patch14",
                                  device=config.device, dtype=config.dtype)
@@ -101,22 +83,8 @@ class Aesthetic(Reward):
         return self
 
 
-class TinyConfig(StrictConfig):
-    device: str = "cpu"  # tests and CPU smoke runs
-    dtype: RewardDType = "fp32"  # exact CPU math for tests
-
-
-@REWARDS.register("aesthetic-tiny")
-class AestheticTiny(Aesthetic):
-    """The aesthetic predictor's classes with tiny random weights (built offline, cached): for tests."""
-
-    Config: ClassVar[type[StrictConfig]] = TinyConfig
-    definition: ClassVar[dict[str, str]] = {
-        **Aesthetic.definition, "model": "tiny random CLIP + head (drpo_bench.testing.make_tiny_aesthetic)", "version": "test",
-    }
-
-    def locations(self) -> tuple[Path, Path]:
-        from drpo_bench.testing import make_tiny_aesthetic
-
-        folder = make_tiny_aesthetic()
-        return folder / "clip", folder / "sac+logos+ava1-l14-linearMSE.pth"
+REWARDS.preset(
+    "aesthetic-tiny", Aesthetic,
+    {"clip": "tiny:aesthetic/clip", "head": "tiny:aesthetic/sac+logos+ava1-l14-linearMSE.pth", "device": "cpu", "dtype": "fp32"},
+    "the aesthetic predictor's classes and loader on tiny random weights (tiny:aesthetic): tests and CPU smoke runs",
+)

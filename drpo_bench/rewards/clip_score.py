@@ -63,12 +63,11 @@ class CLIPScore(Reward):
         folder = self.folder()
         self.clip = CLIPEmbedder(folder, folder, what="CLIP score", hub_hint="openai/clip-vit-large-patch14",
                                  device=config.device, dtype=config.dtype)
-        self.formula = getattr(config, "formula", "cosine")
+        self.formula = config.formula
         if self.formula == "clipscore":
             self.definition = dict(self.clipscore_definition)  # type: ignore[misc]
             self.report_scale = 1.0  # type: ignore[misc]
-        if isinstance(config, CLIPScoreConfig):
-            self.definition = {**self.definition, "model": config.pretrained}  # type: ignore[misc]
+        self.definition = {**self.definition, "model": config.pretrained}  # type: ignore[misc]
 
     def folder(self) -> Path:
         return resolve_folder(self.config.pretrained, what="CLIP weights", revision=self.config.revision,
@@ -85,26 +84,7 @@ class CLIPScore(Reward):
         return self
 
 
-class TinyConfig(StrictConfig):
-    formula: Literal["cosine", "clipscore"] = "cosine"  # as the real one
-    device: str = "cpu"  # tests and CPU smoke runs
-    dtype: RewardDType = "fp32"  # exact CPU math for tests
-
-
-@REWARDS.register("clip-score-tiny")
-class CLIPScoreTiny(CLIPScore):
-    """CLIP score with a tiny random-init CLIPModel (built offline, cached): for tests."""
-
-    Config: ClassVar[type[StrictConfig]] = TinyConfig
-    definition: ClassVar[dict[str, str]] = {
-        **CLIPScore.definition, "model": "tiny random-init CLIPModel (drpo_bench.testing.make_tiny_clip)", "version": "test",
-    }
-    clipscore_definition: ClassVar[dict[str, str]] = {
-        **CLIPScore.clipscore_definition, "model": "tiny random-init CLIPModel (drpo_bench.testing.make_tiny_clip)",
-        "version": "test",
-    }
-
-    def folder(self) -> Path:
-        from drpo_bench.testing import make_tiny_clip
-
-        return make_tiny_clip()
+REWARDS.preset(
+    "clip-score-tiny", CLIPScore, {"pretrained": "tiny:clip", "device": "cpu", "dtype": "fp32"},
+    "CLIP score's classes and loader on tiny random weights (tiny:clip): tests and CPU smoke runs",
+)

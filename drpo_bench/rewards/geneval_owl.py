@@ -156,22 +156,9 @@ class GenEvalOwl(Reward):
         return torch.tensor(out, dtype=torch.float32)
 
 
-class TinyConfig(GenEvalOwlConfig):
-    pretrained: str = ""  # unused: the tiny model is built offline and cached
-    threshold: float = 0.0  # random weights score everything low: keep detections so every path runs
-    partial_credit: bool = True  # a graded score exercises the constraint checks in tests
-    device: str = "cpu"  # tests and CPU smoke runs
-
-
-@REWARDS.register("geneval-owl-tiny")
-class GenEvalOwlTiny(GenEvalOwl):
-    """The GenEval-style OWLv2 reward with a tiny random-init OWLv2 (built offline, cached): for tests."""
-
-    Config: ClassVar[type[StrictConfig]] = TinyConfig
-    definition: ClassVar[dict[str, str]] = {**GenEvalOwl.definition, "model": "tiny random-init OWLv2 (test)"}
-    partial_definition: ClassVar[dict[str, str]] = {**GenEvalOwl.partial_definition, "model": "tiny random-init OWLv2 (test)"}
-
-    def folder(self) -> Path:
-        from drpo_bench.testing import make_tiny_owlv2
-
-        return make_tiny_owlv2()
+REWARDS.preset(
+    "geneval-owl-tiny", GenEvalOwl,
+    # random weights score everything low: threshold 0 keeps detections so every rule runs; partial credit grades
+    {"pretrained": "tiny:owlv2", "threshold": 0.0, "partial_credit": True, "device": "cpu"},
+    "the GenEval-style OWLv2 reward on a tiny random-init OWLv2 (tiny:owlv2): tests",
+)

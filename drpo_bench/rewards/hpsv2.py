@@ -122,27 +122,9 @@ class HPSv2(Reward):
         return self
 
 
-class TinyConfig(StrictConfig):
-    device: str = "cpu"  # tests and CPU smoke runs
-    dtype: RewardDType = "fp32"  # exact CPU math for tests
-
-
-@REWARDS.register("hpsv2-tiny")
-class HPSv2Tiny(HPSv2):
-    """HPSv2's loading path with a tiny random open_clip model and checkpoint: for tests."""
-
-    Config: ClassVar[type[StrictConfig]] = TinyConfig
-    definition: ClassVar[dict[str, str]] = {
-        **HPSv2.definition, "model": "tiny random open_clip model (drpo_bench.testing.make_tiny_open_clip)",
-    }
-
-    def __init__(self, config: TinyConfig) -> None:
-        from drpo_bench.testing import TINY_OPEN_CLIP_NAME, make_tiny_open_clip
-
-        folder = make_tiny_open_clip()
-        super().__init__(HPSv2Config(
-            checkpoint=str(folder / "HPS_tiny_compressed.pt"), model_name=TINY_OPEN_CLIP_NAME,
-            architecture_json=str(folder / f"{TINY_OPEN_CLIP_NAME}.json"), device=config.device, dtype=config.dtype,
-        ))
-        self.config = config  # type: ignore[assignment]
-        self.definition = {**HPSv2Tiny.definition, "version": "v2.0 (loading path only)"}  # type: ignore[misc]
+REWARDS.preset(
+    "hpsv2-tiny", HPSv2,
+    {"checkpoint": "tiny:open-clip/HPS_tiny_compressed.pt", "model_name": "drpo-tiny-ViT",
+     "architecture_json": "tiny:open-clip/drpo-tiny-ViT.json", "device": "cpu", "dtype": "fp32"},
+    "HPSv2's loading path with a tiny random open_clip model and checkpoint (tiny:open-clip): tests",
+)

@@ -81,6 +81,8 @@ class HPSv3(Reward):
 
     def __init__(self, config: HPSv3Config) -> None:
         self.config = config
+        self.definition = {**self.definition, "model": f"{config.checkpoint or 'MizzenAI/HPSv3'} on {config.base} "  # type: ignore[misc]
+                                                       "(Qwen2-VL + reward head), in process"}
         device = resolve_device(config.device)
         auto_bf16 = config.dtype == "auto" and device.type == "cuda"
         dtype = torch.bfloat16 if auto_bf16 else resolve_dtype(config.dtype, device)
@@ -118,29 +120,13 @@ class HPSv3(Reward):
         return self
 
 
-class TinyConfig(StrictConfig):
-    device: str = "cpu"  # tests and CPU smoke runs
-    dtype: RewardDType = "fp32"  # exact CPU math for tests
-    image_tokens: int = Field(16, gt=0)  # the tiny twin's 32 x 32 px (patch 4, merge 2); real 256 at 448 px
-    resample: Literal["bicubic", "bilinear"] = "bicubic"  # as the real one
-    gradient_checkpointing: bool = False  # as the real one
 
-
-@REWARDS.register("hpsv3-tiny")
-class HPSv3Tiny(HPSv3):
-    """HPSv3's loader and code on tiny random weights in the public layout (built offline, cached)."""
-
-    Config: ClassVar[type[StrictConfig]] = TinyConfig
-    definition: ClassVar[dict[str, str]] = {
-        **HPSv3.definition, "model": "tiny random-init Qwen2-VL + HPSv3 head (drpo_bench.testing.make_tiny_hpsv3)",
-        "version": "test",
-    }
-
-    def locate(self) -> tuple[Path, Path]:
-        from drpo_bench.testing import make_tiny_hpsv3
-
-        folder = make_tiny_hpsv3()
-        return folder / "HPSv3.safetensors", folder / "base"
+REWARDS.preset(
+    "hpsv3-tiny", HPSv3,
+    {"checkpoint": "tiny:hpsv3/HPSv3.safetensors", "base": "tiny:hpsv3/base", "device": "cpu", "dtype": "fp32",
+     "image_tokens": 16},  # the tiny twin's 32 x 32 px (patch 4, merge 2); real 256 at 448 px
+    "HPSv3's loader and code on tiny random weights in the public layout (tiny:hpsv3): tests and CPU smoke runs",
+)
 
 
 HOW = (

@@ -59,8 +59,7 @@ class PickScore(Reward):
         )
         self.logit_scale = float(self.clip.model.logit_scale.exp())
         self.report_scale = 100.0 / self.logit_scale  # type: ignore[misc]
-        if isinstance(config, PickScoreConfig):  # the weights this suite names (tiny twins keep their class's)
-            self.definition = {**self.definition, "model": f"{config.pretrained} (processor {config.processor})"}  # type: ignore[misc]
+        self.definition = {**self.definition, "model": f"{config.pretrained} (processor {config.processor})"}  # type: ignore[misc]
 
     def describe(self) -> dict:
         return {**super().describe(), "logit_scale": self.logit_scale}
@@ -88,22 +87,8 @@ class PickScore(Reward):
         return self
 
 
-class TinyConfig(StrictConfig):
-    device: str = "cpu"  # tests and CPU smoke runs
-    dtype: RewardDType = "fp32"  # exact CPU math for tests
-
-
-@REWARDS.register("pickscore-tiny")
-class PickScoreTiny(PickScore):
-    """PickScore's classes with tiny random weights (built offline, cached): for tests and smoke runs."""
-
-    Config: ClassVar[type[StrictConfig]] = TinyConfig
-    definition: ClassVar[dict[str, str]] = {
-        **PickScore.definition, "model": "tiny random-init CLIPModel (drpo_bench.testing.make_tiny_clip)", "version": "test",
-    }
-
-    def folders(self) -> tuple[Path, Path]:
-        from drpo_bench.testing import make_tiny_clip
-
-        folder = make_tiny_clip()
-        return folder, folder
+REWARDS.preset(
+    "pickscore-tiny", PickScore,
+    {"pretrained": "tiny:clip", "processor": "tiny:clip", "device": "cpu", "dtype": "fp32"},
+    "PickScore's classes and loader on tiny random weights (tiny:clip): tests and CPU smoke runs",
+)

@@ -1,4 +1,8 @@
-"""Tiny random-init twins of the real models, built offline and saved in the real on-disk layouts.
+"""Tiny twins: a weight source of random-init models in the real classes and on-disk layouts.
+
+A weights location ``tiny:<twin>`` (``tiny:sd-turbo``, ``tiny:clip``, ``tiny:open-clip/HPS_tiny_compressed.pt``,
+...; see ``TWINS``) resolves here, so the real loaders run unchanged on CPU in tests and smoke runs;
+the registry's ``*-tiny`` names are presets of the real classes with such locations.
 
 Every builder uses the *real* classes (diffusers ``UNet2DConditionModel``/``AutoencoderKL``,
 transformers ``CLIPTextModel``/``CLIPModel``/``Owlv2ForObjectDetection``/``ViTMAEModel``,
@@ -333,7 +337,7 @@ def make_tiny_open_clip(root: Path | None = None) -> Path:
 
 def build_tiny_aesthetic_head(folder: Path, seed: int = 0, input_size: int = 16) -> None:
     """The LAION improved-aesthetic-predictor MLP state dict (real input 768, CLIP ViT-L/14)."""
-    from drpo_bench.rewards.aesthetic import AestheticMLP
+    from drpo_bench.rewards.aesthetic_head import AestheticMLP
 
     _seeded(seed)
     torch.save(AestheticMLP(input_size).state_dict(), folder / "sac+logos+ava1-l14-linearMSE.pth")
@@ -576,3 +580,26 @@ def build_tiny_hpsv3(folder: Path, seed: int = 0) -> None:
 def make_tiny_hpsv3(root: Path | None = None) -> Path:
     """Folder with ``base/`` (tiny Qwen2-VL-Instruct config + tokenizer) and ``HPSv3.safetensors``."""
     return cached_build("hpsv3", build_tiny_hpsv3, root)
+
+
+#: every tiny twin by name: the one table ``tiny:<twin>`` locations resolve through
+TWINS: dict[str, Callable[..., Path]] = {
+    "sd-turbo": make_tiny_sd_turbo,
+    "sdxl-turbo": make_tiny_sdxl_turbo,
+    "clip": make_tiny_clip,
+    "open-clip": make_tiny_open_clip,
+    "aesthetic": make_tiny_aesthetic,
+    "owlv2": make_tiny_owlv2,
+    "vit-mae": make_tiny_vit_mae,
+    "mae-latent": make_tiny_mae_latent,
+    "hpsv3": make_tiny_hpsv3,
+}
+
+
+def folder(twin: str) -> Path:
+    """The folder of tiny twin ``twin`` (built on first use, then cached)."""
+    from drpo_bench.errors import UserError, nearest
+
+    if twin not in TWINS:
+        raise UserError(f"no tiny twin {twin!r}; available: {', '.join(nearest(twin, TWINS))} (all: {', '.join(TWINS)})")
+    return TWINS[twin]()
