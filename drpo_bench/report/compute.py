@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from drpo_bench.report.build import Table
+from drpo_bench.report.table import Table
 from drpo_bench.report.results import CellResult
 
 #: the methods that backpropagate the reward, in order of preference as the reference
