@@ -1,11 +1,8 @@
-"""Whole updates: the tiny SD-Turbo-shaped DrPO and DRaFT updates (scripts/gpu_benchmark.py's
-code on the tiny twins) and a shapes-world DrPO step (skipped until that world is importable)."""
+"""Whole updates: the tiny SD-Turbo-shaped DrPO and DRaFT updates (the methods' real steps on the
+architectures' tiny twins, as ``drpo-bench bench --tiny`` runs them) and a shapes-world DrPO step."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,34 +10,28 @@ import torch
 
 from drpo_bench.ledger import Ledger
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _gpu_benchmark() -> Any:
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", ROOT / "scripts" / "gpu_benchmark.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["gpu_benchmark"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
 
 @pytest.fixture(scope="module")
-def tiny_stack() -> Any:
-    gb = _gpu_benchmark()
-    setting = gb.phase_models.make_setting("sd-turbo", "pickscore", k=8, effective_batch=16, n_pos=2, n_neg=2, tiny=True)
-    return gb, gb.build_stack(setting, torch.device("cpu"), torch.float32)
+def tiny_setting() -> Any:
+    from drpo_bench import bench
+
+    return bench.make_setting("sd-turbo", "pickscore", k=8, effective_batch=16, checkpointing=("generator",),
+                              method_args={"drpo": {"n_pos": 2, "n_neg": 2}}, tiny=True)
 
 
 @pytest.mark.parametrize("method", ["drpo", "draft"])
-def test_tiny_sd_turbo_update(benchmark: Any, tiny_stack: Any, method: str) -> None:
-    gb, stack = tiny_stack
-    gb.set_checkpointing(stack.unet, True)
-    gb.set_checkpointing(stack.reward, method == "draft")
-    opt = torch.optim.AdamW([p for p in stack.unet.parameters() if p.requires_grad], lr=1e-4)
+def test_tiny_sd_turbo_update(benchmark: Any, tiny_setting: Any, method: str) -> None:
+    """The real Method.step (drpo_bench/bench.py), one optimizer update, tiny twins on CPU."""
+    from drpo_bench import bench
+
+    torch.manual_seed(0)
+    stack = bench.build_stack(tiny_setting, "cpu")
     ledger = Ledger("cpu", enabled=False)
-    update = gb.UPDATES[method]
+    runner = bench.prepare(method, tiny_setting, stack, ledger)
+    opt = torch.optim.AdamW(stack.generator.trainable_parameters(), lr=1e-4)
     benchmark.group = "tiny sd-turbo update (K=8, effective batch 16)"
-    benchmark.pedantic(update, args=(stack, ledger, opt, 8 if method == "drpo" else 2), rounds=3, warmup_rounds=1)
+    benchmark.pedantic(bench.run_update, args=(runner, tiny_setting, ledger), kwargs={"micro": 1, "optimizer": opt},
+                       rounds=3, warmup_rounds=1)
 
 
 def test_shapes_world_drpo_step(benchmark: Any) -> None:

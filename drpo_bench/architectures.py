@@ -4,7 +4,7 @@ Every entry of ``ARCHITECTURES`` names one network of the paper's setups (genera
 text encoders, reward models, feature encoders, FID's Inception) with
 
 - ``config``: the public hub configuration values (docs/architectures-reference.md), full size;
-- ``tiny_config``: the same classes at toy sizes (CPU tests, ``gpu_benchmark.py --tiny``);
+- ``tiny_config``: the same classes at toy sizes (CPU tests, ``drpo-bench flops|bench --tiny``);
 - ``build(name, device=..., dtype=..., tiny=...)``: the module with random weights. On the
   ``meta`` device nothing is allocated, so an 8.3 B-parameter model builds in milliseconds and
   serves FLOP counting (drpo_bench/flops.py);

@@ -218,13 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _optional_commands(sub: argparse._SubParsersAction) -> None:
-    """Commands contributed by other modules (flops, serve-reward)."""
+    """Commands contributed by other modules (flops, bench, serve-reward)."""
     try:
-        from drpo_bench.flops_cli import add_flops_parser
+        from drpo_bench.flops_cli import add_bench_parser, add_flops_parser
     except ImportError:
         pass
     else:
         add_flops_parser(sub)
+        add_bench_parser(sub)
     try:
         from drpo_bench.serve import add_serve_reward_parser
     except ImportError:

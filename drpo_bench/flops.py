@@ -1,4 +1,7 @@
-"""FLOPs of the real architectures, counted on the meta device and cached.
+"""FLOPs of single architectures, counted on the meta device and cached (checks against the reference table).
+
+What a whole training update costs is counted from the method's own step by drpo_bench/bench.py;
+this module prices one network in one mode, and registers the CPU attention formulas the ledger uses.
 
 FLOPs are counted with ``torch.utils.flop_counter`` (2 × multiply-adds of matmuls,
 convolutions and attention; elementwise work, norms and softmax are not counted, as in the

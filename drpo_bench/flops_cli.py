@@ -1,37 +1,29 @@
-"""``drpo-bench flops``: FLOPs per update of each method at full paper scale, without weights.
+"""``drpo-bench flops`` and ``drpo-bench bench``: the cost of one update of each method's real step.
 
-    drpo-bench flops --generator sd-turbo --reward hpsv3 --methods drpo,draft \\
+    drpo-bench flops --generator sd-turbo --reward hpsv3 --methods drpo,draft,vggflow,dpo,grpo,pso,raft \\
         --K 24 --effective-batch 192 --grad-checkpointing --json out.json
+    drpo-bench bench --generator sd-turbo --reward hpsv3 --methods drpo,draft --K 24 --effective-batch 192 \\
+        --grad-checkpointing --micro 1 --updates 3 --json results/compute/bench_<device>.json
 
-Every network is built on the meta device and counted with torch.utils.flop_counter (cached,
-see drpo_bench/flops.py); the per-method phase models live in drpo_bench/phase_models.py.
-Wire into the main CLI with ``add_flops_parser(subparsers)``; the parsed namespace carries
-``func=flops_command``. Also runnable alone: ``python -m drpo_bench.flops_cli ...``.
+``flops`` runs each registered method's ``Method.step`` once on full-size networks built on the
+meta device (no weights, no memory) and reports the FLOPs the ledger counted in each phase
+(drpo_bench/bench.py). ``bench`` runs the same step with random weights on the present device
+and reports seconds, peak memory and achieved TFLOP/s per phase. Wire into the main CLI with
+``add_flops_parser(subparsers)`` / ``add_bench_parser(subparsers)``; also runnable alone:
+``python -m drpo_bench.flops_cli [flops|bench] ...``.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from pathlib import Path
 from typing import Any
 
 from drpo_bench.errors import UserError
 from drpo_bench.ledger import PHASES
-from drpo_bench.phase_models import (
-    CHECKPOINT_ROLES,
-    FEATURES,
-    GENERATORS,
-    PHASE_MODELS,
-    REWARDS,
-    ComputeSetting,
-    MethodCompute,
-    compute_methods,
-    make_setting,
-)
 
-#: the paper's measured wall-clock (SD-Turbo, HPSv3, effective batch 192; docs/drpo.md)
+#: the paper's measured wall-clock (SD-Turbo, HPSv3, effective batch 192)
 PAPER_WALL_CLOCK = {
     "setting": "SD-Turbo, HPSv3 reward, effective batch 192 (K=24 × 8 prompts); DRaFT through a checkpointed HPSv3",
     "draft_seconds_per_update": 21.62,
@@ -41,153 +33,112 @@ PAPER_WALL_CLOCK = {
     "ratio": 3.51,
 }
 CONVENTION = (
-    "FLOPs = 2 x multiply-adds of matmuls, convolutions and attention (torch.utils.flop_counter on the meta "
-    "device); elementwise ops, norms, softmax and the optimizer are not counted"
+    "FLOPs = 2 x multiply-adds of matmuls, convolutions and attention, as the ledger counts them (torch.utils."
+    "flop_counter; fused attention's backward = 2.5x its forward); elementwise ops, norms, softmax and the optimizer "
+    "are not counted"
 )
 
 
-def add_flops_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``flops`` subcommand to an argparse ``subparsers`` object."""
-    p = subparsers.add_parser(
-        "flops",
-        help="FLOPs per update of each method at paper scale (meta device, no weights)",
-        description=__doc__.split("\n\n")[0],
+def _common(p: argparse.ArgumentParser, default_methods: str) -> None:
+    from drpo_bench.bench import CHECKPOINT_ROLES, GENERATOR_CLASSES, REWARDS
+
+    p.add_argument("--generator", default="sd-turbo", help=f"one of {', '.join(GENERATOR_CLASSES)} (default sd-turbo)")
+    p.add_argument("--reward", default="hpsv3", help=f"one of {', '.join(REWARDS)} (default hpsv3)")
+    p.add_argument("--methods", default=default_methods, help="comma-separated registered methods")
+    p.add_argument("--features", default=None, help="DrPO feature space (registered name; default: the generator's public one)")
+    p.add_argument("--K", "-K", dest="k", type=int, default=None, help="candidates per prompt (default: 24 SD-Turbo, 16 SDXL-Turbo)")
+    p.add_argument("--effective-batch", type=int, default=None, help="candidates per optimizer update (default 8·K)")
+    p.add_argument("--lora-rank", type=int, default=16, help="LoRA rank on to_q/to_k/to_v/to_out.0 (default 16)")
+    p.add_argument(
+        "--grad-checkpointing", nargs="?", const=",".join(CHECKPOINT_ROLES), default="", metavar="ROLES",
+        help=f"recompute forwards in backward; alone: {','.join(CHECKPOINT_ROLES)}, or a list of those",
     )
-    configure_parser(p)
-    return p
+    p.add_argument("--method-arg", action="append", default=[], metavar="METHOD.KEY=JSON",
+                   help="override a method's config, e.g. drpo.n_pos=4 (repeatable)")
+    p.add_argument("--tiny", action="store_true", help="the architectures' tiny twins (tests, CPU)")
+    p.add_argument("--json", type=Path, default=None, help="write the result as JSON here")
 
 
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--generator", default="sd-turbo", help=f"one of {', '.join(GENERATORS)} (default sd-turbo)")
-    p.add_argument("--reward", default="pickscore", help=f"one of {', '.join(REWARDS)} (default pickscore)")
-    p.add_argument("--methods", default="drpo,draft", help=f"comma-separated, from {', '.join(PHASE_MODELS)}")
-    p.add_argument("--features", default=None, help=f"DrPO feature space, from {', '.join(FEATURES)} (default: the generator's)")
-    p.add_argument("--K", "-K", dest="k", type=int, default=None, help="candidates per prompt (default: 24 SD-Turbo, 16 SDXL-Turbo)")
-    p.add_argument("--effective-batch", type=int, default=None, help="candidates per optimizer update (default 8·K)")
-    p.add_argument("--n-pos", type=int, default=8, help="DrPO positives per prompt (default 8)")
-    p.add_argument("--n-neg", type=int, default=8, help="DrPO negatives per prompt (default 8)")
-    p.add_argument("--lora-rank", type=int, default=16, help="LoRA rank on to_q/to_k/to_v/to_out.0 (default 16)")
-    p.add_argument(
-        "--grad-checkpointing",
-        nargs="?",
-        const=",".join(CHECKPOINT_ROLES),
-        default="",
-        metavar="ROLES",
-        help=f"recompute forwards in backward; alone: every backpropagated network, or a list from {','.join(CHECKPOINT_ROLES)}",
-    )
-    p.add_argument("--tiny", action="store_true", help="price the tiny twins instead (tests)")
-    p.add_argument("--detail", action="store_true", help="also print every line item")
-    p.add_argument("--json", type=Path, default=None, help="write the result as JSON here")
+    _common(p, "drpo,draft,vggflow,dpo,grpo,pso,raft")
     p.set_defaults(func=flops_command)
     return p
+
+
+def configure_bench_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    _common(p, "drpo,draft")
+    p.add_argument("--updates", type=int, default=3, help="timed updates per method, after one warm-up (default 3)")
+    p.add_argument("--micro", type=int, default=None, help="prompts per micro-batch (default: the whole update)")
+    p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if present)")
+    p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="frozen weights (default bf16 on CUDA)")
+    p.set_defaults(func=bench_command)
+    return p
+
+
+def add_flops_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("flops", help="FLOPs per update of each method's real step at paper scale (meta device)",
+                              description=__doc__.split("\n\n")[0])
+    return configure_parser(p)
+
+
+def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("bench", help="time N updates of each method's real step with random weights",
+                              description=__doc__.split("\n\n")[0])
+    return configure_bench_parser(p)
 
 
 def _split(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def setting_from_args(args: argparse.Namespace) -> ComputeSetting:
-    return make_setting(
-        args.generator,
-        args.reward,
-        features=args.features,
-        k=args.k,
-        effective_batch=args.effective_batch,
-        n_pos=args.n_pos,
-        n_neg=args.n_neg,
-        checkpointing=frozenset(_split(args.grad_checkpointing or "")),
-        lora_rank=args.lora_rank,
-        tiny=args.tiny,
-    )
+def _method_args(items: list[str]) -> dict[str, dict[str, Any]]:
+    import json
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise UserError(f"--method-arg {item!r}: write METHOD.KEY=VALUE, e.g. drpo.n_pos=4")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        out.setdefault(method, {})[name] = parsed
+    return out
 
 
-def _versions() -> dict[str, str]:
-    import diffusers
-    import torch
-    import transformers
+def setting_from_args(args: argparse.Namespace) -> Any:
+    from drpo_bench.bench import make_setting
 
-    import drpo_bench
-
-    return {
-        "drpo_bench": drpo_bench.__version__,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
+    return make_setting(args.generator, args.reward, k=args.k, effective_batch=args.effective_batch,
+                        checkpointing=_split(args.grad_checkpointing or ""), lora_rank=args.lora_rank,
+                        features=args.features, method_args=_method_args(args.method_arg), tiny=args.tiny)
 
 
-def result_json(setting: ComputeSetting, results: dict[str, MethodCompute]) -> dict[str, Any]:
-    """Everything the table shows, plus every line item, the components' counts and versions."""
-    from drpo_bench import flops
+def _methods(args: argparse.Namespace) -> list[str]:
+    methods = _split(args.methods)
+    if not methods:
+        raise UserError("--methods is empty; name at least one, e.g. --methods drpo,draft")
+    return methods
 
-    methods: dict[str, Any] = {}
-    components: dict[str, Any] = {}
-    for name, mc in results.items():
-        methods[name] = {
-            "description": PHASE_MODELS[name].description,
-            "total_flops": mc.total,
-            "backward_flops": mc.backward,
-            "phase_flops": mc.phase_flops,
-            "lines": [
-                {
-                    "phase": w.work.phase,
-                    "role": w.work.role,
-                    "component": w.work.component,
-                    "mode": w.work.mode,
-                    "part": w.work.part,
-                    "samples": w.work.samples,
-                    "flops_per_sample": w.flops_per_sample,
-                    "flops": w.flops,
-                    **({"note": w.work.note} if w.work.note else {}),
-                }
-                for w in mc.lines
-            ],
-        }
-        for w in mc.lines:
-            if w.work.component is None:
-                continue
-            lora = setting.lora if w.work.mode == "backward_lora" else None
-            c = flops.count(w.work.component, w.work.mode, shape=dict(w.work.shape), lora=lora, tiny=setting.tiny)
-            key = w.work.component + ("" if not w.work.shape else "@" + ",".join(f"{k}={v}" for k, v in w.work.shape))
-            components.setdefault(key, {})[w.work.mode] = {
-                "forward_flops_per_sample": c.forward,
-                "backward_flops_per_sample": c.backward,
-                "params": c.params,
-                "trainable_params": c.trainable_params,
-                "shape": c.shape,
-            }
+
+def result_json(setting: Any, results: dict[str, Any]) -> dict[str, Any]:
+    """The setting, each method's FLOPs by phase, ratios to DRaFT, the paper's timings and versions."""
+    from drpo_bench.bench import versions
+
+    methods = {name: {"total_flops": c.total, "backward_flops": c.backward, "phase_flops": c.phase_flops}
+               for name, c in results.items()}
     ratios: dict[str, Any] = {}
-    base = "drpo" if "drpo" in results else next(iter(results))
-    for name, mc in results.items():
-        if name != base:
-            ratios[f"{name}/{base}"] = {
-                "total": mc.total / results[base].total,
-                "backward": (mc.backward / results[base].backward) if results[base].backward else None,
-            }
-    return {
-        "setting": {
-            "generator": setting.generator.name,
-            "reward": setting.reward.name,
-            "reward_note": setting.reward.note,
-            "features": setting.features.name,
-            "K": setting.k,
-            "effective_batch": setting.effective_batch,
-            "prompts_per_update": setting.prompts,
-            "n_pos": setting.n_pos,
-            "n_neg": setting.n_neg,
-            "grad_checkpointing": sorted(setting.checkpointing),
-            "lora_rank": setting.lora.rank,
-            "lora_targets": list(setting.lora.targets),
-            "tiny": setting.tiny,
-        },
-        "convention": CONVENTION,
-        "methods": methods,
-        "ratios": ratios,
-        "components": components,
-        "paper_wall_clock": PAPER_WALL_CLOCK,
-        "versions": _versions(),
-    }
+    if "draft" in results:
+        base = results["draft"]
+        for name, c in results.items():
+            if name != "draft" and c.total:
+                ratios[f"draft/{name}"] = {"total": base.total / c.total,
+                                           "backward": base.backward / c.backward if c.backward else None}
+    return {"setting": setting.describe(), "convention": CONVENTION, "source": "Method.step on meta-device networks, "
+            "FLOPs counted by the ledger (drpo_bench/bench.py)", "methods": methods, "ratios": ratios,
+            "paper_wall_clock": PAPER_WALL_CLOCK, "versions": versions()}
 
 
 def _unit(largest: float) -> tuple[str, float]:
@@ -197,70 +148,124 @@ def _unit(largest: float) -> tuple[str, float]:
     return "FLOP", 1.0
 
 
-def print_tables(setting: ComputeSetting, results: dict[str, MethodCompute], detail: bool = False) -> None:
+def _console() -> Any:
     from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _title(setting: Any, what: str) -> str:
+    return (f"{what} — {setting.generator} × {setting.reward}, K={setting.k}, effective batch {setting.effective_batch} "
+            f"({setting.prompts} prompts)" + (f", checkpointing {','.join(sorted(setting.checkpointing))}"
+                                               if setting.checkpointing else "") + (" [tiny]" if setting.tiny else ""))
+
+
+def print_tables(setting: Any, results: dict[str, Any]) -> None:
     from rich.table import Table
 
-    console = Console(width=None if sys.stdout.isatty() else 140)
-    unit, scale = _unit(max(mc.total for mc in results.values()))
-    title = (
-        f"{unit} per update — {setting.generator.name} × {setting.reward.name}, features {setting.features.name}, "
-        f"K={setting.k}, effective batch {setting.effective_batch} ({setting.prompts} prompts)"
-        + (f", checkpointing {','.join(sorted(setting.checkpointing))}" if setting.checkpointing else "")
-        + (" [tiny]" if setting.tiny else "")
-    )
-    console.print(title, style="bold")
+    console = _console()
+    unit, scale = _unit(max(c.total for c in results.values()))
+    console.print(_title(setting, f"{unit} per update"), style="bold")
     table = Table()
     table.add_column("phase")
     for name in results:
         table.add_column(name, justify="right")
-    seen = {p for mc in results.values() for p in mc.phase_flops}
-    phases = [p for p in PHASES if p in seen] + sorted(seen - set(PHASES))
-    for phase in phases:
-        table.add_row(phase, *(f"{mc.phase_flops.get(phase, 0.0) / scale:,.1f}" for mc in results.values()))
+    seen = {p for c in results.values() for p in c.phase_flops}
+    for phase in [p for p in PHASES if p in seen] + sorted(seen - set(PHASES)):
+        table.add_row(phase, *(f"{c.phase_flops.get(phase, 0.0) / scale:,.2f}" for c in results.values()))
     table.add_section()
-    table.add_row("backward", *(f"{mc.backward / scale:,.1f}" for mc in results.values()))
-    table.add_row("total", *(f"{mc.total / scale:,.1f}" for mc in results.values()), style="bold")
+    table.add_row("backward", *(f"{c.backward / scale:,.1f}" for c in results.values()))
+    table.add_row("total", *(f"{c.total / scale:,.1f}" for c in results.values()), style="bold")
     console.print(table)
-    base = "drpo" if "drpo" in results else next(iter(results))
-    for name, mc in results.items():
-        if name != base and results[base].total:
-            back = f", backward {mc.backward / results[base].backward:.2f}×" if results[base].backward else ""
-            console.print(f"{name}/{base}: {mc.total / results[base].total:.2f}× FLOPs per update{back}")
-    console.print(
-        f"[dim]{CONVENTION}. Paper, measured wall-clock ({PAPER_WALL_CLOCK['setting']}): "
-        f"DRaFT {PAPER_WALL_CLOCK['draft_seconds_per_update']} s vs DrPO {PAPER_WALL_CLOCK['drpo_seconds_per_update']} s "
-        f"= {PAPER_WALL_CLOCK['ratio']}×.[/dim]"
-    )
-    if detail:
-        for name, mc in results.items():
-            t = Table(title=f"{name}: line items")
-            for col in ("phase", "role", "component", "mode", "part", "samples", "GFLOP/sample", unit):
-                t.add_column(col, justify="right" if col in ("samples", "GFLOP/sample", unit) else "left")
-            for w in mc.lines:
-                t.add_row(w.work.phase, w.work.role, w.work.component or "(analytic)", w.work.mode, w.work.part,
-                          str(w.work.samples), f"{w.flops_per_sample / 1e9:,.2f}", f"{w.flops / scale:,.1f}")
-            console.print(t)
+    if "draft" in results:
+        for name, c in results.items():
+            if name != "draft" and c.total:
+                console.print(f"DRaFT FLOPs ÷ {name} FLOPs: {results['draft'].total / c.total:.2f}×")
+    console.print(f"[dim]{CONVENTION}. Paper, measured wall-clock ({PAPER_WALL_CLOCK['setting']}): "
+                  f"DRaFT {PAPER_WALL_CLOCK['draft_seconds_per_update']} s vs DrPO "
+                  f"{PAPER_WALL_CLOCK['drpo_seconds_per_update']} s = {PAPER_WALL_CLOCK['ratio']}×.[/dim]")
 
 
 def flops_command(args: argparse.Namespace) -> int:
     """Run ``drpo-bench flops``; returns the exit code (bad input raises UserError: exit 2)."""
+    from drpo_bench.bench import count_methods
     from drpo_bench.store import write_json
 
     setting = setting_from_args(args)
-    methods = _split(args.methods)
-    if not methods:
-        raise UserError("--methods is empty; name at least one, e.g. --methods drpo,draft")
-    results = compute_methods(setting, methods)
-    print_tables(setting, results, detail=args.detail)
+    results = count_methods(setting, _methods(args))
+    print_tables(setting, results)
     if args.json is not None:
         write_json(args.json, result_json(setting, results))
         print(f"wrote {args.json}")
     return 0
 
 
+def command_line(args: argparse.Namespace, setting: Any) -> str:
+    """The ``drpo-bench bench`` command that reproduces this run, every default spelled out."""
+    parts = ["drpo-bench", "bench", "--generator", setting.generator, "--reward", setting.reward, "--methods",
+             args.methods, "--K", str(setting.k), "--effective-batch", str(setting.effective_batch),
+             "--lora-rank", str(setting.lora_rank), "--updates", str(args.updates)]
+    if setting.checkpointing:
+        parts += ["--grad-checkpointing", ",".join(sorted(setting.checkpointing))]
+    for flag, value in (("--micro", args.micro), ("--device", args.device), ("--dtype", args.dtype),
+                        ("--features", args.features)):
+        if value is not None:
+            parts += [flag, str(value)]
+    for item in args.method_arg:
+        parts += ["--method-arg", item]
+    if setting.tiny:
+        parts.append("--tiny")
+    return " ".join(parts)
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    """Run ``drpo-bench bench``: time each method's real step; prints a table, optionally writes JSON."""
+    import torch
+    from rich.table import Table
+
+    from drpo_bench.bench import bench_json, time_updates
+    from drpo_bench.store import write_json
+
+    setting = setting_from_args(args)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    runs = []
+    for method in _methods(args):
+        runs.append(time_updates(method, setting, device=args.device, dtype=dtypes.get(args.dtype or ""),
+                                 updates=args.updates, micro=args.micro))
+    console = _console()
+    console.print(_title(setting, f"seconds per update on {runs[0]['device_name']} ({runs[0]['dtype']})"), style="bold")
+    table = Table()
+    table.add_column("phase")
+    for r in runs:
+        table.add_column(r["method"], justify="right")
+    seen = {p for r in runs for p in r["summary"]["phase_seconds"]}
+    for phase in [p for p in PHASES if p in seen] + sorted(seen - set(PHASES)):
+        table.add_row(phase, *(f"{r['summary']['phase_seconds'].get(phase, 0.0):.3f}" for r in runs))
+    table.add_section()
+    table.add_row("total s/update", *(f"{r['summary']['seconds_per_update']:.3f}" for r in runs), style="bold")
+    unit, scale = _unit(max((r["summary"]["flops_per_update"] or 0) for r in runs))
+    table.add_row(f"{unit}/update", *(f"{(r['summary']['flops_per_update'] or 0) / scale:,.2f}" for r in runs))
+    table.add_row(f"achieved {unit}/s", *(f"{(r['achieved_tflops'] or 0) * 1e12 / scale:,.2f}" for r in runs))
+    table.add_row("share of bf16 peak", *((f"{r['share_of_peak']:.1%}" if r["share_of_peak"] else "-") for r in runs))
+    table.add_row("peak memory GiB", *(f"{r['summary']['peak_memory_bytes'] / 2**30:.2f}" for r in runs))
+    console.print(table)
+    by = {r["method"]: r for r in runs}
+    if "draft" in by:
+        for name, r in by.items():
+            if name != "draft":
+                ratio = by["draft"]["summary"]["seconds_per_update"] / r["summary"]["seconds_per_update"]
+                console.print(f"DRaFT time ÷ {name} time: {ratio:.2f}×")
+    if args.json is not None:
+        write_json(args.json, bench_json(setting, runs, command_line(args, setting)))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = configure_parser(argparse.ArgumentParser(prog="drpo-bench flops", description=__doc__.split("\n\n")[0]))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in ("flops", "bench") else "flops"
+    configure = configure_bench_parser if command == "bench" else configure_parser
+    parser = configure(argparse.ArgumentParser(prog=f"drpo-bench {command}", description=__doc__.split("\n\n")[0]))
     args = parser.parse_args(argv)
     try:
         return args.func(args)
