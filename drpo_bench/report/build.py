@@ -11,6 +11,7 @@ from drpo_bench.ledger import PHASES
 from drpo_bench.report import figures as figs
 from drpo_bench.report import html_page, latex
 from drpo_bench.report.export import export_tables
+from drpo_bench.report.compute import compute_savings_table, load_predictions
 from drpo_bench.report.results import (
     CellResult,
     Estimate,
@@ -218,24 +219,17 @@ def compute_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: boo
     phases = [p for p in PHASES if p in seen] + sorted(seen - set(PHASES))
     seconds = {k: Estimate.of([c.ledger["seconds_per_update"] for c in v]) for k, v in trained.items()}
     headers = (["generator"] if multi else []) + ["method", "train reward", "eff. batch", "s / update"]
-    headers += [f"{p} s" for p in phases] + ["GFLOP / update", "peak mem (MiB)", "× vs reward-backprop"]
+    headers += [f"{p} s" for p in phases] + ["GFLOP / update", "peak mem (MiB)"]
     body = []
     for key, cells in trained.items():
-        led = cells[0].ledger
         phase_means = {p: sum(c.ledger.get("phase_seconds", {}).get(p, 0.0) for c in cells) / len(cells) for p in phases}
         flops = [c.ledger.get("flops_per_update") for c in cells if c.ledger.get("flops_per_update")]
         peak = max(c.ledger.get("peak_memory_bytes", 0) for c in cells) / 2**20
-        backprop = [k for k, v in trained.items() if k[0] == key[0] and v[0].info.needs_differentiable_reward]
-        if backprop and not cells[0].info.needs_differentiable_reward:
-            ref = seconds[backprop[0]].mean
-            speed = f"{ref / seconds[key].mean:.2f}× ({backprop[0][1]})"
-        else:
-            speed = "1.00× (itself)" if cells[0].info.needs_differentiable_reward else "n/a"
         body.append(
             _row_label(key, multi)
             + [str(cells[0].info.effective_batch or "?"), _fmt(seconds[key], 4)]
             + [f"{phase_means[p]:.4f}" for p in phases]
-            + [f"{sum(flops) / len(flops) / 1e9:.3g}" if flops else "not counted", f"{peak:.0f}", speed]
+            + [f"{sum(flops) / len(flops) / 1e9:.3g}" if flops else "not counted", f"{peak:.0f}"]
         )
     kind = next(iter(trained.values()))[0].ledger.get("peak_memory_kind", "")
     note = (f"Wall-clock per optimizer update from the ledger (first update excluded as warm-up), device "
@@ -298,6 +292,12 @@ def _figures(rows: dict[tuple[str, str, str], list[CellResult]], folder: Path, m
             + figs.pareto_figures(rows, folder, multi) + figs.sample_grid_figures(rows, folder, multi))
 
 
+def _paper_scale_predictions() -> dict[tuple[str, str, str], float]:
+    """FLOPs per update at paper scale from the committed results/compute/*.json (when this is a checkout)."""
+    folder = Path(__file__).resolve().parents[2] / "results" / "compute"
+    return load_predictions(folder) if folder.is_dir() else {}
+
+
 def build_report(folder: str | Path, formats: str | tuple[str, ...] = DEFAULT_FORMATS) -> dict[str, Path]:
     """Writes the report into ``folder`` and returns {format: path}.
 
@@ -325,6 +325,9 @@ def build_report(folder: str | Path, formats: str | tuple[str, ...] = DEFAULT_FO
     if settings is not None:
         tables.append(settings)
     compute = compute_table(rows, multi)
+    savings = compute_savings_table(results, predictions=_paper_scale_predictions())
+    if savings is not None:
+        tables.append(savings)
     if compute is not None:
         tables.append(compute)
     suite = results[0].info.suite or folder.name

@@ -122,9 +122,9 @@ def compute_savings_table(
         predicted = (predictions or {}).get((g.get("generator", ""), g.get("reward", ""), g["method"]))
         rows.append([
             key[0], key[1], key[2],
-            f"{g['seconds']:.2f}" if g["seconds"] else "n/a",
+            f"{g['seconds']:.3g}" if g["seconds"] else "n/a",
             ratio,
-            f"{g['flops'] / 1e12:,.2f}" if g["flops"] else "n/a",
+            f"{g['flops'] / 1e12:.3g}" if g["flops"] else "n/a",
             f"{g['memory'] / 2**30:.2f}" if g["memory"] else "n/a",
             f"{predicted / 1e12:,.0f}" if predicted else "–",
         ])
@@ -140,4 +140,7 @@ def compute_savings_table(
     )
     if ref is None:
         note += " No reward-backprop method among these cells: no time ratio."
+    if "process_peak_rss" in kinds:  # CPU timings
+        note += (" Timed on a CPU, which may be shared with other work: seconds are noisy; the ratio within one run "
+                 "is the figure to compare, and the committed compute results give paper-scale FLOPs.")
     return Table(title="Compute: time, FLOPs and memory per update", headers=headers, rows=rows, bold=bold, note=note)
