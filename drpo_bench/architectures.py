@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from drpo_bench import tiny
+
 from drpo_bench.errors import UserError, nearest
 
 ShapeDict = dict[str, int]
@@ -62,17 +64,7 @@ SD_TURBO_UNET: dict[str, Any] = dict(
     flip_sin_to_cos=True,
     freq_shift=0,
 )
-SD_TURBO_UNET_TINY: dict[str, Any] = dict(
-    SD_TURBO_UNET,
-    sample_size=8,
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(32, 64),
-    layers_per_block=1,
-    cross_attention_dim=32,
-    attention_head_dim=(2, 4),
-    norm_num_groups=8,
-)
+SD_TURBO_UNET_TINY: dict[str, Any] = dict(tiny.TINY_SD_UNET)  # the tiny twins' table (drpo_bench/tiny.py)
 
 SDXL_TURBO_UNET: dict[str, Any] = dict(
     sample_size=64,  # SDXL-Turbo is trained and used at 512 px
@@ -94,20 +86,7 @@ SDXL_TURBO_UNET: dict[str, Any] = dict(
     flip_sin_to_cos=True,
     freq_shift=0,
 )
-SDXL_TURBO_UNET_TINY: dict[str, Any] = dict(
-    SDXL_TURBO_UNET,
-    sample_size=8,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(32, 64),
-    layers_per_block=1,
-    transformer_layers_per_block=(1, 1),
-    attention_head_dim=(2, 4),
-    cross_attention_dim=64,
-    addition_time_embed_dim=8,
-    projection_class_embeddings_input_dim=32 + 6 * 8,  # tiny pooled text 32
-    norm_num_groups=8,
-)
+SDXL_TURBO_UNET_TINY: dict[str, Any] = dict(tiny.TINY_SDXL_UNET)
 
 SD_VAE: dict[str, Any] = dict(
     in_channels=3,
@@ -122,7 +101,7 @@ SD_VAE: dict[str, Any] = dict(
     scaling_factor=0.18215,
 )
 SDXL_VAE: dict[str, Any] = dict(SD_VAE, scaling_factor=0.13025)  # same layout; upcast to fp32 advised
-SD_VAE_TINY: dict[str, Any] = dict(SD_VAE, block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=4, sample_size=64)
+SD_VAE_TINY: dict[str, Any] = dict(tiny.TINY_VAE, scaling_factor=0.18215)
 SDXL_VAE_TINY: dict[str, Any] = dict(SD_VAE_TINY, scaling_factor=0.13025)
 
 SD_TURBO_TEXT_ENCODER: dict[str, Any] = dict(  # OpenCLIP ViT-H/14 text tower, penultimate layer kept
@@ -155,11 +134,7 @@ SDXL_TEXT_ENCODER_2: dict[str, Any] = dict(  # OpenCLIP bigG/14 text tower, with
     hidden_act="gelu",
     projection_dim=1280,
 )
-TEXT_ENCODER_TINY: dict[str, Any] = dict(
-    vocab_size=49408,  # the real tokenizer's ids must fit
-    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-    max_position_embeddings=77, hidden_act="gelu", projection_dim=32,
-)
+TEXT_ENCODER_TINY: dict[str, Any] = tiny.tiny_text_config(projection_dim=32)
 
 PICKSCORE_CLIP: dict[str, Any] = dict(  # yuvalkirstain/PickScore_v1: CLIP-H/14, transformers CLIPModel
     projection_dim=1024,
@@ -232,14 +207,13 @@ LATENT_MAE_RESNET: dict[str, Any] = dict(
     width=256,  # assumed from the public checkpoint name "mae_latent_256" (not verifiable offline)
     layers=(3, 4, 6, 3),  # the public code's default layout
 )
-LATENT_MAE_RESNET_TINY: dict[str, Any] = dict(in_channels=4, width=8, layers=(1, 1, 1, 1))
+LATENT_MAE_RESNET_TINY: dict[str, Any] = dict(tiny.TINY_MAE_LATENT)
 
 VIT_MAE_BASE: dict[str, Any] = dict(  # facebook/vit-mae-base encoder, no masking for features
     hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
     image_size=224, patch_size=16, mask_ratio=0.0,
 )
-VIT_MAE_TINY: dict[str, Any] = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                    intermediate_size=64, image_size=32, patch_size=8, mask_ratio=0.0)
+VIT_MAE_TINY: dict[str, Any] = dict(tiny.TINY_VIT_MAE, mask_ratio=0.0)
 
 INCEPTION_V3: dict[str, Any] = dict(num_classes=1008)  # FID's Inception has 1008 logits
 
@@ -433,7 +407,7 @@ def _ids(device: torch.device, batch: int, tokens: int, vocab: int = 1000) -> to
 
 def _unet_inputs(m: nn.Module, b: int, dev: torch.device, dt: torch.dtype, s: ShapeDict) -> dict[str, Any]:
     cfg = m.config
-    lat = s["resolution"] // 8
+    lat = s["resolution"] // s.get("vae_factor", 8)  # the paired VAE's downsampling (tiny twins: 4)
     inputs: dict[str, Any] = dict(
         sample=_empty(dev, dt, b, cfg.in_channels, lat, lat),  # (B, 4, H/8, W/8)
         timestep=torch.full((b,), 999, device=dev, dtype=torch.long),  # one step: t = 999
@@ -527,7 +501,7 @@ def _inception_run(m: nn.Module, x: dict[str, Any]) -> torch.Tensor:
 
 
 def _latent_inputs(m: nn.Module, b: int, dev: torch.device, dt: torch.dtype, s: ShapeDict) -> dict[str, Any]:
-    lat = s["resolution"] // 8
+    lat = s["resolution"] // s.get("vae_factor", 8)
     return dict(latents=_empty(dev, dt, b, m.stem[0].in_channels, lat, lat))
 
 
@@ -597,7 +571,7 @@ class Architecture:
 
 
 _UNET_SHAPE = {"resolution": 512, "text_tokens": 77}
-_UNET_TINY_SHAPE = {"resolution": 64, "text_tokens": 8}
+_UNET_TINY_SHAPE = {"resolution": 64, "text_tokens": 8, "vae_factor": 4}  # the tiny twins' VAE downsamples 4x
 
 ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
@@ -630,13 +604,14 @@ ARCHITECTURES: dict[str, Architecture] = {
             {"text_tokens": 77}, {"text_tokens": 8}, published_params=340.4e6, tags=("text",),
         ),
         Architecture(
-            "sdxl-text-encoder-1", "SDXL text encoder 1 (CLIP ViT-L/14 text)", SDXL_TEXT_ENCODER_1, TEXT_ENCODER_TINY,
+            "sdxl-text-encoder-1", "SDXL text encoder 1 (CLIP ViT-L/14 text)", SDXL_TEXT_ENCODER_1,
+            tiny.tiny_text_config(16, act="quick_gelu"),  # the tiny SDXL twin's: 16 + 16 = the tiny UNet's 32
             _clip_text, _text_inputs, _text_run, {"text_tokens": 77}, {"text_tokens": 8},
             published_params=123.1e6, tags=("text",),
         ),
         Architecture(
             "sdxl-text-encoder-2", "SDXL text encoder 2 (OpenCLIP bigG/14 text, projected)", SDXL_TEXT_ENCODER_2,
-            TEXT_ENCODER_TINY, _clip_text_proj, _text_inputs, _text_run, {"text_tokens": 77}, {"text_tokens": 8},
+            tiny.tiny_text_config(16, projection_dim=16), _clip_text_proj, _text_inputs, _text_run, {"text_tokens": 77}, {"text_tokens": 8},
             published_params=694.7e6, tags=("text",),
         ),
         Architecture(
@@ -674,7 +649,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture(
             "latent-mae-resnet", "DrPO's latent-MAE ResNet feature encoder on SD latents", LATENT_MAE_RESNET,
             LATENT_MAE_RESNET_TINY, lambda c: LatentResNet(**c), _latent_inputs, _latent_resnet_run,
-            {"resolution": 512}, {"resolution": 64}, grad_input="latents",
+            {"resolution": 512}, {"resolution": 64, "vae_factor": 4}, grad_input="latents",
             approximate="widths assumed (base 256); the authors' checkpoint fixes them",
             tags=("features",),
         ),

@@ -381,14 +381,21 @@ def make_tiny_owlv2(root: Path | None = None) -> Path:
 # ---- feature encoders -------------------------------------------------------------------------------
 
 
+#: ViTMAEModel encoder (real facebook/vit-mae-base: 12 x 768, 224 px, patch 16)
+TINY_VIT_MAE: dict[str, Any] = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8,
+)
+#: the latent-MAE ResNet (real: width 256 assumed from "mae_latent_256", layers (3, 4, 6, 3))
+TINY_MAE_LATENT: dict[str, Any] = dict(in_channels=4, width=8, layers=(1, 1, 1, 1))
+
+
 def build_tiny_vit_mae(folder: Path, seed: int = 0) -> None:
     """transformers ViTMAEModel + ViTImageProcessor (real facebook/vit-mae-base: 12 x 768, 224 px, patch 16)."""
     from transformers import ViTImageProcessor, ViTMAEConfig, ViTMAEModel
 
     _seeded(seed)
     config = ViTMAEConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        image_size=32, patch_size=8, decoder_hidden_size=16, decoder_num_hidden_layers=1,
+        **TINY_VIT_MAE, decoder_hidden_size=16, decoder_num_hidden_layers=1,
         decoder_num_attention_heads=2, decoder_intermediate_size=32,
     )
     ViTMAEModel(config).save_pretrained(folder)
