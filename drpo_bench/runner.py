@@ -130,7 +130,7 @@ class CellRunner:
     # ---- one cell --------------------------------------------------------------------------
     def run(self, cell: Cell, progress: Progress | None) -> str:
         """Returns "skipped", "done" or "resumed"."""
-        folder = CellFolder(ensure_inside(self.output, self.output / cell.id))  # ids are safe names; belt and braces
+        folder = CellFolder(ensure_inside(self.output, Path(cell.id)))  # ids are safe names; belt and braces
         folder.path.mkdir(parents=True, exist_ok=True)
         try:
             lock = FileLock(folder.file(LOCK_NAME), wait=self.cell_wait, what="run training this cell").acquire()

@@ -165,3 +165,13 @@ def test_per_image_scores_are_kept_per_cell(toy_run):
     assert {"image", "prompt_index", "prompt", "task", "redness"} <= set(rows[0])
     mean = json.loads((out / "toy--drpo--redness--s0" / "eval.json").read_text())["metrics"]["redness"]["mean"]
     assert sum(r["redness"] for r in rows) / len(rows) == pytest.approx(mean, rel=1e-5)
+
+
+def test_a_relative_output_folder_holds_the_cells_directly(tmp_path, monkeypatch):
+    """`--output runs/x` (relative, as users type it) puts each cell at runs/x/<cell id>."""
+    monkeypatch.chdir(tmp_path)
+    summary = run_suite(load_suite(TOY, ["seeds=[0]", "budget.steps=1", "methods=[{id: base, method: base}]"]),
+                        Path("runs/rel"), quiet=True)
+    assert not summary.failures
+    assert (tmp_path / "runs" / "rel" / "toy--base--none--s0" / "cell.json").is_file()
+    assert not (tmp_path / "runs" / "rel" / "runs").exists()
