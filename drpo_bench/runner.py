@@ -54,7 +54,7 @@ def environment_info() -> dict[str, Any]:
             versions[name] = None
     try:
         git = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
         git_hash = git.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if git.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):
         git_hash = None
