@@ -223,59 +223,13 @@ INCEPTION_V3: dict[str, Any] = dict(num_classes=1008)  # FID's Inception has 100
 # ---------------------------------------------------------------------------------------------
 
 
-class LatentResNet(nn.Module):
-    """ResNet of basic blocks with GroupNorm on SD latents (DrPO's latent-MAE feature encoder).
+def latent_mae_resnet(in_channels: int = 4, width: int = 256, layers: tuple[int, ...] = (3, 4, 6, 3)) -> nn.Module:
+    """DrPO's latent-MAE ResNet feature encoder: the feature code's own module (drpo_bench.drpo.features_real)
+    on random parameters in the public checkpoint layout, so FLOPs are counted on the code that runs."""
+    from drpo_bench.drpo.features_real import LatentResNetEncoder, random_mae_latent_params
 
-    ``forward`` returns the normalized output of every stage, ``layer1..layer4``:
-    (B, w·2^i, H/2^i, W/2^i) for latents (B, 4, H, W).
-    """
+    return LatentResNetEncoder(random_mae_latent_params(width, tuple(layers), in_channels), tuple(layers))
 
-    def __init__(self, in_channels: int = 4, width: int = 256, layers: tuple[int, ...] = (3, 4, 6, 3)) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), _gn(width), nn.ReLU())
-        stages, norms = [], []
-        channels = width
-        for i, blocks in enumerate(layers):
-            out = width * 2**i
-            stage = [_BasicBlock(channels, out, stride=2 if i > 0 else 1)]
-            stage += [_BasicBlock(out, out, 1) for _ in range(blocks - 1)]
-            stages.append(nn.Sequential(*stage))
-            norms.append(_gn(out))
-            channels = out
-        self.stages = nn.ModuleList(stages)
-        self.norms = nn.ModuleList(norms)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.stem(x)
-        out = {}
-        for i, (stage, norm) in enumerate(zip(self.stages, self.norms)):
-            x = stage(x)
-            out[f"layer{i + 1}"] = norm(x)
-        return out
-
-
-def _gn(channels: int) -> nn.GroupNorm:
-    groups = min(32, channels)
-    while channels % groups:
-        groups -= 1
-    return nn.GroupNorm(groups, channels)
-
-
-class _BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.gn1 = _gn(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.gn2 = _gn(cout)
-        self.proj = None
-        if stride != 1 or cin != cout:
-            self.proj = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), _gn(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.gn1(self.conv1(x)))
-        y = self.gn2(self.conv2(y))
-        return torch.relu(y + (x if self.proj is None else self.proj(x)))
 
 
 class ImageRewardModel(nn.Module):
@@ -502,12 +456,13 @@ def _inception_run(m: nn.Module, x: dict[str, Any]) -> torch.Tensor:
 
 def _latent_inputs(m: nn.Module, b: int, dev: torch.device, dt: torch.dtype, s: ShapeDict) -> dict[str, Any]:
     lat = s["resolution"] // s.get("vae_factor", 8)
-    return dict(latents=_empty(dev, dt, b, m.stem[0].in_channels, lat, lat))
+    in_channels = m.param("encoder.conv1.kernel").shape[2]  # JAX layout (kh, kw, in, out)
+    return dict(latents=_empty(dev, dt, b, in_channels, lat, lat))
 
 
 def _latent_resnet_run(m: nn.Module, x: dict[str, Any]) -> torch.Tensor:
     feats = m(x["latents"])
-    return feats[f"layer{len(feats)}"]  # DrPO's SD-Turbo keys are all stage-4 statistics
+    return feats[f"layer{len(m.layers)}"]  # DrPO's SD-Turbo keys are all stage-4 statistics
 
 
 def hf_checkpointing(m: nn.Module, on: bool = True) -> None:
@@ -648,7 +603,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         ),
         Architecture(
             "latent-mae-resnet", "DrPO's latent-MAE ResNet feature encoder on SD latents", LATENT_MAE_RESNET,
-            LATENT_MAE_RESNET_TINY, lambda c: LatentResNet(**c), _latent_inputs, _latent_resnet_run,
+            LATENT_MAE_RESNET_TINY, lambda c: latent_mae_resnet(**c), _latent_inputs, _latent_resnet_run,
             {"resolution": 512}, {"resolution": 64, "vae_factor": 4}, grad_input="latents",
             approximate="widths assumed (base 256); the authors' checkpoint fixes them",
             tags=("features",),

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from drpo_bench import architectures as arch
-from drpo_bench.drpo.features_real import LatentMAEFeatures, LatentResNetEncoder, ViTMAEFeatures
+from drpo_bench.drpo.features_real import LatentMAEFeatures, LatentResNetEncoder, ViTMAEFeatures, random_mae_latent_params
 from drpo_bench.errors import UserError, nearest
 from drpo_bench.generators.sd_turbo import SDTurboGenerator
 from drpo_bench.generators.sdxl_turbo import SDXLTurboGenerator
@@ -78,36 +78,6 @@ class FixedTokenizer:
         ids[:, 0] = self.bos
         ids[:, 1:9] = torch.arange(320, 328)  # a few ordinary word ids
         return SimpleNamespace(input_ids=ids)
-
-
-def latent_mae_params(width: int, layers: tuple[int, ...], in_channels: int = 4) -> dict[str, torch.Tensor]:
-    """Random parameters in the public ``mae_latent_256_torch.pth`` key layout (what ``LatentResNetEncoder``
-    reads), on the current default device: JAX (kh, kw, in, out) kernels, GroupNorm scale/bias per conv."""
-    params: dict[str, torch.Tensor] = {}
-
-    def conv(key: str, k: int, cin: int, cout: int) -> None:
-        params[f"{key}.kernel"] = torch.randn(k, k, cin, cout) * (2.0 / (k * k * cin)) ** 0.5
-
-    def norm(key: str, c: int) -> None:
-        params[f"{key}.scale"], params[f"{key}.bias"] = torch.ones(c), torch.zeros(c)
-
-    conv("encoder.conv1", 3, in_channels, width)
-    norm("encoder.gn1", width)
-    cin = width
-    for s, blocks in enumerate(layers):
-        cout = width * 2**s
-        for b in range(blocks):
-            prefix = f"encoder.stages_{s}.layers_{b}"
-            conv(f"{prefix}.conv1", 3, cin, cout)
-            norm(f"{prefix}.gn1", cout)
-            conv(f"{prefix}.conv2", 3, cout, cout)
-            norm(f"{prefix}.gn2", cout)
-            if cin != cout or (s > 0 and b == 0):
-                conv(f"{prefix}.proj_conv", 1, cin, cout)
-                norm(f"{prefix}.proj_gn", cout)
-            cin = cout
-        norm(f"encoder.layer{s + 1}_norm", cout)
-    return params
 
 
 class _ArchitectureModules:
@@ -214,7 +184,7 @@ class ArchLatentMAE(LatentMAEFeatures):
         self.config = LatentMAEFeatures.Config(keys=None if config.tiny else LatentMAEFeatures.Config().keys)
         device = generator.device if generator is not None else torch.device("cpu")
         with torch.device(device):
-            params = latent_mae_params(spec["width"], tuple(spec["layers"]), spec["in_channels"])
+            params = random_mae_latent_params(spec["width"], tuple(spec["layers"]), spec["in_channels"])
         self.in_channels = spec["in_channels"]
         self.net = LatentResNetEncoder(params, tuple(spec["layers"]))
         if config.tiny:  # tiny latents leave stage 4 at 1x1: keep the whole-map statistics only
