@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--update-reference", action="store_true", help="allow writing into the committed results/ folder")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                     help="wait this long for another run's check-in on the same --output (default: refuse at once)")
+                     help="wait at least this long for another run's check-in on the same --output (default 60 s)")
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check suites: schema, names, pairings; loads no weights")

@@ -233,7 +233,8 @@ def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool
     planned = plan_cells(suite)
     cells = [c for i, c in enumerate(planned) if i % shard[1] == shard[0]]
     output.mkdir(parents=True, exist_ok=True)
-    with FileLock(output / GATE_NAME, wait=wait, what="drpo-bench run", record=False):
+    # the gate is held only while a run checks in (well under a second): always wait for it a while
+    with FileLock(output / GATE_NAME, wait=max(wait, GATE_WAIT_SECONDS), what="drpo-bench run", record=False):
         live = not is_free(output / LOCK_NAME)
         settings_file = output / SETTINGS_NAME
         settings = _read_settings(settings_file) if live else {"cells": {}, "holders": []}
@@ -248,6 +249,9 @@ def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool
     finally:
         run_lock.release()
 
+
+#: how long a run waits for another run's check-in at the folder's gate (seconds)
+GATE_WAIT_SECONDS = 60.0
 
 #: the settings (cell id -> fingerprint) and holders of the runs live in a folder
 SETTINGS_NAME = ".drpo-bench.settings.json"
