@@ -226,7 +226,8 @@ INCEPTION_V3: dict[str, Any] = dict(num_classes=1008)  # FID's Inception has 100
 def latent_mae_resnet(in_channels: int = 4, width: int = 256, layers: tuple[int, ...] = (3, 4, 6, 3)) -> nn.Module:
     """DrPO's latent-MAE ResNet feature encoder: the feature code's own module (drpo_bench.drpo.features_real)
     on random parameters in the public checkpoint layout, so FLOPs are counted on the code that runs."""
-    from drpo_bench.drpo.features_real import LatentResNetEncoder, random_mae_latent_params
+    from drpo_bench.drpo.features_real import LatentResNetEncoder
+    from drpo_bench.drpo.mae_latent_layout import random_mae_latent_params
 
     return LatentResNetEncoder(random_mae_latent_params(width, tuple(layers), in_channels), tuple(layers))
 

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from drpo_bench import architectures as arch
-from drpo_bench.drpo.features_real import LatentMAEFeatures, LatentResNetEncoder, ViTMAEFeatures, random_mae_latent_params
+from drpo_bench.drpo.features_real import LatentMAEFeatures, LatentResNetEncoder, ViTMAEFeatures
+from drpo_bench.drpo.mae_latent_layout import random_mae_latent_params
 from drpo_bench.errors import UserError, nearest
 from drpo_bench.generators.sd_turbo import SDTurboGenerator
 from drpo_bench.generators.sdxl_turbo import SDXLTurboGenerator

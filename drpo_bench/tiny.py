@@ -407,39 +407,12 @@ def make_tiny_vit_mae(root: Path | None = None) -> Path:
 
 
 def tiny_mae_latent_state(seed: int = 0, width: int = 8, layers: tuple[int, ...] = (1, 1, 1, 1), in_channels: int = 4) -> dict[str, Any]:
-    """A checkpoint in the public ``mae_latent_256_torch.pth`` format (JAX-exported ResNet encoder).
+    """A checkpoint in the public ``mae_latent_256_torch.pth`` format (JAX-exported ResNet encoder):
+    the layout of ``drpo_bench.drpo.mae_latent_layout``, seeded, with noisy GroupNorm affines;
+    metadata.model_config gives ``layers`` and ``in_channels``. Real: layers (3, 4, 6, 3)."""
+    from drpo_bench.drpo.mae_latent_layout import random_mae_latent_params
 
-    Keys: ``encoder.conv1.kernel`` (kh, kw, in, out), ``encoder.gn1.{scale,bias}``,
-    ``encoder.stages_{s}.layers_{b}.{conv1,conv2,proj_conv}.kernel``, ``...{gn1,gn2,proj_gn}.{scale,bias}``,
-    ``encoder.layer{s+1}_norm.{scale,bias}``; widths double per stage; metadata.model_config
-    gives ``layers`` and ``in_channels``. Real: layers (3, 4, 6, 3).
-    """
-    g = torch.Generator().manual_seed(seed)
-
-    def kernel(k: int, cin: int, cout: int) -> torch.Tensor:
-        return torch.randn(k, k, cin, cout, generator=g) * (2.0 / (k * k * cin)) ** 0.5
-
-    def norm(prefix: str, c: int) -> None:
-        state[f"{prefix}.scale"] = 1 + 0.1 * torch.randn(c, generator=g)
-        state[f"{prefix}.bias"] = 0.1 * torch.randn(c, generator=g)
-
-    state: dict[str, torch.Tensor] = {"encoder.conv1.kernel": kernel(3, in_channels, width)}
-    norm("encoder.gn1", width)
-    cin = width
-    for s, blocks in enumerate(layers):
-        cout = width * 2**s
-        for b in range(blocks):
-            prefix = f"encoder.stages_{s}.layers_{b}"
-            state[f"{prefix}.conv1.kernel"] = kernel(3, cin, cout)
-            norm(f"{prefix}.gn1", cout)
-            state[f"{prefix}.conv2.kernel"] = kernel(3, cout, cout)
-            norm(f"{prefix}.gn2", cout)
-            stride = 2 if s > 0 and b == 0 else 1
-            if cin != cout or stride != 1:
-                state[f"{prefix}.proj_conv.kernel"] = kernel(1, cin, cout)
-                norm(f"{prefix}.proj_gn", cout)
-            cin = cout
-        norm(f"encoder.layer{s + 1}_norm", cout)
+    state = random_mae_latent_params(width, layers, in_channels, generator=torch.Generator().manual_seed(seed), norm_noise=0.1)
     return {"state_dict": state, "metadata": {"model_config": {"layers": list(layers), "in_channels": in_channels}}}
 
 

@@ -156,37 +156,6 @@ class LatentResNetEncoder(nn.Module):
         return maps
 
 
-def random_mae_latent_params(width: int, layers: tuple[int, ...], in_channels: int = 4) -> dict[str, torch.Tensor]:
-    """Random parameters in the public ``mae_latent_256_torch.pth`` key layout (what ``LatentResNetEncoder``
-    reads), on the current default device (``meta`` for FLOP counts): JAX (kh, kw, in, out) kernels,
-    GroupNorm scale 1 / bias 0 per conv."""
-    params: dict[str, torch.Tensor] = {}
-
-    def conv(key: str, k: int, cin: int, cout: int) -> None:
-        params[f"{key}.kernel"] = torch.randn(k, k, cin, cout) * (2.0 / (k * k * cin)) ** 0.5
-
-    def norm(key: str, c: int) -> None:
-        params[f"{key}.scale"], params[f"{key}.bias"] = torch.ones(c), torch.zeros(c)
-
-    conv("encoder.conv1", 3, in_channels, width)
-    norm("encoder.gn1", width)
-    cin = width
-    for s, blocks in enumerate(layers):
-        cout = width * 2**s
-        for b in range(blocks):
-            prefix = f"encoder.stages_{s}.layers_{b}"
-            conv(f"{prefix}.conv1", 3, cin, cout)
-            norm(f"{prefix}.gn1", cout)
-            conv(f"{prefix}.conv2", 3, cout, cout)
-            norm(f"{prefix}.gn2", cout)
-            if cin != cout or (s > 0 and b == 0):
-                conv(f"{prefix}.proj_conv", 1, cin, cout)
-                norm(f"{prefix}.proj_gn", cout)
-            cin = cout
-        norm(f"encoder.layer{s + 1}_norm", cout)
-    return params
-
-
 def load_mae_latent_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], tuple[int, ...], int]:
     """Read ``mae_latent_256_torch.pth``: (params, stage depths, input channels)."""
     try:
