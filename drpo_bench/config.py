@@ -138,6 +138,9 @@ class EvalConfig(_Strict):
     batch_size: int = Field(64, ge=1)  # images per generator forward at eval time
     seed: int = 1234  # eval noise seed (plus the cell seed): every method sees the same noise
     grid_prompts: int = Field(8, ge=0)  # prompts shown in samples.png
+    every: int | None = Field(None, ge=1)  # held-out eval every N updates (eval_history.jsonl); None = at the end only
+    every_max_prompts: int | None = Field(None, ge=1)  # prompts of those periodic evals (cheaper); None = max_prompts
+    keep_images: bool = False  # write every eval image to eval_images/ (PNG), e.g. for FID against other tools
 
 
 class MethodSpec(_Strict):

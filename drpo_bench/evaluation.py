@@ -12,20 +12,23 @@ import torch
 from drpo_bench.metrics.base import EvalSamples, Metric, MetricValue
 from drpo_bench.planning import Cell
 from drpo_bench.prompts.base import Prompt
-from drpo_bench.store import EvalRecord, MetricRecord, _atomic_write_bytes
+from drpo_bench.store import CellFolder, EvalRecord, MetricRecord, _atomic_write_bytes
 
 
 @torch.no_grad()
 def evaluate(cell: Cell, generator: Any, prompts: list[Prompt], metrics: list[Metric],
-             grid_path: Path | None = None) -> tuple[EvalRecord, list[dict[str, Any]]]:
+             grid_path: Path | None = None, *, max_prompts: int | None = None,
+             keep_images: CellFolder | None = None, return_grid: bool = False) -> Any:
     """Sample ``images_per_prompt`` images for each held-out prompt and compute every metric.
 
     Base and methods at seed s share the eval noise (``eval.seed + s``), so per-seed differences
     cancel the draw both share. Returns the record for eval.json and one row per image (prompt
-    index, prompt, task, every per-image metric) for scores.jsonl.
+    index, prompt, task, every per-image metric) for scores.jsonl. ``max_prompts`` overrides
+    ``eval.max_prompts`` (periodic evaluations); ``keep_images`` writes every image to that folder;
+    ``return_grid`` adds a third item: the first ``grid_prompts`` prompts' images (for live logs).
     """
     ecfg = cell.eval
-    prompts = prompts[: ecfg.max_prompts]
+    prompts = prompts[: max_prompts or ecfg.max_prompts]
     n = ecfg.images_per_prompt
     rows = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]
     noise_rng = torch.Generator().manual_seed(ecfg.seed + cell.seed)
@@ -50,6 +53,8 @@ def evaluate(cell: Cell, generator: Any, prompts: list[Prompt], metrics: list[Me
         values.update(computed)
         for name in computed:
             definitions[name] = metric_definition(metric, name)
+    if keep_images is not None:
+        keep_images.write_eval_images(samples.images, [i for i, _ in rows], n)
     if grid_path is not None and ecfg.grid_prompts:
         write_samples_grid(grid_path, samples.images[: ecfg.grid_prompts * n], nrow=n)
     record = EvalRecord(
@@ -65,6 +70,8 @@ def evaluate(cell: Cell, generator: Any, prompts: list[Prompt], metrics: list[Me
          **{k: column[i] for k, column in per_image.items()}}
         for i, (index, prompt) in enumerate(rows)
     ]
+    if return_grid:
+        return record, scores, samples.images[: ecfg.grid_prompts * n]
     return record, scores
 
 
@@ -89,3 +96,10 @@ def write_samples_grid(path: Path, images: torch.Tensor, nrow: int) -> None:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
     _atomic_write_bytes(path, buf.getvalue())
+
+
+def history_row(step: int, record: EvalRecord, ledger: Any) -> dict[str, Any]:
+    """One eval_history.jsonl row: the step, training seconds so far (the ledger's updates) and every mean."""
+    seconds = sum(u.seconds for u in getattr(ledger, "updates", []) if getattr(u, "seconds", None) is not None)
+    return {"step": step, "train_seconds": seconds, "n_prompts": record.n_prompts,
+            **{name: m.mean for name, m in record.metrics.items()}}

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from drpo_bench import __version__
 from drpo_bench.config import ComponentSpec, Suite
 from drpo_bench.errors import NonFiniteError, UserError
-from drpo_bench.evaluation import evaluate
+from drpo_bench.evaluation import evaluate, history_row
 from drpo_bench.ledger import Ledger
 from drpo_bench.locks import GATE_NAME, LOCK_NAME, FileLock, LockedError, describe, holder_info, is_free
 from drpo_bench.methods import Method
@@ -141,6 +141,19 @@ class CellRunner:
         finally:
             lock.release()
 
+    def _periodic_eval(self, cell: Cell, folder: CellFolder, generator: Any, ledger: Ledger) -> Any:
+        """eval.every: held-out metrics during training, appended to eval_history.jsonl."""
+        if not cell.eval.every:
+            return None
+
+        def evaluate_at(step: int) -> tuple[dict[str, float], torch.Tensor]:
+            record, _, images = evaluate(cell, generator, self.prompts(cell.eval.split), self.metrics(generator.device),
+                                         max_prompts=cell.eval.every_max_prompts, return_grid=True)
+            folder.append_eval_history(history_row(step, record, ledger))
+            return {name: m.mean for name, m in record.metrics.items()}, images
+
+        return evaluate_at
+
     def _run_locked(self, cell: Cell, folder: CellFolder, progress: Progress | None) -> str:
         fingerprint = cell.fingerprint
         record = folder.read_cell()
@@ -171,10 +184,11 @@ class CellRunner:
             reward_identity = reward.identity() if callable(getattr(reward, "identity", None)) else None
             train_prompts = [p.text for p in self.prompts("train")]
             resumed_from = train_cell(cell, folder, generator, method, reward, train_prompts, ledger, progress,
-                                      None if self.quiet else self.console, logging=self.suite.logging)
+                                      None if self.quiet else self.console, logging=self.suite.logging,
+                                      evaluate_at=self._periodic_eval(cell, folder, generator, ledger))
             generator.save_adapter(folder.file(CellFolder.ADAPTER))
         result, scores = evaluate(cell, generator, self.prompts(cell.eval.split), self.metrics(generator.device),
-                                  folder.file(CellFolder.SAMPLES))
+                                  folder.file(CellFolder.SAMPLES), keep_images=folder if cell.eval.keep_images else None)
         folder.write_scores(scores)
         folder.write_eval(result)
         folder.write_ledger(ledger.to_json())

@@ -20,6 +20,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from drpo_bench.errors import UserError
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once at import: os.umask can only be read by setting it
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -28,6 +37,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are shared files like any other
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -146,6 +156,8 @@ class CellFolder:
     ERROR = "error.txt"
     CHECKPOINT = "checkpoint.json"
     SCORES = "scores.jsonl"  # per eval image: prompt index, prompt, task and every per-image metric
+    EVAL_HISTORY = "eval_history.jsonl"  # {"step", "seconds", "flops", <metric>: mean} per periodic eval (eval.every)
+    EVAL_IMAGES = "eval_images"  # every eval image as <prompt index>-<image>.png (eval.keep_images)
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -186,6 +198,11 @@ class CellFolder:
         """Per-image scores (``scores.jsonl``): [] for cells written before they were kept."""
         return self._read_jsonl(self.SCORES)
 
+    def read_eval_history(self) -> list[dict[str, Any]]:
+        """Periodic held-out evaluations sorted by step: [] when the cell ran none (eval.every unset)."""
+        rows = self._read_jsonl(self.EVAL_HISTORY)
+        return sorted((r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)), key=lambda r: r["step"])
+
     def read_train_log(self) -> list[dict[str, Any]]:
         return self._read_jsonl(self.TRAIN_LOG)
 
@@ -205,7 +222,7 @@ class CellFolder:
 
     # -- integrity --
     #: files whose checksums cell.json records (those that exist when it is written)
-    CHECKED = (EVAL, LEDGER, TRAIN_LOG, ADAPTER, SAMPLES, SCORES)
+    CHECKED = (EVAL, LEDGER, TRAIN_LOG, ADAPTER, SAMPLES, SCORES, EVAL_HISTORY)
 
     def checksums(self) -> dict[str, str]:
         return {name: sha256_file(self.file(name)) for name in self.CHECKED if self.file(name).exists()}
@@ -234,6 +251,31 @@ class CellFolder:
 
     def write_ledger(self, ledger_json: dict[str, Any]) -> None:
         write_json(self.file(self.LEDGER), ledger_json)
+
+    def append_eval_history(self, row: dict[str, Any]) -> None:
+        """Add one periodic evaluation (atomic rewrite: the file is small and never half-written)."""
+        rows = [r for r in self.read_eval_history() if r["step"] != row["step"]] + [row]
+        write_text(self.file(self.EVAL_HISTORY), "".join(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["step"])))
+
+    def truncate_eval_history(self, keep_steps: int) -> None:
+        """On resume from step ``keep_steps``: drop evaluations a killed run made after that checkpoint."""
+        if self.file(self.EVAL_HISTORY).exists():
+            rows = [r for r in self.read_eval_history() if r["step"] <= keep_steps]
+            write_text(self.file(self.EVAL_HISTORY), "".join(json.dumps(r) + "\n" for r in rows))
+
+    def write_eval_images(self, images: torch.Tensor, groups: list[int], per_prompt: int) -> None:
+        """(N, 3, H, W) in [0, 1] -> eval_images/<prompt index>-<j>.png, j the image's index within its prompt."""
+        import io
+
+        from PIL import Image
+
+        folder = self.file(self.EVAL_IMAGES)
+        folder.mkdir(exist_ok=True)
+        arrays = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (N, H, W, 3)
+        for i, (array, group) in enumerate(zip(arrays, groups)):
+            buf = io.BytesIO()
+            Image.fromarray(array).save(buf, format="PNG")
+            _atomic_write_bytes(folder / f"{group:05d}-{i % per_prompt:03d}.png", buf.getvalue())
 
     def write_scores(self, rows: list[dict[str, Any]]) -> None:
         write_text(self.file(self.SCORES), "".join(json.dumps(row) + "\n" for row in rows))

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from drpo_bench.errors import UserError
 from drpo_bench.registry import StrictConfig
@@ -44,6 +44,12 @@ class LoggingConfig(StrictConfig):
     every: int = Field(10, ge=1)  # a stderr line every N updates (TensorBoard and W&B get every update)
     lines: Literal["auto", "on", "off"] = "auto"  # stderr lines: auto = only when stderr is not a terminal
 
+    @field_validator("lines", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        """YAML reads a bare on/off as a boolean: take it as the word it was."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
 
 class Sink(abc.ABC):
     """Where live training numbers go. ``entry`` is a train.jsonl line: {"step", "loss", "grad_norm", ...}."""
@@ -53,6 +59,9 @@ class Sink(abc.ABC):
 
     def log_images(self, step: int, tag: str, images: torch.Tensor) -> None:  # noqa: B027 - optional
         """(N, 3, H, W) images in [0, 1]."""
+
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None:  # noqa: B027 - optional
+        """Held-out metric means of a periodic evaluation (eval.every)."""
 
     def close(self) -> None:  # noqa: B027 - optional
         pass
@@ -90,6 +99,11 @@ class TensorBoardSink(Sink):
         self.writer.add_images(tag, images.detach().float().clamp(0, 1).cpu(), global_step=step)  # (N, 3, H, W)
         self.writer.flush()
 
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        for key, value in _scalars(metrics).items():
+            self.writer.add_scalar(f"eval/{key}", value, global_step=step)
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
 
@@ -118,6 +132,9 @@ class WandbSink(Sink):
     def log_images(self, step: int, tag: str, images: torch.Tensor) -> None:
         arrays = (images.detach().float().clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
         self.run.log({tag: [self.wandb.Image(a) for a in arrays]}, step=step)  # (H, W, 3) each
+
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.log({f"eval/{k}": v for k, v in _scalars(metrics).items()}, step=step)
 
     def close(self) -> None:
         self.run.finish()
@@ -159,6 +176,10 @@ class LineSink(Sink):
             parts.append(f"ETA {format_duration(per_update * (self.total - step))}")
         print(" ".join(parts), file=self.stream, flush=True)
 
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        shown = " ".join(f"{k} {v:.4g}" for k, v in _scalars(metrics).items())
+        print(f"cell {self.cell_id} held-out eval at update {step}/{self.total}: {shown}", file=self.stream, flush=True)
+
 
 def format_duration(seconds: float) -> str:
     """45s, 19m, 2h05m, 3d04h."""
@@ -187,6 +208,10 @@ class TrainLogger(Sink):
     def log_images(self, step: int, tag: str, images: torch.Tensor) -> None:
         for sink in self.sinks:
             sink.log_images(step, tag, images)
+
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        for sink in self.sinks:
+            sink.log_eval(step, metrics)
 
     def close(self) -> None:
         for sink in self.sinks:

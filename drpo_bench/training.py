@@ -12,7 +12,7 @@ import json
 import math
 import random
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,14 @@ MAX_FP16_SKIPS = 25
 
 def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, reward: Any, train_prompts: list[str],
                ledger: Ledger, progress: Progress | None = None, console: Console | None = None,
-               logging: LoggingConfig | None = None) -> int | None:
-    """Train ``cell`` in place (its LoRA in ``generator``); returns the step it resumed from, if any."""
+               logging: LoggingConfig | None = None,
+               evaluate_at: Callable[[int], tuple[dict[str, float], torch.Tensor]] | None = None) -> int | None:
+    """Train ``cell`` in place (its LoRA in ``generator``); returns the step it resumed from, if any.
+
+    ``evaluate_at(step)`` -> (metric means, sample images): a held-out evaluation, called before
+    the first update (step 0) and after every ``cell.eval.every``-th and the last (before that
+    step's checkpoint, so a resumed run never misses one); both go to the live logs.
+    """
     budget, tcfg = cell.budget, cell.train
     device = generator.device
     params = generator.trainable_parameters()
@@ -68,7 +74,12 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
                              run_config={"generator": cell.generator.model_dump(), "method": cell.method.model_dump(),
                                          "budget": cell.budget.model_dump(), "train": cell.train.model_dump(),
                                          "seed": cell.seed})
+    every = cell.eval.every if evaluate_at is not None else None
+    if every:
+        folder.truncate_eval_history(start)
     with log_path.open("a") as log, live:
+        if every and start == 0:
+            _evaluate_between_updates(generator, evaluate_at, 0, live)
         for step in range(start, budget.steps):
             chosen = update_prompts(train_prompts, budget.prompts_per_update, cell.seed, step)
             for group in optimizer.param_groups:  # a function of the step alone: resumes exactly
@@ -118,6 +129,8 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
             log.write(json.dumps(entry) + "\n")
             log.flush()
             live.log_update(step + 1, entry)
+            if every and ((step + 1) % every == 0 or step + 1 == budget.steps):
+                _evaluate_between_updates(generator, evaluate_at, step + 1, live)
             if (step + 1) % tcfg.checkpoint_every == 0 and step + 1 < budget.steps:
                 checkpoint(folder, cell.fingerprint, step + 1, generator, optimizer, scaler, method, ledger)
             if progress is not None and task is not None:
@@ -126,6 +139,19 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
     if progress is not None and task is not None:
         progress.remove_task(task)
     return resumed_from
+
+
+def _evaluate_between_updates(generator: Any, evaluate_at: Callable[[int], tuple[dict[str, float], torch.Tensor]],
+                              step: int, live: Any) -> None:
+    """Run a held-out evaluation with the generator in eval mode, log it live, then back to training."""
+    generator.train(False)
+    try:
+        metrics, images = evaluate_at(step)
+    finally:
+        generator.train(True)
+    live.log_eval(step, metrics)
+    if images.numel():
+        live.log_images(step, "eval/samples", images)
 
 
 # ---- checkpoints -------------------------------------------------------------------------------

@@ -148,6 +148,15 @@ def _history_curve(cells: list[CellResult], metric: str, per_update: list[float]
     return [s * cost for s in steps], [Estimate.of([h[s] for h in histories]) for s in steps]
 
 
+def _history_prompts(rows: dict[RowKey, list[CellResult]], keys: list[RowKey]) -> str:
+    """' (on N held-out prompts)' when the periodic evaluations used fewer prompts than the final one."""
+    counts = {r.get("n_prompts") for k in keys for c in rows[k] for r in c.eval_history if r.get("n_prompts")}
+    final = {len({r.get("prompt_index") for r in c.scores}) for k in keys for c in rows[k] if c.scores}
+    if len(counts) == 1 and final and counts != final:
+        return f" (on the first {counts.pop()} held-out prompts; end points: all {max(final)})"
+    return ""
+
+
 def alignment_vs_compute(rows: dict[RowKey, list[CellResult]], folder: Path, multi: bool) -> list[Figure]:
     """Per generator and held-out metric: metric vs training seconds (left) and TFLOPs (right)."""
     plt = _plt()
@@ -201,7 +210,8 @@ def alignment_vs_compute(rows: dict[RowKey, list[CellResult]], folder: Path, mul
                                   f"Held-out {metric} ({_arrow(higher)}) against training cost"
                                   f"{' on ' + generator if multi else ''}: total wall-clock seconds"
                                   f"{' and TFLOPs' if any_flops else ''} (updates x per-update cost from the ledger). "
-                                  + ("Curves: evaluations during training, band 95% CI over seeds; " if drew_curve else "")
+                                  + (f"Curves: evaluations during training{_history_prompts(rows, keys)}, band 95% CI "
+                                     "over seeds; " if drew_curve else "")
                                   + "points: end of training, mean with 95% CI over seeds (both axes); base at 0."
                                   + (f" FLOPs not counted for {', '.join(uncounted)}: absent from the TFLOPs panel."
                                      if any_flops and uncounted else "")))

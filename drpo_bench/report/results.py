@@ -83,14 +83,9 @@ def load_results_and_problems(folder: Path) -> tuple[list[CellResult], dict[str,
     return results, problems
 
 
-EVAL_HISTORY = "eval_history.jsonl"  # held-out metrics at intermediate steps, when a run records them
-
-
 def read_eval_history(cell: CellFolder) -> list[dict[str, Any]]:
     """Rows {"step": int, <metric>: value} sorted by step; [] when the cell has none."""
-    reader = getattr(cell, "read_eval_history", None)  # the store's own reader, once it has one
-    rows = reader() if reader is not None else cell._read_jsonl(EVAL_HISTORY)
-    return sorted((r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)), key=lambda r: r["step"])
+    return cell.read_eval_history()
 
 
 def group_rows(results: list[CellResult], suite: dict[str, Any] | None = None) -> dict[tuple[str, str, str], list[CellResult]]:

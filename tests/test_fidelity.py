@@ -1,0 +1,114 @@
+"""FID/KID through torch-fidelity, periodic held-out evaluation (eval.every), kept eval images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+
+from drpo_bench.config import load_suite
+from drpo_bench.errors import UserError
+from drpo_bench.metrics.base import EvalSamples
+from drpo_bench.metrics.fidelity import FrechetDistance
+from drpo_bench.runner import run_suite
+from drpo_bench.shapes.grammar import prompt_split
+from drpo_bench.shapes.render import render_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+PER_PROMPT = 8
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    return [p.text for p in prompt_split("eval")[:48] for _ in range(PER_PROMPT)]
+
+
+def _samples(images: torch.Tensor, texts: list[str]) -> EvalSamples:
+    return EvalSamples(images=images, latents=images, prompts=texts, groups=torch.arange(len(texts)) // PER_PROMPT,
+                       tasks=[None] * len(texts))
+
+
+def _pooled(images: torch.Tensor) -> np.ndarray:
+    """The shapes encoder's stage means, computed here without torch-fidelity (float64)."""
+    from drpo_bench.drpo.features_shapes import SHIPPED_ENCODER
+    from drpo_bench.shapes.encoder_model import load_encoder
+
+    net = load_encoder(SHIPPED_ENCODER).eval()
+    uint8 = (images.clamp(0, 1) * 255).round() / 255.0  # the same quantization as the PNG-like input
+    with torch.no_grad():
+        maps = net(uint8.float())
+    return torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1).double().numpy()
+
+
+def _frechet(a: np.ndarray, b: np.ndarray) -> float:
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def test_fid_kid_order_images_by_closeness_to_ground_truth(texts):
+    metric = FrechetDistance(FrechetDistance.Config())
+    truth_again = metric.compute(_samples(render_batch(texts, seed=7), texts))  # other layouts, same prompts
+    blurred = metric.compute(_samples(torch.nn.functional.avg_pool2d(render_batch(texts, seed=7), 3, 1, 1), texts))
+    noise = metric.compute(_samples(torch.rand(len(texts), 3, 32, 32, generator=torch.Generator().manual_seed(0)), texts))
+    assert truth_again["fid"].mean < blurred["fid"].mean < noise["fid"].mean
+    assert truth_again["kid"].mean < blurred["kid"].mean < noise["kid"].mean
+    assert not truth_again["fid"].higher_is_better and not truth_again["kid"].higher_is_better
+    assert "drpo-shapes-encoder" in truth_again["fid"].definition["model"]
+    assert "rendered ground truth" in truth_again["kid"].definition["reference"]
+
+
+def test_fid_equals_the_frechet_distance_of_the_encoder_features(texts):
+    images = torch.nn.functional.avg_pool2d(render_batch(texts, seed=3), 3, 1, 1)
+    ours = FrechetDistance(FrechetDistance.Config()).compute(_samples(images, texts))["fid"].mean
+    expected = _frechet(_pooled(images), _pooled(render_batch(texts, seed=0)))
+    assert ours == pytest.approx(expected, rel=1e-3, abs=1e-4)
+
+
+def test_folder_reference_equals_the_same_images_in_memory(texts, tmp_path):
+    from PIL import Image
+
+    truth = render_batch(texts, seed=0)
+    for i, image in enumerate(truth):
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp_path / f"{i:04d}.png")
+    images = torch.nn.functional.avg_pool2d(render_batch(texts, seed=3), 3, 1, 1)
+    in_memory = FrechetDistance(FrechetDistance.Config()).compute(_samples(images, texts))
+    folder = FrechetDistance(FrechetDistance.Config(reference=str(tmp_path))).compute(_samples(images, texts))
+    assert folder["fid"].mean == pytest.approx(in_memory["fid"].mean, rel=1e-6)
+    assert "images in" in folder["fid"].definition["reference"]
+
+
+def test_bad_reference_and_extractor_are_clear_errors(texts, tmp_path):
+    with pytest.raises(UserError, match="neither"):
+        FrechetDistance(FrechetDistance.Config(reference=str(tmp_path / "none"))).compute(
+            _samples(render_batch(texts, 0), texts))
+    with pytest.raises(ValueError, match="unknown feature extractor"):
+        FrechetDistance.Config(feature_extractor="inceptionv3")
+
+
+def test_periodic_eval_history_and_kept_images(tmp_path, capfd):
+    suite = load_suite(ROOT / "suites" / "toy" / "harness.yaml",
+                       ["seeds=[0]", "budget.steps=4", "eval.every=2", "eval.keep_images=true", "logging.lines=on",
+                        "methods=[{id: base, method: base}, {id: raft, method: raft}]"])
+    out = tmp_path / "run"
+    run_suite(suite, out, quiet=True)
+    assert "toy--raft--redness--s0 held-out eval at update 2/4: redness" in capfd.readouterr().err, "live eval lines"
+    cell = out / "toy--raft--redness--s0"
+    history = [json.loads(line) for line in (cell / "eval_history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history] == [0, 2, 4]
+    final = json.loads((cell / "eval.json").read_text())["metrics"]
+    # the last periodic evaluation sees the same prompts and noise as the final one: same numbers
+    assert history[-1]["redness"] == pytest.approx(final["redness"]["mean"], rel=1e-6)
+    assert history[0]["redness"] != pytest.approx(history[-1]["redness"], rel=1e-6), "training moved the metric"
+    base = json.loads((out / "toy--base--none--s0" / "eval.json").read_text())["metrics"]
+    assert history[0]["redness"] == pytest.approx(base["redness"]["mean"], rel=1e-6), "step 0 is the base generator"
+    assert "eval_history.jsonl" in json.loads((cell / "cell.json").read_text())["checksums"]
+    kept = sorted((cell / "eval_images").glob("*.png"))
+    record = json.loads((cell / "eval.json").read_text())
+    assert len(kept) == record["n_prompts"] * record["images_per_prompt"]
+    assert (cell / "eval.json").stat().st_mode & 0o044, "results are readable by the group and others (umask allowing)"
