@@ -20,7 +20,7 @@ EXPECTED = {
     "yaml_syntax.yaml": ["line 5", "YAML syntax error"],
     "nondiff_backprop.yaml": ["line 7", "methods[0].reward", "not differentiable", "redness"],
     "unknown_reward_alias.yaml": ["line 5", "train_rewards[0]", "rednes", "redness"],
-    "unknown_metric.yaml": ["line 11", "eval.metrics[1]", "fid_score", "diversity"],
+    "unknown_metric.yaml": ["line 11", "eval.metrics[1]", "diversty", "diversity"],
     "unknown_method_arg.yaml": ["line 8", "methods[1].args.npos", "n_pos"],
     "bad_method_arg.yaml": ["line 8", "methods[1].args.n_pos", "greater than or equal to 1"],
     "duplicate_ids.yaml": ["duplicate method ids", "distinct `id`"],

@@ -90,6 +90,13 @@ class FrechetDistance(Metric):
     """FID and KID x ``kid_scale`` (both lower is better) against a reference image set."""
 
     higher_is_better = False
+    definition: ClassVar[dict[str, Any]] = {
+        "model": "a torch-fidelity feature extractor (default drpo-shapes-encoder)",
+        "version": "torch-fidelity",
+        "formula": "FID: Fréchet distance between Gaussian fits of eval-image and reference features; "
+                   "KID: unbiased polynomial-kernel MMD² averaged over random subsets",
+        "scale": 1.0,
+    }
 
     class Config(StrictConfig):
         # "shapes-ground-truth" = rendered ground truth of the same eval prompts; else a folder of images
