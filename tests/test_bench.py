@@ -141,6 +141,10 @@ def test_compute_savings_table() -> None:
     assert by_method["draft"][col] == "reference"
     assert by_method["drpo"][col] == "3.0× less"  # 21 s ÷ mean(6, 8) s
     assert by_method["raft"][col] == "1.4× more"  # 21 ÷ 30 = 0.7: RAFT takes longer
+    fcol = table.headers.index("DRaFT FLOPs ÷ method FLOPs")
+    assert by_method["draft"][fcol] == "reference"
+    assert by_method["drpo"][fcol] == "2.3× less"  # 5.4e15 ÷ 2.3e15
+    assert by_method["raft"][fcol] == "2.8× less"  # 5.4e15 ÷ 1.9e15
     assert by_method["drpo"][headers_index(table, "peak memory GiB")] == "42.00"
     assert by_method["drpo"][-1] == "2,200" and by_method["draft"][-1] == "–"
     assert compute_savings_table([]) is None

@@ -4,7 +4,7 @@ Inputs are the cells' ledger summaries (``ledger.json``: seconds per update, FLO
 update, peak memory), grouped by (generator, method, train reward). For each group with a
 reward-backprop reference (DRaFT by default) under the same generator and reward, the table shows
 **reference time ÷ method time**: above 1 the method is faster ("3.2× less time than DRaFT"),
-below 1 slower. Where a paper-scale FLOP prediction for the same setting exists
+below 1 slower, and the same ratio of the ledger's FLOPs per update. Where a paper-scale FLOP prediction for the same setting exists
 (``drpo-bench flops --json`` files, see results/compute/), it is shown beside the measurement.
 
 The lead wires :func:`compute_savings_table` into the report; it only reads what it is given.
@@ -108,32 +108,32 @@ def compute_savings_table(
     ref_label = {"draft": "DRaFT"}.get(ref or "", ref or "reference")
     refs = {(k[0], k[2]): g for k, g in rows_by_key.items() if g["method"] == ref}
     headers = ["generator", "method", "reward", "s / update", f"{ref_label} time ÷ method time",
-               "TFLOP / update (ledger)", "peak memory GiB", "TFLOP / update (paper-scale prediction)"]
+               "TFLOP / update (ledger)", f"{ref_label} FLOPs ÷ method FLOPs", "peak memory GiB", "TFLOP / update (paper-scale prediction)"]
     rows, bold = [], []
     for key in sorted(rows_by_key, key=lambda k: (k[0], k[2], k[1] != ref, k[1])):
         g = rows_by_key[key]
         base = refs.get((key[0], key[2]))
         if g["method"] == ref:
-            ratio = "reference"
-        elif base and base["seconds"] and g["seconds"]:
-            ratio = _times(base["seconds"] / g["seconds"])
+            ratio = flop_ratio = "reference"
         else:
-            ratio = "n/a"
+            ratio = _times(base["seconds"] / g["seconds"]) if base and base["seconds"] and g["seconds"] else "n/a"
+            flop_ratio = _times(base["flops"] / g["flops"]) if base and base["flops"] and g["flops"] else "n/a"
         predicted = (predictions or {}).get((g.get("generator", ""), g.get("reward", ""), g["method"]))
         rows.append([
             key[0], key[1], key[2],
             f"{g['seconds']:.3g}" if g["seconds"] else "n/a",
             ratio,
             f"{g['flops'] / 1e12:.3g}" if g["flops"] else "n/a",
+            flop_ratio,
             f"{g['memory'] / 2**30:.2f}" if g["memory"] else "n/a",
             f"{predicted / 1e12:,.0f}" if predicted else "–",
         ])
-        bold.append([False] * 4 + [ratio.endswith("less")] + [False] * 3)
+        bold.append([False] * 4 + [ratio.endswith("less"), False, flop_ratio.endswith("less")] + [False] * 2)
     kinds = {g.get("memory_kind") for g in rows_by_key.values() if g.get("memory_kind")}
     note = (
         f"'{ref_label} time ÷ method time' divides the reward-backprop method's mean seconds per update by this "
         "method's, same generator and train reward: '3.2× less' means this method's update takes 3.2 times less "
-        "time. Seconds are means over updates after each process's first (warm-up, FLOP-counted) update; FLOPs are "
+        "time; the FLOPs column is the same ratio of ledger FLOPs. Seconds are means over updates after each process's first (warm-up, FLOP-counted) update; FLOPs are "
         "the ledger's count of that first update (2 × multiply-adds of matmuls, convolutions and attention). "
         f"Peak memory: {', '.join(sorted(kinds)) or 'n/a'} (cuda_max_allocated on GPU; process peak RSS on CPU). "
         "Predictions: drpo-bench flops at the paper's scale for the same generator and reward, without checkpointing."
