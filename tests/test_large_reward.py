@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -73,3 +74,17 @@ def test_reward_forward_costs_at_least_the_generator() -> None:
     # the check discriminates: the quickstart's small reward sits far below the generator
     small = ComponentSpec(name="shapes-clip", args={"size": "small"})
     assert _reward_flops(small, images) < generator_flops
+
+
+def test_views_multiply_the_forward_cost() -> None:
+    """`views: V` scores V 1-px-shifted copies: V x the forward FLOPs; views 1 is the plain score."""
+    images = torch.rand(len(PROMPTS), 3, 32, 32)  # (B, 3, 32, 32)
+    one = ComponentSpec(name="shapes-clip", args={"size": "large"})
+    two = ComponentSpec(name="shapes-clip", args={"size": "large", "views": 2})
+    f1, f2 = _reward_flops(one, images), _reward_flops(two, images)
+    assert f2 == pytest.approx(2 * f1, rel=0.01)
+    reward = build(REWARDS, one)
+    model = reward.model
+    with torch.no_grad():
+        plain = model.scale() * (model.embed_images(images) * reward._texts(PROMPTS)).sum(-1)
+        assert torch.allclose(reward.score(images, PROMPTS), plain)

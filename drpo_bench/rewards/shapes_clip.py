@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
+from pydantic import Field
 
 from drpo_bench.errors import ConfigError, MissingWeightsError
 from drpo_bench.registry import REWARDS, StrictConfig
@@ -22,8 +24,25 @@ from drpo_bench.shapes.reward_model import default_weights, load_model
 
 
 
+#: (dy, dx) pixel shifts of the views, zero-filled (the shapes background is black)
+_SHIFTS = ((0, 0), (1, 0), (0, 1), (-1, 0), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1))
+
+
+def shift(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """(B, C, H, W) translated by (dy, dx) pixels, zero-filled, differentiable."""
+    if dy == dx == 0:
+        return images
+    h, w = images.shape[-2:]
+    padded = F.pad(images, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)))
+    top, left = max(-dy, 0), max(-dx, 0)
+    return padded[..., top : top + h, left : left + w]
+
+
 class ShapesCLIPConfig(StrictConfig):
     size: Literal["small", "large"] = "small"  # small: cheap reward; large: ~20x FLOPs, for expensive-backprop studies
+    # score = mean over this many 1-px-shifted views (identity first): a knob that multiplies the
+    # forward cost by `views` without retraining; shifts keep counts, colors and relative positions
+    views: int = Field(1, ge=1, le=len(_SHIFTS))
     weights: str | None = None  # safetensors from train_reward; None = the shipped asset for `size`
     device: str = "cpu"  # tiny model: CPU is fine; move with .to()
 
@@ -57,6 +76,8 @@ class ShapesCLIPReward(Reward):
             )
         self.model.to(config.device)
         self.definition = {**self.definition, "model": f"shapes-clip {config.size} ({path})", "version": config.size}  # type: ignore[misc]
+        if config.views > 1:  # views=1 keeps the definition (and cell fingerprints) unchanged
+            self.definition["formula"] += f", mean over {config.views} 1-px-shifted views"  # type: ignore[index]
         self._text_cache: dict[str, torch.Tensor] = {}  # prompt -> (D,) unit text embedding (frozen model)
 
     def _texts(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -69,9 +90,11 @@ class ShapesCLIPReward(Reward):
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         device = self.model.logit_scale.device
-        image = self.model.embed_images(images.to(device, torch.float32))  # (B, D), grad to images
+        x = images.to(device, torch.float32)  # (B, 3, H, W)
         text = self._texts(prompts)  # (B, D)
-        return (self.model.scale() * (image * text).sum(-1)).to(images.device)  # (B,)
+        views = _SHIFTS[: self.config.views]
+        score = sum((self.model.embed_images(shift(x, dy, dx)) * text).sum(-1) for dy, dx in views) / len(views)  # (B,)
+        return (self.model.scale() * score).to(images.device)  # (B,), grad to images
 
     def to(self, device: torch.device | str) -> ShapesCLIPReward:
         self.model.to(device)
