@@ -156,15 +156,7 @@ class OneStepDPO(Method):
             f = x.shape[-1]
             winners = torch.gather(x.detach(), 1, win_idx[:, :, None].expand(-1, -1, f))  # (P, W, F)
             losers = torch.gather(x.detach(), 1, lose_idx[:, :, None].expand(-1, -1, f))  # (P, L, F)
-            dpo, stats = one_step_dpo_loss(
-                x, None if cfg.reference_free else x_ref, winners, losers, beta=cfg.beta, distance=cfg.distance
-            )
-            loss = dpo.mean()
-            ref_l2 = x.new_zeros(())
-            if cfg.ref_l2_weight > 0:
-                assert x_ref is not None
-                ref_l2 = reference_l2(x, x_ref)
-                loss = loss + cfg.ref_l2_weight * ref_l2
+            loss, logs = dpo_objective(cfg, x, x_ref, winners, losers)
         with ledger.phase("generator_backward"):
             ctx.backward(loss)
         return StepOutput(
@@ -172,8 +164,23 @@ class OneStepDPO(Method):
             logs={
                 "reward_winner_minus_loser": float(ranked.gather(1, win_idx).mean()
                                                    - ranked.gather(1, lose_idx).mean()),
-                "loss_dpo": float(dpo.detach().mean()),
-                "ref_l2": float(ref_l2.detach()),
-                **{key: float(v) for key, v in stats.items()},
+                **logs,
             },
         )
+
+
+def dpo_objective(cfg: Any, x: torch.Tensor, x_ref: torch.Tensor | None, winners: torch.Tensor,
+                  losers: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """The micro-batch's DPO loss (plus ``ref_l2_weight`` x mse to the reference) and its log lines, for
+    a config with OneStepDPO's fields: x, x_ref (P, K, F); winners (P, W, F), losers (P, L, F) detached."""
+    dpo, stats = one_step_dpo_loss(x, None if cfg.reference_free else x_ref, winners, losers, beta=cfg.beta,
+                                   distance=cfg.distance)
+    loss = dpo.mean()
+    ref_l2 = x.new_zeros(())
+    if cfg.ref_l2_weight > 0:
+        assert x_ref is not None
+        ref_l2 = reference_l2(x, x_ref)
+        loss = loss + cfg.ref_l2_weight * ref_l2
+    logs = {"loss_dpo": float(dpo.detach().mean()), "ref_l2": float(ref_l2.detach()),
+            **{key: float(v) for key, v in stats.items()}}
+    return loss, logs
