@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from drpo_bench.methods import Method, StepOutput, TrainContext, reference_l2, sample_candidates
+from drpo_bench.methods import Candidates, Method, StepOutput, TrainContext, reference_l2, sample_candidates
 from drpo_bench.registry import METHODS, StrictConfig
 
 Distance = Literal["l2", "l1", "cosine"]
@@ -131,20 +131,28 @@ class OneStepDPO(Method):
     def setup(self, ctx: TrainContext) -> None:
         self.check_budget(self.config, ctx.candidates_per_prompt)
 
+    def needs_reference(self) -> bool:
+        """The frozen base's outputs are needed: for the DPO anchor, or for the extra mse term."""
+        return not self.config.reference_free or self.config.ref_l2_weight > 0
+
     def phases(self) -> tuple[str, ...]:
-        need_ref = not self.config.reference_free or self.config.ref_l2_weight > 0
+        need_ref = self.needs_reference()
         return ("sample", *(("reference",) if need_ref else ()), "decode", "reward_forward", "loss", "generator_backward")
+
+    def sample_with_reference(self, prompts: Sequence[str], ctx: TrainContext) -> tuple[Candidates, torch.Tensor | None]:
+        """K candidates per prompt (grad through LoRA) and, if needed, the same noises through the frozen base."""
+        cand = sample_candidates(prompts, ctx)  # (P*K, *latent), grad through LoRA
+        ref_latents = None
+        if self.needs_reference():
+            with ctx.ledger.phase("reference"), torch.no_grad(), ctx.generator.reference():
+                ref_latents = ctx.generator.sample(cand.noise, cand.cond)  # same noises, frozen base
+        return cand, ref_latents
 
     def step(self, prompts: Sequence[str], ctx: TrainContext) -> StepOutput:
         cfg, gen, ledger, k = self.config, ctx.generator, ctx.ledger, ctx.candidates_per_prompt
         p = len(prompts)
         assert ctx.reward is not None
-        cand = sample_candidates(prompts, ctx)  # (P*K, *latent), grad through LoRA
-        need_ref = not cfg.reference_free or cfg.ref_l2_weight > 0
-        ref_latents = None
-        if need_ref:
-            with ledger.phase("reference"), torch.no_grad(), gen.reference():
-                ref_latents = gen.sample(cand.noise, cand.cond)  # same noises, frozen base
+        cand, ref_latents = self.sample_with_reference(prompts, ctx)
         with ledger.phase("decode"), torch.no_grad():
             images = gen.decode(cand.latents.detach())
         ranking = ctx.rank(images, cand.prompts)  # (P, K), best first

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from baselines.dpo import OneStepDPO, dpo_objective
-from drpo_bench.methods import StepOutput, TrainContext, sample_candidates
+from drpo_bench.methods import StepOutput, TrainContext
 from drpo_bench.offline_data import OfflineDataConfig, OfflineMethod, OfflineSource
 from drpo_bench.registry import METHODS
 
@@ -48,18 +48,12 @@ class OfflineDPO(OfflineMethod, OneStepDPO):
         self.source = OfflineSource(self.config, self.config.n_winners, self.config.n_losers, "dpo-offline", ctx.reward)
 
     def phases(self) -> tuple[str, ...]:
-        need_ref = not self.config.reference_free or self.config.ref_l2_weight > 0
-        return ("sample", *(("reference",) if need_ref else ()), "decode", "loss", "generator_backward")
+        return tuple(phase for phase in super().phases() if phase != "reward_forward")
 
     def step(self, prompts: Sequence[str], ctx: TrainContext) -> StepOutput:
         cfg, gen, ledger, k = self.config, ctx.generator, ctx.ledger, ctx.candidates_per_prompt
         p = len(prompts)
-        cand = sample_candidates(prompts, ctx)  # (P*K, *latent), grad through LoRA
-        need_ref = not cfg.reference_free or cfg.ref_l2_weight > 0
-        ref_latents = None
-        if need_ref:
-            with ledger.phase("reference"), torch.no_grad(), gen.reference():
-                ref_latents = gen.sample(cand.noise, cand.cond)  # same noises, frozen base
+        cand, ref_latents = self.sample_with_reference(prompts, ctx)  # (P*K, *latent); the base's or None
         with ledger.phase("decode"):
             images = gen.decode(cand.latents)  # (P*K, 3, H, W) with grad
             ref_images = None

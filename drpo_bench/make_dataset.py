@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from drpo_bench.errors import UserError
-from drpo_bench.offline_data import FORMAT, META_FILE, PAIRS_FILE, SCORES_FILE, pairs_from_scores, write_image
+from drpo_bench.offline_data import FORMAT, META_FILE, PAIRS_FILE, SCORES_FILE, json_object, pairs_from_scores, write_image
 from drpo_bench.store import write_json, write_text
 
 
@@ -92,13 +92,7 @@ def make_dataset(out: Path, *, generator: str = "shapes", generator_args: dict[s
 
 
 def _json_arg(text: str, flag: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{flag} must be a JSON object, e.g. '{{\"size\": \"small\"}}': {exc}") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{flag} must be a JSON object, got {text!r}")
-    return value
+    return json_object(text, flag, "give a JSON object, e.g. '{\"size\": \"small\"}'")
 
 
 def cmd_make_dataset(args: argparse.Namespace) -> int:

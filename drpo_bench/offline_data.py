@@ -153,12 +153,7 @@ def load_dataset(folder: str | Path, preferences: Preferences = "scores") -> Off
     check_present(OfflineDataConfig(dataset=str(root), preferences=preferences), "offline dataset")
     meta: dict[str, Any] = {}
     if (root / META_FILE).is_file():
-        try:
-            meta = json.loads((root / META_FILE).read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{root / META_FILE}: not valid JSON ({exc}); fix or delete it (it is optional)") from None
-        if not isinstance(meta, dict):
-            raise UserError(f"{root / META_FILE}: must be a JSON object; fix or delete it (it is optional)")
+        meta = json_object((root / META_FILE).read_text(), str(root / META_FILE), "fix or delete it (it is optional)")
     path = root / (SCORES_FILE if preferences == "scores" else PAIRS_FILE)
     rows = _read_jsonl(path)
     loader = _ImageTable(root, path)
@@ -178,16 +173,21 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}, line {number}: not valid JSON ({exc.msg}); each line is one JSON object") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}, line {number}: each line must be a JSON object, got {type(row).__name__}")
-        rows.append((number, row))
+        rows.append((number, json_object(line, f"{path}, line {number}", "each line is one JSON object")))
     if not rows:
         raise UserError(f"{path} is empty; it needs one JSON object per line")
     return rows
+
+
+def json_object(text: str, where: str, hint: str) -> dict[str, Any]:
+    """``text`` parsed as a JSON object, or a UserError saying ``where`` and ``hint``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where}: not valid JSON ({exc.msg}); {hint}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: must be a JSON object, got {type(value).__name__}; {hint}")
+    return value
 
 
 def _field(row: dict[str, Any], key: str, kind: type | tuple[type, ...], path: Path, number: int) -> Any:
