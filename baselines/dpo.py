@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from drpo_bench.methods import Method, StepOutput, TrainContext, reference_l2, sample_candidates
+from drpo_bench.methods import Candidates, Method, StepOutput, TrainContext, reference_l2, sample_candidates
 from drpo_bench.registry import METHODS, StrictConfig
 
 Distance = Literal["l2", "l1", "cosine"]
@@ -131,20 +131,28 @@ class OneStepDPO(Method):
     def setup(self, ctx: TrainContext) -> None:
         self.check_budget(self.config, ctx.candidates_per_prompt)
 
+    def needs_reference(self) -> bool:
+        """The frozen base's outputs are needed: for the DPO anchor, or for the extra mse term."""
+        return not self.config.reference_free or self.config.ref_l2_weight > 0
+
     def phases(self) -> tuple[str, ...]:
-        need_ref = not self.config.reference_free or self.config.ref_l2_weight > 0
+        need_ref = self.needs_reference()
         return ("sample", *(("reference",) if need_ref else ()), "decode", "reward_forward", "loss", "generator_backward")
+
+    def sample_with_reference(self, prompts: Sequence[str], ctx: TrainContext) -> tuple[Candidates, torch.Tensor | None]:
+        """K candidates per prompt (grad through LoRA) and, if needed, the same noises through the frozen base."""
+        cand = sample_candidates(prompts, ctx)  # (P*K, *latent), grad through LoRA
+        ref_latents = None
+        if self.needs_reference():
+            with ctx.ledger.phase("reference"), torch.no_grad(), ctx.generator.reference():
+                ref_latents = ctx.generator.sample(cand.noise, cand.cond)  # same noises, frozen base
+        return cand, ref_latents
 
     def step(self, prompts: Sequence[str], ctx: TrainContext) -> StepOutput:
         cfg, gen, ledger, k = self.config, ctx.generator, ctx.ledger, ctx.candidates_per_prompt
         p = len(prompts)
         assert ctx.reward is not None
-        cand = sample_candidates(prompts, ctx)  # (P*K, *latent), grad through LoRA
-        need_ref = not cfg.reference_free or cfg.ref_l2_weight > 0
-        ref_latents = None
-        if need_ref:
-            with ledger.phase("reference"), torch.no_grad(), gen.reference():
-                ref_latents = gen.sample(cand.noise, cand.cond)  # same noises, frozen base
+        cand, ref_latents = self.sample_with_reference(prompts, ctx)
         with ledger.phase("decode"), torch.no_grad():
             images = gen.decode(cand.latents.detach())
         ranking = ctx.rank(images, cand.prompts)  # (P, K), best first
@@ -156,15 +164,7 @@ class OneStepDPO(Method):
             f = x.shape[-1]
             winners = torch.gather(x.detach(), 1, win_idx[:, :, None].expand(-1, -1, f))  # (P, W, F)
             losers = torch.gather(x.detach(), 1, lose_idx[:, :, None].expand(-1, -1, f))  # (P, L, F)
-            dpo, stats = one_step_dpo_loss(
-                x, None if cfg.reference_free else x_ref, winners, losers, beta=cfg.beta, distance=cfg.distance
-            )
-            loss = dpo.mean()
-            ref_l2 = x.new_zeros(())
-            if cfg.ref_l2_weight > 0:
-                assert x_ref is not None
-                ref_l2 = reference_l2(x, x_ref)
-                loss = loss + cfg.ref_l2_weight * ref_l2
+            loss, logs = dpo_objective(cfg, x, x_ref, winners, losers)
         with ledger.phase("generator_backward"):
             ctx.backward(loss)
         return StepOutput(
@@ -172,8 +172,23 @@ class OneStepDPO(Method):
             logs={
                 "reward_winner_minus_loser": float(ranked.gather(1, win_idx).mean()
                                                    - ranked.gather(1, lose_idx).mean()),
-                "loss_dpo": float(dpo.detach().mean()),
-                "ref_l2": float(ref_l2.detach()),
-                **{key: float(v) for key, v in stats.items()},
+                **logs,
             },
         )
+
+
+def dpo_objective(cfg: Any, x: torch.Tensor, x_ref: torch.Tensor | None, winners: torch.Tensor,
+                  losers: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """The micro-batch's DPO loss (plus ``ref_l2_weight`` x mse to the reference) and its log lines, for
+    a config with OneStepDPO's fields: x, x_ref (P, K, F); winners (P, W, F), losers (P, L, F) detached."""
+    dpo, stats = one_step_dpo_loss(x, None if cfg.reference_free else x_ref, winners, losers, beta=cfg.beta,
+                                   distance=cfg.distance)
+    loss = dpo.mean()
+    ref_l2 = x.new_zeros(())
+    if cfg.ref_l2_weight > 0:
+        assert x_ref is not None
+        ref_l2 = reference_l2(x, x_ref)
+        loss = loss + cfg.ref_l2_weight * ref_l2
+    logs = {"loss_dpo": float(dpo.detach().mean()), "ref_l2": float(ref_l2.detach()),
+            **{key: float(v) for key, v in stats.items()}}
+    return loss, logs

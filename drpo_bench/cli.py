@@ -30,6 +30,7 @@ examples:
   drpo-bench sample --adapter runs/quickstart/<cell> --prompt "a red circle"  # PNG grid from a cell's LoRA
   drpo-bench flops --generator sd-turbo --reward hpsv3 --methods drpo,draft --K 24 --effective-batch 192
   drpo-bench serve-reward shapes-clip --port 8765       # any reward over HTTP on localhost
+  drpo-bench make-dataset --out runs/shapes-offline-data # offline preference data (docs/offline.md)
 
 A run writes one folder per cell under runs/<suite>/ (never into the committed results/).
 Rerunning skips finished cells and resumes an interrupted one from its last checkpoint.
@@ -218,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _optional_commands(sub: argparse._SubParsersAction) -> None:
-    """Commands contributed by other modules (flops, bench, serve-reward)."""
+    """Commands contributed by other modules (flops, bench, serve-reward, make-dataset)."""
     try:
         from drpo_bench.flops_cli import add_bench_parser, add_flops_parser
     except ImportError:
@@ -232,6 +233,9 @@ def _optional_commands(sub: argparse._SubParsersAction) -> None:
         pass
     else:
         add_serve_reward_parser(sub)
+    from drpo_bench.make_dataset import add_make_dataset_parser
+
+    add_make_dataset_parser(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -311,12 +311,28 @@ class SuiteLoader:
         for item in overrides or []:
             apply_override(raw, item)
         self._check_finite(raw)
+        self._resolve_paths(raw)
         try:
             suite = Suite.model_validate(raw)
         except ValidationError as exc:
             raise self._from_validation(exc) from None
         check_references(suite, self)
         return suite
+
+    def _resolve_paths(self, raw: dict[str, Any]) -> None:
+        """A method's path arguments (its class's ``path_args``, e.g. an offline ``dataset``), when
+        relative, are relative to this suite file's directory: made absolute here."""
+        from drpo_bench.registry import METHODS
+
+        for spec in raw.get("methods") or []:
+            if not (isinstance(spec, dict) and isinstance(spec.get("method"), str) and isinstance(spec.get("args"), dict)):
+                continue  # the schema check reports it
+            if spec["method"] not in METHODS:
+                continue
+            for name in METHODS.get(spec["method"]).cls.path_args:
+                value = spec["args"].get(name)
+                if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+                    spec["args"][name] = str((self.path.parent / value).resolve())
 
     def _check_finite(self, value: Any, loc: tuple[Any, ...] = ()) -> None:
         """NaN or infinity anywhere (a learning rate, a method argument) would train garbage: refuse it."""

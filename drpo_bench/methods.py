@@ -114,6 +114,10 @@ class Method(abc.ABC):
     trains: ClassVar[bool] = True
     #: paper the method comes from (shown by `drpo-bench ls methods`)
     paper: ClassVar[str] = ""
+    #: True for methods that train from a fixed dataset (drpo_bench.offline_data), not the reward
+    offline: ClassVar[bool] = False
+    #: config fields holding paths; a suite's relative path is resolved against the suite file's directory
+    path_args: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: StrictConfig) -> None:
         self.config = config
@@ -122,6 +126,12 @@ class Method(abc.ABC):
     def check_budget(cls, config: Any, candidates_per_prompt: int) -> None:  # noqa: B027 - optional hook
         """Raise ``ValueError`` (saying how to fix it) when ``config`` cannot run with K candidates per
         prompt. ``validate`` calls it for every cell before any weight loads; the runner calls it too."""
+
+    @classmethod
+    def preflight(cls, config: Any) -> None:  # noqa: B027 - optional hook
+        """Raise ``UserError`` when a file the method reads is missing (e.g. an offline dataset). `run`
+        calls it for every cell before training any; `validate` does not, so suites validate before
+        their data are made."""
 
     def phases(self) -> tuple[str, ...]:
         """The ledger phases one step records with this config (canonical names, drpo_bench.ledger.PHASES)."""

@@ -246,6 +246,9 @@ def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool
     console = console or Console(stderr=True)
     planned = plan_cells(suite)
     cells = [c for i, c in enumerate(planned) if i % shard[1] == shard[0]]
+    for cell in cells:  # files a method reads (an offline dataset) are there before any cell trains
+        entry = METHODS.get(cell.method.method)
+        entry.cls.preflight(entry.parse_config(cell.method.args))
     output.mkdir(parents=True, exist_ok=True)
     # the gate is held only while a run checks in (well under a second): always wait for it a while
     with FileLock(output / GATE_NAME, wait=max(wait, GATE_WAIT_SECONDS), what="drpo-bench run", record=False):

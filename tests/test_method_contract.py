@@ -4,6 +4,9 @@ Each trainable method, on the toy world: one step gives a finite loss and finite
 gradients; it records the phases it declares (canonical ledger names); halving ``loss_scale``
 halves the gradient; its state round-trips; one update moves a linear reward up on a generator
 whose every candidate has the identity Jacobian, for a higher- and a lower-is-better reward.
+Offline methods (``cls.offline``) run the same checks on a toy dataset made by make-dataset,
+except those about ``ctx.reward``, which they never call (tests/test_offline.py checks they move
+toward their dataset's positives).
 """
 
 from __future__ import annotations
@@ -23,6 +26,24 @@ from drpo_bench.toy import ToyGenerator, ToyRedness
 TOY_ARGS = {"drpo": {"n_pos": 2, "n_neg": 2, "features": "toy-pixels"}}
 PROMPTS = ["toy prompt 0", "toy prompt 1"]
 TRAINABLE = [name for name in METHODS.names() if METHODS.get(name).cls.trains]
+OFFLINE = {name for name in TRAINABLE if METHODS.get(name).cls.offline}
+#: offline methods' own arguments (the toy dataset's path is added by the fixture below)
+OFFLINE_ARGS = {"drpo-offline": {"n_pos": 2, "n_neg": 2, "features": "toy-pixels"}, "dpo-offline": {}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def toy_dataset(tmp_path_factory):
+    """A toy-world offline dataset (toy-redness scores), named in TOY_ARGS for every offline method."""
+    from drpo_bench.make_dataset import make_dataset
+
+    folder = tmp_path_factory.mktemp("contract") / "toy-data"
+    make_dataset(folder, generator="toy", prompts="toy", reward="toy-redness", images_per_prompt=8, progress=False)
+    assert OFFLINE <= set(OFFLINE_ARGS), f"give {OFFLINE - set(OFFLINE_ARGS)} toy arguments in OFFLINE_ARGS"
+    for name in OFFLINE:
+        TOY_ARGS[name] = {**OFFLINE_ARGS[name], "dataset": str(folder)}
+    yield folder
+    for name in OFFLINE:
+        TOY_ARGS.pop(name, None)
 
 
 def _method(name):
@@ -45,13 +66,15 @@ def _one_step(name, loss_scale=1.0):
     ledger.begin_update()
     out = method.step(PROMPTS, ctx)
     record = ledger.end_update()
-    assert ctx.reward_mean() is not None, "the method scores through ctx.score/ctx.rank: the loop logs reward_mean"
+    if name not in OFFLINE:  # an offline method never calls the reward
+        assert ctx.reward_mean() is not None, "the method scores through ctx.score/ctx.rank: the loop logs reward_mean"
     grads = {n: p.grad.clone() for n, p in generator.net.named_parameters() if p.requires_grad and p.grad is not None}
     return method, out, record, grads
 
 
 def test_every_method_is_covered():
-    assert {"drpo", "draft", "raft", "dpo", "grpo", "pso", "vggflow"} <= set(TRAINABLE)
+    assert {"drpo", "draft", "raft", "dpo", "grpo", "pso", "vggflow", "drpo-offline", "dpo-offline"} <= set(TRAINABLE)
+    assert OFFLINE == {"drpo-offline", "dpo-offline"}
 
 
 @pytest.mark.parametrize("name", TRAINABLE)
@@ -91,7 +114,7 @@ def test_state_round_trips(name):
 
 
 @pytest.mark.parametrize("reward_cls", [LatentRedness, LatentBlueness])
-@pytest.mark.parametrize("name", TRAINABLE)
+@pytest.mark.parametrize("name", [n for n in TRAINABLE if n not in OFFLINE])  # offline: its data, not ctx.reward
 def test_one_update_moves_toward_the_better_reward(name, reward_cls):
     gen = ShiftGenerator()
     ctx = _context(gen, reward_cls(reward_cls.Config()), seed=3)

@@ -15,8 +15,9 @@ candidates that the field is built from.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -25,7 +26,7 @@ from pydantic import Field, model_validator
 from drpo_bench.drpo.features_base import FeatureEncoder
 from drpo_bench.drpo.field import drift_loss
 from drpo_bench.generators.base import select_conditioning
-from drpo_bench.methods import Method, StepOutput, TrainContext, sample_candidates
+from drpo_bench.methods import Candidates, Method, StepOutput, TrainContext, sample_candidates
 from drpo_bench.registry import FEATURES, METHODS, StrictConfig
 
 
@@ -112,7 +113,7 @@ class DrPO(Method):
     def phases(self) -> tuple[str, ...]:
         return ("sample", "reference", "decode", "reward_forward", "features", "loss", "generator_backward")
 
-    def _feature_precision(self, x: torch.Tensor) -> Any:
+    def feature_precision(self, x: torch.Tensor) -> Any:
         """float32 features (autocast off) unless the encoder is a forward the public code autocasts."""
         return nullcontext() if self.encoder.autocast_features else torch.autocast(x.device.type, enabled=False)
 
@@ -123,79 +124,104 @@ class DrPO(Method):
         extra = {"cond": select_conditioning(cond, rows)} if self.encoder.uses_conditioning else {}
         return _float32(self.encoder.features(x[rows], **extra))
 
-    def step(self, prompts: Sequence[str], ctx: TrainContext) -> StepOutput:
-        cfg, gen, ledger, k = self.config, ctx.generator, ctx.ledger, ctx.candidates_per_prompt
-        p = len(prompts)
-        assert ctx.reward is not None
+    def generate(self, prompts: Sequence[str], ctx: TrainContext) -> Generated:
+        """K candidates per prompt (grad through LoRA) and the same noises through the frozen base,
+        decoded as the feature encoder needs (phases sample, reference, decode)."""
+        gen, ledger = ctx.generator, ctx.ledger
         cand = sample_candidates(prompts, ctx)  # (P*K, *latent), grad through LoRA
-        latents, repeated = cand.latents, cand.prompts
         with ledger.phase("reference"), torch.no_grad(), gen.reference():
             ref_latents = gen.sample(cand.noise, cand.cond)  # same noises, frozen base
-
-        on_images = self.encoder.input_space == "images"
         with ledger.phase("decode"):
-            if on_images:  # features read pixels: decode with grad, score the detached copy
-                images = gen.decode(latents)
+            if self.encoder.input_space == "images":  # features read pixels: decode with grad, score the detached copy
+                images = gen.decode(cand.latents)
                 with torch.no_grad():
                     ref_images = gen.decode(ref_latents)
-            else:
-                with torch.no_grad():
-                    images = gen.decode(latents.detach())
-        ranking = ctx.rank(images.detach(), repeated)  # the reward only ranks: (P, K), best first
+                return Generated(cand, images.detach(), images, ref_images)
+            with torch.no_grad():
+                images = gen.decode(cand.latents.detach())
+        return Generated(cand, images, cand.latents, ref_latents)
+
+    def features(self, generated: Generated) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[str]]:
+        """The candidates' features (grad) and the reference's (no grad), {key: (P*K, L, D)} in float32,
+        and the keys the loss uses. Call inside the "features" phase and ``feature_precision``."""
+        extra = {"cond": generated.candidates.cond} if self.encoder.uses_conditioning else {}
+        feats = _float32(self.encoder.features(generated.encoder_input, **extra))
+        with torch.no_grad():
+            ref_feats = _float32(self.encoder.features(generated.reference_input, **extra))
+        keys = self.config.feature_keys or list(feats)
+        missing = [key for key in keys if key not in feats]
+        if missing:
+            raise ValueError(f"drpo: feature keys {missing} not produced by {self.config.features}; available: {sorted(feats)}")
+        return feats, ref_feats, keys
+
+    def field_loss(self, feats: dict[str, torch.Tensor], ref_feats: dict[str, torch.Tensor], keys: Sequence[str],
+                   p: int, anchors: Anchors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Dipole field toward / away from ``anchors(key, z)`` plus lambda_ref x the reference drift,
+        summed (or averaged) over keys: returns (loss, preference term, reference term)."""
+        cfg = self.config
+        pref_total = ref_total = None
+        for key in keys:
+            z = feats[key]
+            _, l, d = z.shape
+            z = z.view(p, -1, l, d)  # (P, K, L, D)
+            z_gen = z.reshape(p, -1, d)  # all locations of all K candidates: one set per prompt
+            z_pos, z_neg, anchor_mask = anchors(key, z)  # (P, n+ * L, D), (P, n- * L, D), mask or None
+            z_ref = ref_feats[key].reshape(p, -1, d)
+            pref = drift_loss(
+                z_gen, z_pos, z_neg,
+                positive_weight=cfg.anchor_weight, radii=cfg.radii,
+                negative_weight=cfg.anchor_weight if cfg.negative_weight is None else cfg.negative_weight,
+                anchor_mask=anchor_mask,
+            )
+            ref = drift_loss(
+                z_gen, z_ref, z_gen.detach(),
+                positive_weight=cfg.reference_weight, radii=cfg.radii,
+                negative_weight=cfg.reference_weight if cfg.reference_negative_weight is None else cfg.reference_negative_weight,
+                mask_negative_self=True, mask_positive_pairs=cfg.mask_reference_pairs,
+            )
+            pref_total = pref.loss.mean() if pref_total is None else pref_total + pref.loss.mean()
+            ref_total = ref.loss.mean() if ref_total is None else ref_total + ref.loss.mean()
+        assert pref_total is not None and ref_total is not None
+        if cfg.key_reduction == "mean":
+            pref_total, ref_total = pref_total / len(keys), ref_total / len(keys)
+        return pref_total + cfg.lambda_ref * ref_total, pref_total, ref_total
+
+    def step(self, prompts: Sequence[str], ctx: TrainContext) -> StepOutput:
+        cfg, ledger, k = self.config, ctx.ledger, ctx.candidates_per_prompt
+        p = len(prompts)
+        assert ctx.reward is not None
+        generated = self.generate(prompts, ctx)
+        cand = generated.candidates
+        ranking = ctx.rank(generated.images, cand.prompts)  # the reward only ranks: (P, K), best first
         scores, ranked = ranking.scores, ranking.ranked
         pos_idx, neg_idx = ranking.top(cfg.n_pos), ranking.bottom(cfg.n_neg)  # (P, n+), (P, n-)
 
-        extra = {"cond": cand.cond} if self.encoder.uses_conditioning else {}
-        encoder_input = images if on_images else latents  # (P*K, ...) with grad
-        with ledger.phase("features"), self._feature_precision(encoder_input):
-            feats = _float32(self.encoder.features(encoder_input, **extra))  # {key: (P*K, L, D)}
-            with torch.no_grad():
-                ref_feats = _float32(self.encoder.features(ref_images if on_images else ref_latents, **extra))
-                anchor_feats = None
-                if cfg.anchor_features == "recompute":  # the anchors' own forwards (a fresh mask/noise)
+        encoder_input = generated.encoder_input  # (P*K, ...) with grad
+        with ledger.phase("features"), self.feature_precision(encoder_input):
+            feats, ref_feats, keys = self.features(generated)
+            anchor_feats = None
+            if cfg.anchor_features == "recompute":  # the anchors' own forwards (a fresh mask/noise)
+                with torch.no_grad():
                     anchor_feats = {
                         which: self._anchor_features(encoder_input.detach(), cand.cond, idx)
                         for which, idx in (("pos", pos_idx), ("neg", neg_idx))
                     }
-        keys = cfg.feature_keys or list(feats)
-        missing = [key for key in keys if key not in feats]
-        if missing:
-            raise ValueError(f"drpo: feature keys {missing} not produced by {cfg.features}; available: {sorted(feats)}")
+
+        def anchors(key: str, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+            _, _, l, d = z.shape
+            if anchor_feats is None:
+                z_pos = gather_candidates(z.detach(), pos_idx)  # (P, n+ * L, D)
+                z_neg = gather_candidates(z.detach(), neg_idx)  # (P, n- * L, D)
+            else:
+                z_pos = anchor_feats["pos"][key].reshape(p, -1, d)  # (P, n+ * L, D)
+                z_neg = anchor_feats["neg"][key].reshape(p, -1, d)  # (P, n- * L, D)
+            mask = None
+            if cfg.mask_anchor_self:
+                mask = torch.cat([own_copy_mask(neg_idx, k, l), own_copy_mask(pos_idx, k, l)], dim=-1)
+            return z_pos, z_neg, mask
 
         with ledger.phase("loss"):
-            pref_total, ref_total = scores.new_zeros(()), scores.new_zeros(())
-            for key in keys:
-                z = feats[key]
-                _, l, d = z.shape
-                z = z.view(p, k, l, d)
-                z_gen = z.reshape(p, k * l, d)  # all locations of all K candidates: one set per prompt
-                if anchor_feats is None:
-                    z_pos = gather_candidates(z.detach(), pos_idx)  # (P, n+ * L, D)
-                    z_neg = gather_candidates(z.detach(), neg_idx)  # (P, n- * L, D)
-                else:
-                    z_pos = anchor_feats["pos"][key].reshape(p, -1, d)  # (P, n+ * L, D)
-                    z_neg = anchor_feats["neg"][key].reshape(p, -1, d)  # (P, n- * L, D)
-                z_ref = ref_feats[key].reshape(p, k * l, d)
-                anchor_mask = None
-                if cfg.mask_anchor_self:
-                    anchor_mask = torch.cat([own_copy_mask(neg_idx, k, l), own_copy_mask(pos_idx, k, l)], dim=-1)
-                pref = drift_loss(
-                    z_gen, z_pos, z_neg,
-                    positive_weight=cfg.anchor_weight, radii=cfg.radii,
-                    negative_weight=cfg.anchor_weight if cfg.negative_weight is None else cfg.negative_weight,
-                    anchor_mask=anchor_mask,
-                )
-                ref = drift_loss(
-                    z_gen, z_ref, z_gen.detach(),
-                    positive_weight=cfg.reference_weight, radii=cfg.radii,
-                    negative_weight=cfg.reference_weight if cfg.reference_negative_weight is None else cfg.reference_negative_weight,
-                    mask_negative_self=True, mask_positive_pairs=cfg.mask_reference_pairs,
-                )
-                pref_total = pref_total + pref.loss.mean()
-                ref_total = ref_total + ref.loss.mean()
-            if cfg.key_reduction == "mean":
-                pref_total, ref_total = pref_total / len(keys), ref_total / len(keys)
-            loss = pref_total + cfg.lambda_ref * ref_total
+            loss, pref_total, ref_total = self.field_loss(feats, ref_feats, keys, p, anchors)
         with ledger.phase("generator_backward"):
             ctx.backward(loss)
 
@@ -210,6 +236,21 @@ class DrPO(Method):
                 "loss_reference": float(ref_total.detach()),
             },
         )
+
+
+@dataclass
+class Generated:
+    """One micro-batch's candidates, prompt-major (row p*K + k), as DrPO's field reads them."""
+
+    candidates: Candidates
+    images: torch.Tensor  # (P*K, 3, H, W) detached: what a reward scores
+    encoder_input: torch.Tensor  # (P*K, ...) images or latents, with grad through LoRA
+    reference_input: torch.Tensor  # (P*K, ...) the same noises through the frozen base, no grad
+
+
+#: (key, candidate features (P, K, L, D)) -> positives (P, n+ * L, D), negatives (P, n- * L, D),
+#: and an optional (P, K*L, (n- + n+) * L) mask of (generated, anchor) pairs, laid out [neg | pos]
+Anchors = Callable[[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]]
 
 
 def _float32(features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
