@@ -59,9 +59,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     counts = {s: list(summary.statuses.values()).count(s) for s in ("done", "resumed", "skipped", "failed")}
     console.print("cells: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
     try:
-        if not summary.last_run:  # another shard or job still works here: the last one to finish reports
-            raise UserError(f"another run still works in {output}; the last one to finish writes the report "
-                            f"(or run `drpo-bench report {output}`)")
+        if not summary.report_due:  # other shards still work here, or have yet to: the last one reports
+            raise UserError(f"cells of other shards or runs in {output} are not finished; the last run to finish "
+                            f"writes the report (or run `drpo-bench report {output}` for a partial one)")
         written = build_report(output)
         headers, rows = summary_rows(output)
     except UserError as exc:

@@ -149,16 +149,16 @@ class ExecutionConfig(_Strict):
     The run command's --jobs, --threads-per-cell, --executor and --address override it."""
 
     executor: Literal["local", "ray"] = "local"  # local: processes on this machine; ray: tasks on a Ray cluster
-    # cells at once; 1 = one after another in the run's own process (no pool); auto = min(cells, GPUs
-    # when the generator runs on CUDA, else CPU cores)
-    jobs: int | Literal["auto"] = 1
+    # cells at once; auto = min(cells, GPUs when the generator runs on CUDA, else CPU cores); None =
+    # 1 locally (one after another in the run's own process, no pool), as many as fit on Ray
+    jobs: int | Literal["auto"] | None = None
     threads_per_cell: int | None = Field(None, ge=1)  # torch CPU threads per cell; None = cores // jobs (at least 1)
     gpus_per_cell: float | None = Field(None, ge=0)  # ray: GPUs a cell asks for; None = 1 on CUDA generators, else 0
     address: str | None = None  # ray: an existing cluster ("auto", "ray://head:10001"); None starts a local one
 
     @field_validator("jobs")
     @classmethod
-    def _positive_jobs(cls, jobs: int | str) -> int | str:
+    def _positive_jobs(cls, jobs: int | str | None) -> int | str | None:
         if isinstance(jobs, int) and jobs < 1:
             raise ValueError(f"jobs must be at least 1 or `auto`, got {jobs}")
         return jobs

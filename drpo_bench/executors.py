@@ -8,11 +8,12 @@ A suite's ``execution:`` section (``config.ExecutionConfig``) or the run command
     drpo-bench run suites/paper/sd_turbo.yaml --executor ray --address auto   # an existing cluster
 
 - ``jobs: 1`` (the default) runs the cells one after another in the run's own process, as
-  always. ``jobs: N`` starts N worker processes (multiprocessing's spawn context); each takes one
-  cell at a time, with ``threads_per_cell`` torch threads (default: cores // jobs) and, where CUDA
-  devices are visible and the generator runs on CUDA, its own GPU (slot i gets device i mod #GPUs,
-  set through CUDA_VISIBLE_DEVICES, so inside a cell it is ``cuda`` / ``cuda:0``). ``auto`` =
-  min(cells, GPUs) on CUDA generators, else min(cells, cores).
+  always (``threads_per_cell``, when given, sets its torch threads). ``jobs: N`` starts N worker
+  processes (multiprocessing's spawn context); each takes one cell at a time, with
+  ``threads_per_cell`` torch threads (default: cores // jobs) and, where CUDA devices are visible
+  and the generator runs on CUDA, its own GPU (slot i gets device i mod #GPUs, set through
+  CUDA_VISIBLE_DEVICES, so inside a cell it is ``cuda`` / ``cuda:0``). ``auto`` = min(cells, GPUs)
+  on CUDA generators, else min(cells, cores).
 - ``executor: ray`` makes each cell a Ray remote task asking for ``num_cpus = threads_per_cell``
   and ``num_gpus = gpus_per_cell`` (default 1 on CUDA generators, else 0); ``address`` names an
   existing cluster, none starts a local one. Every node must have this drpo-bench installed and
@@ -115,12 +116,12 @@ def plan_execution(execution: ExecutionConfig, cells: list[Cell], *, cluster: di
         cluster = cluster or {}
         cuda = bool(cluster.get("GPU")) and uses_cuda(cells)
         gpus_per_cell = execution.gpus_per_cell if execution.gpus_per_cell is not None else (1.0 if cuda else 0.0)
-        jobs = None if execution.jobs == "auto" else int(execution.jobs)
+        jobs = None if execution.jobs in (None, "auto") else int(execution.jobs)
         width = jobs or min(n, int(cluster.get("GPU", 0)) if gpus_per_cell else int(cluster.get("CPU", 1))) or 1
         threads = execution.threads_per_cell or max(1, int(cluster.get("CPU", cpu_cores())) // width)
         return ExecutionPlan("ray", jobs, threads, gpus_per_cell=gpus_per_cell, address=execution.address)
     gpus = visible_gpus() if uses_cuda(cells) else []
-    jobs = min(n, len(gpus) or cpu_cores()) if execution.jobs == "auto" else min(n, int(execution.jobs))
+    jobs = min(n, len(gpus) or cpu_cores()) if execution.jobs == "auto" else min(n, int(execution.jobs or 1))
     if jobs == 1:
         return ExecutionPlan("local", 1, execution.threads_per_cell)  # in this process, as always
     return ExecutionPlan("local", jobs, execution.threads_per_cell or max(1, cpu_cores() // jobs), gpus)

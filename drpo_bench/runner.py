@@ -232,7 +232,7 @@ class RunSummary:
     output: Path
     statuses: dict[str, str]  # cell id -> skipped | done | resumed | failed
     failures: dict[str, str]
-    last_run: bool = True  # no other run (e.g. another shard) was still working in the folder when this one ended
+    report_due: bool = True  # every planned cell finished or failed, no other run (shard) still in the folder
 
 
 def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool = False, quiet: bool = False,
@@ -267,8 +267,26 @@ def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool
         summary = run_cells(suite, output, cells, quiet, console)
     finally:
         run_lock.release()
-    summary.last_run = is_free(output / LOCK_NAME)
+    summary.report_due = report_due(output, planned)
     return summary
+
+
+def report_due(output: Path, planned: list[Cell]) -> bool:
+    """Whether the report is to be written now: no run works in ``output`` any more and every planned
+    cell is complete or failed (error.txt), so shards and jobs write one report, the last of them."""
+    if not is_free(output / LOCK_NAME):
+        return False
+    for cell in planned:
+        folder = CellFolder(output / cell.id)
+        if folder.file(CellFolder.ERROR).exists():
+            continue
+        try:
+            record = folder.read_cell()
+        except CorruptCellError:
+            continue  # the report names it
+        if record is None or record.status != "complete":
+            return False
+    return True
 
 
 #: how long a run waits for another run's check-in at the folder's gate (seconds)
