@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv (Python 3.10+) and installs drpo-bench with its test tools.
+# Creates .venv (Python 3.10+) and installs drpo-bench with its test tools and Ray (--executor ray).
 # torch/torchvision come pinned from constraints.txt (fast on this project's machines);
 # elsewhere, `pip install -e .` alone works with pyproject's looser ranges.
 set -euo pipefail
@@ -8,5 +8,5 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev,ray]"
 echo "setup: drpo-bench installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -22,6 +22,7 @@ examples:
   drpo-bench run suites/quickstart.yaml                 # the embedded shapes world, CPU, minutes
   drpo-bench run suites/smoke.yaml budget.steps=4       # dotted overrides of any suite field
   drpo-bench run suites/quickstart.yaml --output /tmp/q # write somewhere else (default runs/<suite>)
+  drpo-bench run suites/quickstart.yaml --jobs auto     # cells in parallel processes (--executor ray: a cluster)
   drpo-bench validate suites/*.yaml suites/paper/*.yaml # resolve everything, load no weights
   drpo-bench validate suites/smoke.yaml budget.steps=4  # overrides as with run (or --set budget.steps=4)
   drpo-bench ls methods                                 # what can be named in a suite
@@ -43,11 +44,12 @@ def _console() -> Console:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from drpo_bench.config import load_suite
+    from drpo_bench.executors import execution_overrides
     from drpo_bench.report import build_report
     from drpo_bench.report.build import summary_rows
     from drpo_bench.runner import run_suite
 
-    suite = load_suite(args.suite, _overrides(args))
+    suite = load_suite(args.suite, [*_overrides(args), *execution_overrides(args)])
     shard = _parse_shard(args.shard)
     _quiet_library_progress_bars()
     console = _console()
@@ -58,6 +60,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     counts = {s: list(summary.statuses.values()).count(s) for s in ("done", "resumed", "skipped", "failed")}
     console.print("cells: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
     try:
+        if not summary.report_due:  # other shards still work here, or have yet to: the last one reports
+            raise UserError(f"cells of other shards or runs in {output} are not finished; the last run to finish "
+                            f"writes the report (or run `drpo-bench report {output}` for a partial one)")
         written = build_report(output)
         headers, rows = summary_rows(output)
     except UserError as exc:
@@ -190,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                      help="wait at least this long for another run's check-in on the same --output (default 60 s)")
+    from drpo_bench.executors import add_execution_arguments
+
+    add_execution_arguments(run)  # --jobs, --threads-per-cell, --executor, --address
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check suites: schema, names, pairings; loads no weights")

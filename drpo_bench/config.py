@@ -143,6 +143,27 @@ class EvalConfig(_Strict):
     keep_images: bool = False  # write every eval image to eval_images/ (PNG), e.g. for FID against other tools
 
 
+class ExecutionConfig(_Strict):
+    """How the cells are run (``drpo_bench/executors.py``); never part of a cell's fingerprint: the
+    results do not depend on it, up to float rounding from the number of CPU threads per cell.
+    The run command's --jobs, --threads-per-cell, --executor and --address override it."""
+
+    executor: Literal["local", "ray"] = "local"  # local: processes on this machine; ray: tasks on a Ray cluster
+    # cells at once; auto = min(cells, GPUs when the generator runs on CUDA, else CPU cores); None =
+    # 1 locally (one after another in the run's own process, no pool), as many as fit on Ray
+    jobs: int | Literal["auto"] | None = None
+    threads_per_cell: int | None = Field(None, ge=1)  # torch CPU threads per cell; None = cores // jobs (at least 1)
+    gpus_per_cell: float | None = Field(None, ge=0)  # ray: GPUs a cell asks for; None = 1 on CUDA generators, else 0
+    address: str | None = None  # ray: an existing cluster ("auto", "ray://head:10001"); None starts a local one
+
+    @field_validator("jobs")
+    @classmethod
+    def _positive_jobs(cls, jobs: int | str | None) -> int | str | None:
+        if isinstance(jobs, int) and jobs < 1:
+            raise ValueError(f"jobs must be at least 1 or `auto`, got {jobs}")
+        return jobs
+
+
 class MethodSpec(_Strict):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")  # row label, part of cell ids
     method: str = Field(min_length=1)  # registered method name, or package.module:Class
@@ -166,6 +187,7 @@ class Suite(_Strict):
     eval: EvalConfig
     output: str = ""  # where the run writes; default runs/<name>
     logging: LoggingConfig = Field(default_factory=LoggingConfig)  # live training logs: TensorBoard, W&B, stderr lines
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)  # cells at once, threads, Ray; not in fingerprints
 
     @field_validator("seeds")
     @classmethod

@@ -103,6 +103,7 @@ class CellRunner:
         self._prompt_set: PromptSet | None = None
         self._env = environment_info()
         self.cell_wait: float | None = 0.0  # a busy cell is deferred (0) or waited for (None)
+        self.execution: dict[str, Any] = {"executor": "local", "jobs": 1}  # how the cell ran (executors.py sets it)
 
     # ---- shared components -----------------------------------------------------------------
     def reward(self, alias: str, device: torch.device) -> Any:
@@ -216,7 +217,8 @@ class CellRunner:
             checksums=folder.checksums(),
             resumed_from_step=resumed_from,
             wall_seconds_this_run=time.time() - started,
-            **self._env,
+            execution={**self.execution, "torch_threads": torch.get_num_threads()},
+            **{**self._env, "hardware": {**self._env["hardware"], "torch_threads": torch.get_num_threads()}},
         ))
         drop_checkpoints(folder)
         return "resumed" if resumed_from else "done"
@@ -230,6 +232,7 @@ class RunSummary:
     output: Path
     statuses: dict[str, str]  # cell id -> skipped | done | resumed | failed
     failures: dict[str, str]
+    report_due: bool = True  # every planned cell finished or failed, no other run (shard) still in the folder
 
 
 def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool = False, quiet: bool = False,
@@ -261,10 +264,32 @@ def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool
         settings["holders"].append(holder_info())
         write_json(settings_file, settings)
         write_json(output / "suite.json", redact(suite.model_dump(mode="json")))
+    from drpo_bench.executors import run_cells
+
     try:
-        return _run_cells(suite, output, cells, quiet, console)
+        summary = run_cells(suite, output, cells, quiet, console)
     finally:
         run_lock.release()
+    summary.report_due = report_due(output, planned)
+    return summary
+
+
+def report_due(output: Path, planned: list[Cell]) -> bool:
+    """Whether the report is to be written now: no run works in ``output`` any more and every planned
+    cell is complete or failed (error.txt), so shards and jobs write one report, the last of them."""
+    if not is_free(output / LOCK_NAME):
+        return False
+    for cell in planned:
+        folder = CellFolder(output / cell.id)
+        if folder.file(CellFolder.ERROR).exists():
+            continue
+        try:
+            record = folder.read_cell()
+        except CorruptCellError:
+            continue  # the report names it
+        if record is None or record.status != "complete":
+            return False
+    return True
 
 
 #: how long a run waits for another run's check-in at the folder's gate (seconds)
@@ -334,27 +359,35 @@ def _run_cells(suite: Suite, output: Path, cells: list[Cell], quiet: bool, conso
                 queue, deferred = deferred, []
                 runner.cell_wait = None
             cell = queue.pop(0)
-            error_file = output / cell.id / CellFolder.ERROR
-            try:
-                status = runner.run(cell, progress)
-                if status == "busy":  # another run is on it: do the others first, then wait for it
-                    deferred.append(cell)
-                    continue
-                statuses[cell.id] = status
-            except CorruptCellError as exc:  # a clear message, no traceback; the other cells go on
-                statuses[cell.id], failures[cell.id] = "failed", str(exc)
-                console.print(f"[red]cell {cell.id}: {exc}[/]")
-            except UserError:
-                raise
-            except NonFiniteError as exc:  # a diagnosis, not a traceback: which update, phase, value
-                statuses[cell.id], failures[cell.id] = "failed", str(exc)
-                write_text(error_file, f"{exc}\n\nThe cell stopped; the suite went on. Fix the cause and rerun: "
-                                       "the cell restarts from its last checkpoint.\n")
-                console.print(f"[red]cell {cell.id} failed: {exc} (in {error_file})[/]")
-            except Exception as exc:  # noqa: BLE001 - one broken cell must not lose the others
-                statuses[cell.id] = "failed"
-                failures[cell.id] = f"{type(exc).__name__}: {exc}"
-                write_text(error_file, traceback.format_exc())
-                console.print(f"[red]cell {cell.id} failed: {failures[cell.id]} (traceback in {error_file})[/]")
+            status, failure = attempt(runner, cell, progress, console)
+            if status == "busy":  # another run is on it: do the others first, then wait for it
+                deferred.append(cell)
+                continue
+            statuses[cell.id] = status
+            if failure is not None:
+                failures[cell.id] = failure
             progress.update(overall, advance=1)
     return RunSummary(output, statuses, failures)
+
+
+def attempt(runner: CellRunner, cell: Cell, progress: Progress | None, console: Console) -> tuple[str, str | None]:
+    """Run one cell: (status, failure message or None). A failing cell writes its error.txt and
+    is reported; a UserError (e.g. a cell run with other settings) propagates and stops the run."""
+    error_file = runner.output / cell.id / CellFolder.ERROR
+    try:
+        return runner.run(cell, progress), None
+    except CorruptCellError as exc:  # a clear message, no traceback; the other cells go on
+        console.print(f"[red]cell {cell.id}: {exc}[/]")
+        return "failed", str(exc)
+    except UserError:
+        raise
+    except NonFiniteError as exc:  # a diagnosis, not a traceback: which update, phase, value
+        write_text(error_file, f"{exc}\n\nThe cell stopped; the suite went on. Fix the cause and rerun: "
+                               "the cell restarts from its last checkpoint.\n")
+        console.print(f"[red]cell {cell.id} failed: {exc} (in {error_file})[/]")
+        return "failed", str(exc)
+    except Exception as exc:  # noqa: BLE001 - one broken cell must not lose the others
+        failure = f"{type(exc).__name__}: {exc}"
+        write_text(error_file, traceback.format_exc())
+        console.print(f"[red]cell {cell.id} failed: {failure} (traceback in {error_file})[/]")
+        return "failed", failure

@@ -4,10 +4,15 @@
 
 Binds 127.0.0.1 by default; binding any other address requires a shared token (``--token`` or
 the environment variable ``DRPO_BENCH_REWARD_TOKEN``), checked on every request
-(``Authorization: Bearer TOKEN``, else 401). Requests are scored one at a time (a lock around
-the model), so a GPU reward is never run from two threads at once; connections are still
-accepted concurrently, and at most ``max_queue`` requests wait behind the one being scored
-(more get 503 with Retry-After, which clients retry).
+(``Authorization: Bearer TOKEN``, else 401). Connections are accepted concurrently (several
+cells, e.g. ``drpo-bench run --jobs N``, may share one server); one scoring thread runs the
+model, so a GPU reward is never run from two threads at once. Requests that wait while it is
+busy are merged into one reward call (``Batcher``: up to ``max_batch`` images of one size, in
+arrival order; each client gets its own scores back), unless the reward sets
+``merge_requests = False`` (a score that depends on the rest of its batch). A merged call can
+round floats differently from separate ones (another batch size in the model's matrix products).
+At most ``max_queue`` requests wait behind the one being scored (more get 503 with Retry-After,
+which clients retry).
 
 Hardening: a POST needs a plain non-negative ``Content-Length`` of at most ``max_body_bytes``
 (else 411/400/413 before reading any of the body, and the connection is closed); exactly that
@@ -28,8 +33,10 @@ import hmac
 import ipaddress
 import json
 import os
+import queue
 import sys
 import threading
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -43,6 +50,7 @@ MAX_BODY_BYTES = 256 * 1024 * 1024  # 16 SDXL-size PNGs are ~50 MB as base64; re
 MAX_QUEUE = 8  # requests waiting behind the one being scored; more get 503 + Retry-After
 RETRY_AFTER_S = 1  # what a 503 from a full queue tells clients to wait
 SOCKET_TIMEOUT_S = 120.0  # a client silent this long mid-request is dropped (frees its queue slot)
+MAX_BATCH = 64  # images per merged reward call: four clients' default batches (remote batch_size 16)
 
 
 def build_reward(name: str, args: dict[str, Any] | None) -> Any:
@@ -149,18 +157,110 @@ def check_bind(host: str, token: str | None) -> None:
         )
 
 
+@dataclass
+class _Request:
+    """One POST /score waiting for the scoring thread; ``reply`` = (HTTP status, JSON payload)."""
+
+    items: list[str]  # base64 PNGs
+    prompts: list[str]
+    done: threading.Event = field(default_factory=threading.Event)
+    reply: tuple[int, dict[str, Any]] = (500, {"error": "not scored"})
+
+
+class Batcher:
+    """The one thread that runs the reward. Requests that arrived while it was busy are scored
+    together: in arrival order, up to ``max_batch`` images, grouped by image size; each request's
+    PNGs are decoded only when its batch is scored, so memory holds one batch, not the queue.
+    ``merge=False`` (the reward's ``merge_requests``) scores each request alone. ``calls``: the
+    number of requests in each reward call so far (what the tests and logs look at)."""
+
+    def __init__(self, reward: Any, name: str, fingerprint: str, max_batch: int, max_pixels: int, merge: bool) -> None:
+        self.reward, self.name, self.fingerprint = reward, name, fingerprint
+        self.max_batch, self.max_pixels, self.merge = max(1, max_batch), max_pixels, merge
+        self.calls: list[int] = []
+        self._queue: queue.Queue[_Request] = queue.Queue()
+        threading.Thread(target=self._loop, name=f"score-{name}", daemon=True).start()
+
+    def waiting(self) -> int:
+        return self._queue.qsize()
+
+    def score(self, items: list[str], prompts: list[str]) -> tuple[int, dict[str, Any]]:
+        """Queue a request and wait for its (status, payload)."""
+        request = _Request(items, prompts)
+        self._queue.put(request)
+        request.done.wait()
+        return request.reply
+
+    def _loop(self) -> None:
+        carry: _Request | None = None
+        while True:
+            group = [carry or self._queue.get()]
+            carry, size = None, len(group[0].items)
+            while self.merge and size < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if size + len(nxt.items) > self.max_batch:
+                    carry = nxt  # first in the next call: arrival order is kept
+                    break
+                group.append(nxt)
+                size += len(nxt.items)
+            try:
+                self._score_group(group)
+            finally:
+                for request in group:
+                    request.done.set()
+
+    def _score_group(self, group: list[_Request]) -> None:
+        from drpo_bench.rewards.remote import ImageRejected, decode_png
+
+        by_size: dict[tuple[int, ...], list[tuple[_Request, Any]]] = {}
+        for request in group:
+            try:
+                images = decode_png(request.items, max_pixels=self.max_pixels)
+            except ImageRejected as exc:
+                request.reply = (exc.status, {"error": f"image rejected: {exc}"})
+                continue
+            except Exception as exc:  # noqa: BLE001 - a broken PNG
+                request.reply = (400, {"error": f"bad request: {type(exc).__name__}: {exc}"})
+                continue
+            by_size.setdefault(tuple(images.shape[1:]), []).append((request, images))
+        for batch in by_size.values():
+            self._score_batch(batch)
+
+    def _score_batch(self, batch: list[tuple[_Request, Any]]) -> None:
+        import torch
+
+        try:
+            scores = self.reward(torch.cat([images for _, images in batch]), [p for r, _ in batch for p in r.prompts])
+        except Exception as exc:  # noqa: BLE001 - report, keep serving
+            if len(batch) > 1:  # whose request broke it? score each alone, so the others still get theirs
+                for one in batch:
+                    self._score_batch([one])
+                return
+            batch[0][0].reply = (500, {"error": f"{self.name} failed: {type(exc).__name__}: {exc}"})
+            return
+        self.calls.append(len(batch))
+        values = [float(s) for s in scores.detach().float().cpu().tolist()]
+        start = 0
+        for request, images in batch:
+            request.reply = (200, {"scores": values[start:start + images.shape[0]], "fingerprint": self.fingerprint})
+            start += images.shape[0]
+
+
 def make_server(reward: Any, name: str, host: str = "127.0.0.1", port: int = 0, fail_every: int = 0, *,
                 token: str | None = None, max_queue: int = MAX_QUEUE, max_body_bytes: int = MAX_BODY_BYTES,
-                max_pixels: int | None = None) -> ThreadingHTTPServer:
+                max_pixels: int | None = None, max_batch: int = MAX_BATCH) -> ThreadingHTTPServer:
     """An HTTP server scoring with ``reward``; ``port=0`` picks a free port (see ``server.server_port``).
 
-    Refuses (UserError, before binding) a non-loopback ``host`` without a ``token``.
+    Refuses (UserError, before binding) a non-loopback ``host`` without a ``token``. The server's
+    ``batcher`` (``Batcher``) runs the reward, merging waiting requests up to ``max_batch`` images.
     """
-    from drpo_bench.rewards.remote import FINGERPRINT_HEADER, MAX_PIXELS, ImageRejected, decode_png
+    from drpo_bench.rewards.remote import FINGERPRINT_HEADER, MAX_PIXELS
 
     check_bind(host, token)
     max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
-    lock = threading.Lock()  # one scoring at a time
     state_lock = threading.Lock()
     state = {"n": 0, "pending": 0}
     identity = reward_identity(reward, name)
@@ -171,7 +271,10 @@ def make_server(reward: Any, name: str, host: str = "127.0.0.1", port: int = 0, 
         "higher_is_better": bool(reward.higher_is_better),
         "scale": str(reward.scale),
         "definition": reward.describe(),  # model / version / formula / reporting scale, config taken into account
+        "merge_requests": bool(getattr(reward, "merge_requests", True)),  # waiting requests scored in one call
+        "max_batch": max_batch,  # images per merged call
     }
+    batcher = Batcher(reward, name, fingerprint, max_batch, max_pixels, merge=info["merge_requests"])
     expected_auth = f"Bearer {token}".encode() if token else None
 
     class Handler(BaseHTTPRequestHandler):
@@ -279,29 +382,20 @@ def make_server(reward: Any, name: str, host: str = "127.0.0.1", port: int = 0, 
             except Exception as exc:  # noqa: BLE001 - any malformed request
                 self._reply(400, {"error": f"bad request: {type(exc).__name__}: {exc}"})
                 return
-            try:
-                with lock:  # decoded images live only while scored: memory is one batch, not a queue of them
-                    try:
-                        images = decode_png(items, max_pixels=max_pixels)
-                    except ImageRejected as exc:
-                        self._reply(exc.status, {"error": f"image rejected: {exc}"})
-                        return
-                    except Exception as exc:  # noqa: BLE001 - a broken PNG
-                        self._reply(400, {"error": f"bad request: {type(exc).__name__}: {exc}"})
-                        return
-                    scores = reward(images, prompts)
-            except Exception as exc:  # noqa: BLE001 - report, keep serving
-                self._reply(500, {"error": f"{name} failed: {type(exc).__name__}: {exc}"})
+            if not isinstance(items, list) or len(items) != len(prompts):
+                self._reply(400, {"error": f"bad request: {len(items) if isinstance(items, list) else 'no list of'} "
+                                           f"images but {len(prompts)} prompts"})
                 return
-            self._reply(200, {"scores": [float(s) for s in scores.detach().float().cpu().tolist()],
-                              "fingerprint": fingerprint})
+            self._reply(*batcher.score(items, prompts))
 
-    return ThreadingHTTPServer((host, port), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.batcher = batcher  # type: ignore[attr-defined]
+    return server
 
 
 def serve_reward(name: str, args: dict[str, Any] | None = None, host: str = "127.0.0.1", port: int = 8765,
                  fail_every: int = 0, token: str | None = None, max_queue: int = MAX_QUEUE,
-                 max_pixels: int | None = None) -> None:
+                 max_pixels: int | None = None, max_batch: int = MAX_BATCH) -> None:
     """Build reward ``name`` with ``args`` and serve it until interrupted.
 
     Prints one line ``serving NAME at http://HOST:PORT`` (flushed) once it accepts requests.
@@ -316,7 +410,8 @@ def serve_reward(name: str, args: dict[str, Any] | None = None, host: str = "127
     max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's own bomb guard, behind the header check (this process serves only)
     reward = build_reward(name, args)
-    server = make_server(reward, name, host, port, fail_every, token=token, max_queue=max_queue, max_pixels=max_pixels)
+    server = make_server(reward, name, host, port, fail_every, token=token, max_queue=max_queue, max_pixels=max_pixels,
+                         max_batch=max_batch)
     print(f"serving {name} at http://{host}:{server.server_port}", flush=True)
     try:
         server.serve_forever()
@@ -352,6 +447,8 @@ def add_serve_reward_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="shared secret clients must send (default: env DRPO_BENCH_REWARD_TOKEN; required off loopback)")
     parser.add_argument("--max-queue", type=int, default=MAX_QUEUE, help="requests waiting beyond this get 503")
     parser.add_argument("--max-pixels", type=int, default=None, help="pixels per image (default 2048*2048)")
+    parser.add_argument("--max-batch", type=int, default=MAX_BATCH,
+                        help="images per reward call when waiting requests are merged (1: no merging; default %(default)s)")
     parser.add_argument("--fail-every", type=int, default=0, help=argparse.SUPPRESS)  # tests: 503 every n-th request
     parser.set_defaults(func=run_serve_reward)
     return parser
@@ -360,7 +457,7 @@ def add_serve_reward_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_serve_reward(ns: argparse.Namespace) -> int:
     args = dict(_parse_arg(item) for item in ns.arg)
     serve_reward(ns.name, args, host=ns.host, port=ns.port, fail_every=ns.fail_every, token=ns.token,
-                 max_queue=ns.max_queue, max_pixels=ns.max_pixels)
+                 max_queue=ns.max_queue, max_pixels=ns.max_pixels, max_batch=ns.max_batch)
     return 0
 
 

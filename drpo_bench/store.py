@@ -122,6 +122,7 @@ class CellRecord(_Record):
     versions: dict[str, Any] = Field(default_factory=dict)
     git: str | None = None
     hardware: dict[str, Any] = Field(default_factory=dict)
+    execution: dict[str, Any] = Field(default_factory=dict)  # executor, jobs, torch_threads, device (executors.py)
 
     @property
     def generator_label(self) -> str:

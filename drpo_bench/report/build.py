@@ -19,6 +19,7 @@ from drpo_bench.report.results import (
     load_results,
     load_results_and_problems,
     load_suite_snapshot,
+    missing_cells,
 )
 from drpo_bench.report.scores import win_rate_table
 from drpo_bench.report.table import Table, slugify
@@ -336,6 +337,9 @@ def build_report(folder: str | Path, formats: str | tuple[str, ...] = DEFAULT_FO
     env = results[0].info.versions
     provenance = (f"{len(results)} cells; git {results[0].info.git}; torch {env.get('torch')}; "
                   f"hardware {results[0].info.hardware.get('platform')}")
+    missing = missing_cells(folder, results)
+    if missing and missing[0]:  # a partial store: say so before any number is read
+        provenance = f"partial results: {missing[0]} of {missing[1]} planned cells missing; " + provenance
     definitions = metric_definitions(results)
     written: dict[str, Path] = {}
     if "md" in formats:

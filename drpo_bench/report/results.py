@@ -111,6 +111,21 @@ def group_rows(results: list[CellResult], suite: dict[str, Any] | None = None) -
     return {k: rows[k] for k in sorted(rows, key=rank)}
 
 
+#: the runner's record of the cells planned into a folder (runner.SETTINGS_NAME; not imported: the
+#: runner pulls in torch and the models)
+PLAN_FILE = ".drpo-bench.settings.json"
+
+
+def missing_cells(folder: str | Path, results: list[CellResult]) -> tuple[int, int] | None:
+    """(missing, planned): planned cells of the last run(s) in ``folder`` without a complete
+    cell.json; None when the folder does not say what was planned (written before this was recorded)."""
+    try:
+        planned = set(json.loads((Path(folder) / PLAN_FILE).read_text())["cells"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return len(planned - {r.info.cell_id for r in results}), len(planned)
+
+
 def load_suite_snapshot(folder: str | Path) -> dict[str, Any] | None:
     path = Path(folder) / "suite.json"
     return json.loads(path.read_text()) if path.exists() else None

@@ -43,6 +43,9 @@ class Reward(abc.ABC):
     report_scale: ClassVar[float] = 1.0
     #: model / version / formula of the reported number (see the class docstring); never empty for a registered reward
     definition: ClassVar[dict[str, str]] = {}
+    #: serve-reward may score several clients' waiting requests in one call (same image size): True for
+    #: a per-image score; False when an image's score depends on the rest of its batch
+    merge_requests: ClassVar[bool] = True
 
     @classmethod
     def class_definition(cls) -> dict[str, Any]:
