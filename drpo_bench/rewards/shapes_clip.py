@@ -75,7 +75,8 @@ class ShapesCLIPReward(Reward):
                 f"set size: {self.metadata['size']} or point weights at a {config.size} file"
             )
         self.model.to(config.device)
-        self.definition = {**self.definition, "model": f"shapes-clip {config.size} ({path})", "version": config.size}  # type: ignore[misc]
+        shown = f"drpo_bench/assets/{path.name}" if config.weights is None else str(path)  # no machine path for the shipped file
+        self.definition = {**self.definition, "model": f"shapes-clip {config.size} ({shown})", "version": config.size}  # type: ignore[misc]
         if config.views > 1:  # views=1 keeps the definition (and cell fingerprints) unchanged
             self.definition["formula"] += f", mean over {config.views} 1-px-shifted views"  # type: ignore[index]
         self._text_cache: dict[str, torch.Tensor] = {}  # prompt -> (D,) unit text embedding (frozen model)
