@@ -17,6 +17,7 @@ A method declares the ledger phases its step records (``phases()``); the contrac
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -119,6 +120,13 @@ class Method(abc.ABC):
     #: config fields holding paths; a suite's relative path is resolved against the suite file's directory
     path_args: ClassVar[tuple[str, ...]] = ()
 
+    @classmethod
+    def identity_args(cls, args: dict[str, Any]) -> dict[str, Any]:
+        """The method's arguments as they enter a cell's fingerprint. A path argument names its
+        content here (``path_identity``), not where it lies, so that a results folder made on one
+        machine is recognized on another (a clone elsewhere, another user's home)."""
+        return {k: (path_identity(v) if k in cls.path_args and isinstance(v, str) else v) for k, v in args.items()}
+
     def __init__(self, config: StrictConfig) -> None:
         self.config = config
 
@@ -182,3 +190,32 @@ def sample_candidates(prompts: Sequence[str], ctx: TrainContext) -> Candidates:
         noise = gen.noise(len(prompts) * k, ctx.noise_rng)
         latents = gen.sample(noise, cond)
     return Candidates(latents, noise, cond, [text for text in prompts for _ in range(k)])
+
+
+def path_identity(path: str) -> str:
+    """``sha256:<digest>`` of a file's bytes, or of a folder's relative file names and bytes (sorted);
+    the path itself when nothing is there yet (validate runs before a dataset exists). Cached by
+    the files' names, sizes and modification times, since a cell's fingerprint is asked for often."""
+    from pathlib import Path
+
+    root = Path(path).expanduser()
+    if not root.exists():
+        return path
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    stats = [(f, f.stat()) for f in files]
+    listing = tuple((str(f), st.st_size, st.st_mtime_ns) for f, st in stats)
+    return _content_digest(str(root), listing)
+
+
+@functools.lru_cache(maxsize=32)
+def _content_digest(root: str, listing: tuple[tuple[str, int, int], ...]) -> str:
+    import hashlib
+    from pathlib import Path
+
+    digest = hashlib.sha256()
+    for name, _, _ in listing:
+        digest.update((str(Path(name).relative_to(root)) if name != root else Path(name).name).encode() + b"\0")
+        with open(name, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()

@@ -7,6 +7,7 @@ fingerprint, ``cell.json`` and the training loop.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -55,12 +56,13 @@ class Cell:
     def id(self) -> str:
         return f"{self.generator.label}--{self.method.id}--{self.reward_alias or 'none'}--s{self.seed}"
 
-    @property
+    @functools.cached_property  # computed once per planned cell (a dataset argument is hashed)
     def fingerprint(self) -> str:
         """Hash of everything that determines the result; a rerun with other settings is refused."""
         payload = {
             "generator": self.generator.model_dump(),
-            "method": self.method.model_dump(),
+            # path arguments (an offline dataset) by content, not location
+            "method": {**(dump := self.method.model_dump()), "args": METHODS.get(self.method.method).cls.identity_args(dump["args"])},
             "reward": redact(self.reward.model_dump()) if self.reward else None,
             "prompts": self.prompts.model_dump(),
             "seed": self.seed,

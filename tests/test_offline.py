@@ -280,3 +280,32 @@ def test_suite_dataset_is_relative_to_the_suite_file_and_a_missing_one_stops_the
     (tmp_path / "data").symlink_to(toy_data)
     summary = run_suite(load_suite(suites / "s.yaml"), tmp_path / "out", quiet=True)
     assert not summary.failures and set(summary.statuses.values()) == {"done"}
+
+
+def test_a_cells_fingerprint_names_the_datasets_content_not_its_location(tmp_path, toy_data):
+    """A results folder made with the dataset in one place is the same cell with the dataset
+    copied elsewhere (a clone on another machine); a changed dataset is another cell."""
+    import shutil
+
+    from drpo_bench.config import load_suite
+    from drpo_bench.planning import plan_cells
+
+    def fingerprints(folder_name: str) -> dict[str, str]:
+        suites = tmp_path / folder_name / "suites"
+        suites.mkdir(parents=True, exist_ok=True)
+        (suites / "s.yaml").write_text(textwrap.dedent(SUITE).replace("DATASET", "../data"))
+        return {c.id: c.fingerprint for c in plan_cells(load_suite(suites / "s.yaml"))}
+
+    shutil.copytree(toy_data, tmp_path / "a" / "data")
+    shutil.copytree(toy_data, tmp_path / "b" / "data")
+    here, there = fingerprints("a"), fingerprints("b")
+    assert here == there
+    scores = tmp_path / "b" / "data" / "scores.jsonl"
+    rows = scores.read_text().splitlines()
+    first = json.loads(rows[0])
+    first["score"] = first["score"] + 1.0
+    scores.write_text("\n".join([json.dumps(first), *rows[1:]]) + "\n")
+    changed = fingerprints("b")
+    offline = [cid for cid in here if "offline" in cid]
+    assert offline and all(changed[c] != here[c] for c in offline)
+    assert all(changed[c] == here[c] for c in here if c not in offline)
