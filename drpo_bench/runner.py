@@ -345,14 +345,13 @@ def _check_in(suite: Suite, output: Path, planned: list[Cell], cells: list[Cell]
 def check_data_parallel(suite: Suite, cells: list[Cell], world_size: int) -> None:
     """Under a multi-process launch every process runs the same cells in this process's order (each
     cell a collective): no pool of cell processes, and every update splits evenly over the processes."""
-    from drpo_bench.executors import plan_execution
-
-    plan = plan_execution(suite.execution, cells) if suite.execution.executor != "ray" else None
-    if plan is None or plan.jobs != 1:
+    execution = suite.execution
+    if execution.executor == "ray" or execution.jobs not in (None, 1):  # what was asked, however many cells
+        asked = "--executor ray" if execution.executor == "ray" else f"jobs: {execution.jobs}"
         raise UserError(
             f"this is a launch of {world_size} processes training each cell together (data parallel); it cannot also "
-            f"run cells in parallel ({'--executor ray' if plan is None else f'{plan.jobs} jobs'}). Pass --jobs 1 "
-            "(and no --executor ray), or run without accelerate launch / torchrun to use --jobs."
+            f"run cells in parallel ({asked}). Pass --jobs 1 (and no --executor ray), or run without accelerate "
+            "launch / torchrun to use --jobs."
         )
     for cell in cells:
         if cell.trains:
