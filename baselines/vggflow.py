@@ -91,6 +91,7 @@ class OneStepVGGFlow(Method):
 
     paper = "https://arxiv.org/abs/2512.05116"
     needs_differentiable_reward = True
+    data_parallel = False  # tau is the quantile of the whole update's norms, seen by one process
 
     class Config(StrictConfig):
         reward_scale: float = Field(1000.0, gt=0)  # public one-step SD-Turbo reward_scale (1/lambda, eta = 1)

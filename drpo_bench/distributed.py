@@ -290,3 +290,17 @@ def combine_ledgers(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         "per_rank": per_rank,
     }
     return main
+
+
+def check_same_state(dp: DataParallel, method: Any, name: str) -> None:
+    """Raise on every rank when the method's checkpointed state differs between ranks (it would train
+    on rank 0's after a resume, and each rank with its own until then)."""
+    import pickle
+
+    states = dp.gather(pickle.dumps(method.state_dict()))
+    if any(state != states[0] for state in states[1:]):
+        raise RuntimeError(
+            f"method {name} keeps state that differs between the processes of this data-parallel launch (it is computed "
+            "from each process's share of the update); set its class attribute data_parallel = False, or make it "
+            "gather the whole update's values"
+        )

@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from drpo_bench.distributed import NoiseDraws, gather_update
+from drpo_bench.distributed import NoiseDraws, check_same_state, gather_update
 from drpo_bench.distributed import current as data_parallel
 from drpo_bench.errors import NonFiniteError, UserError
 from drpo_bench.ledger import Ledger
@@ -145,6 +145,8 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
                 exc.update = step + 1
                 raise
             record = ledger.end_update()
+            if dp.enabled:  # a method's state must stay the same on every rank (it is checkpointed from rank 0)
+                check_same_state(dp, method, cell.method.method)
             reward_mean = ctx.reward_mean()  # every method's, from the scores the context saw
             if reward_mean is not None:
                 logs["reward_mean"] = reward_mean

@@ -68,10 +68,16 @@ def _adapter(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dp")
-    suite = root / "tiny.yaml"
+def suite_file(tmp_path_factory):
+    suite = tmp_path_factory.mktemp("suite") / "tiny.yaml"
     suite.write_text(SUITE)
+    return suite
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, suite_file):
+    root = tmp_path_factory.mktemp("dp")
+    suite = suite_file
     audit = root / "rank1-writes.log"
     two = _launch(suite, root / "two", 2, audit)
     _finish(two)
@@ -133,10 +139,8 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-@pytest.mark.slow
-def test_sigkill_of_the_two_process_run_resumes_exactly(runs, tmp_path):
-    root, suite, _ = runs
-    out = tmp_path / "killed"
+def _kill_after_a_checkpoint(suite: Path, out: Path) -> None:
+    """Launch 2 processes and SIGKILL all of them once a checkpoint is written (before the cell ends)."""
     proc = _launch(suite, out, 2)
     pointer, done, deadline = out / CELL / "checkpoint.json", out / CELL / "cell.json", time.time() + 300
     while time.time() < deadline:
@@ -156,8 +160,14 @@ def test_sigkill_of_the_two_process_run_resumes_exactly(runs, tmp_path):
     proc.communicate()
     assert not done.exists(), "the kill came after the cell finished; nothing was tested"
 
+
+@pytest.mark.slow
+def test_sigkill_of_the_two_process_run_resumes_exactly(runs, tmp_path):
+    root, suite, _ = runs
+    out = tmp_path / "killed"
+    _kill_after_a_checkpoint(suite, out)
     _finish(_launch(suite, out, 2))
-    record = json.loads(done.read_text())
+    record = json.loads((out / CELL / "cell.json").read_text())
     assert record["resumed_from_step"] >= 2 and record["execution"]["world_size"] == 2
     assert [e["step"] for e in _log(out)] == list(range(1, 7)), "no update lost or repeated"
     ledger = json.loads((out / CELL / "ledger.json").read_text())
@@ -167,3 +177,76 @@ def test_sigkill_of_the_two_process_run_resumes_exactly(runs, tmp_path):
     a, b = _adapter(out), _adapter(root / "two")
     for key in a:  # resuming is exact: the uninterrupted 2-process run's adapter
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_a_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):
+    """Another world size resumes correctly: the optimizer state is the same on every rank and an
+    update's gradient does not depend on how many processes share it."""
+    root, suite, _ = runs
+    out = tmp_path / "killed"
+    _kill_after_a_checkpoint(suite, out)
+    _finish(_launch(suite, out, 1))
+    record = json.loads((out / CELL / "cell.json").read_text())
+    assert record["resumed_from_step"] >= 2 and "world_size" not in record["execution"]
+    assert [e["step"] for e in _log(out)] == list(range(1, 7))
+    a, b = _adapter(out), _adapter(root / "one")
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 5e-3, worst  # the float tolerance of test_two_processes_train_as_one
+
+
+# ---- in one process: the checks made before a launch trains, and the noise replay ------------------
+
+
+def test_a_launch_refuses_what_it_cannot_split(suite_file):
+    from drpo_bench.config import load_suite
+    from drpo_bench.errors import UserError
+    from drpo_bench.planning import plan_cells
+    from drpo_bench.runner import check_data_parallel
+
+    suite = load_suite(suite_file)
+    check_data_parallel(suite, plan_cells(suite), 2)  # 4 prompts = 2 ranks x 2 micro-batches of 1
+    with pytest.raises(UserError, match="multiple of 3"):
+        check_data_parallel(suite, plan_cells(suite), 3)
+    vgg = load_suite(suite_file, ["methods=[{id: vgg, method: vggflow}]"])
+    with pytest.raises(UserError, match="vggflow keeps state"):
+        check_data_parallel(vgg, plan_cells(vgg), 2)
+    ray = load_suite(suite_file, ["execution.executor=ray"])
+    with pytest.raises(UserError, match="Pass --jobs 1"):
+        check_data_parallel(ray, plan_cells(ray), 2)
+
+
+class _Noise:
+    latent_shape = (8, 8, 8)
+
+    def noise(self, n, generator):
+        return torch.randn((n, *self.latent_shape), generator=generator)
+
+
+def test_replayed_draws_give_each_micro_batch_its_one_process_noise():
+    """A method drawing two noises per micro-batch (as GRPO's and PSO's do): rank r of 2 replays the
+    micro-batches before its slice and then draws exactly what one process draws for its own."""
+    from drpo_bench.distributed import DataParallel, NoiseDraws
+
+    gen, rng = _Noise(), torch.Generator()
+
+    def micro_batch() -> torch.Tensor:
+        return torch.cat([gen.noise(2, rng).flatten(), gen.noise(8, rng).flatten()])
+
+    rng.manual_seed(7)
+    one = [micro_batch() for _ in range(4)]  # one process: 4 micro-batches in a row
+    with NoiseDraws(gen, rng) as draws:
+        for rank, first in ((0, 0), (1, 2)):  # 2 ranks x 2 micro-batches; the pattern is learned on rank 0
+            dp = DataParallel(rank=0, world_size=1)  # no collectives: broadcast is the identity
+            rng.manual_seed(7)
+            draws.skip(dp, first)
+            for j in range(first, first + 2):
+                draws.start()
+                assert torch.equal(micro_batch(), one[j]), (rank, j)
+                draws.finish(dp, "two-draws")
+        assert draws.pattern == [2, 8]
+        draws.start()
+        gen.noise(3, rng)
+        with pytest.raises(RuntimeError, match="same draws in every one"):
+            draws.finish(dp, "two-draws")
+    assert "noise" not in vars(gen), "the generator's own method again"
