@@ -148,8 +148,15 @@ def _from_environment() -> DataParallel:
             raise UserError(
                 f"drpo-bench was launched with accelerate's {what} plugin, which it does not apply: it trains a cell "
                 "data-parallel itself (replicated frozen models, LoRA gradients summed over processes). Use a "
-                "MULTI_GPU accelerate config (configs/accelerate/multi-gpu.yaml) or `accelerate launch --multi_gpu`."
+                "MULTI_GPU accelerate config (configs/accelerate/sdxl-hpsv3-8gpu.yaml) or `accelerate launch --multi_gpu`."
             )
+    mixed = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if mixed not in ("no", ""):
+        raise UserError(
+            f"accelerate's mixed_precision is {mixed!r}, which drpo-bench does not apply: a suite's train.precision sets "
+            "each method's precision (fp16 for SD-Turbo, bf16 for SDXL-Turbo, as the public code). Launch with "
+            "--mixed_precision no (or mixed_precision: 'no' in the accelerate config)."
+        )
     from accelerate import PartialState
 
     minutes = float(os.environ.get("DRPO_BENCH_DIST_TIMEOUT_MIN", DEFAULT_TIMEOUT_MINUTES))
@@ -301,6 +308,6 @@ def check_same_state(dp: DataParallel, method: Any, name: str) -> None:
     if any(state != states[0] for state in states[1:]):
         raise RuntimeError(
             f"method {name} keeps state that differs between the processes of this data-parallel launch (it is computed "
-            "from each process's share of the update); set its class attribute data_parallel = False, or make it "
-            "gather the whole update's values"
+            "from each process's share of the update): make it gather the whole update's values, as VGG-Flow "
+            "gathers its gradient norms (drpo_bench.distributed.current().gather)"
         )

@@ -118,9 +118,6 @@ class Method(abc.ABC):
     offline: ClassVar[bool] = False
     #: config fields holding paths; a suite's relative path is resolved against the suite file's directory
     path_args: ClassVar[tuple[str, ...]] = ()
-    #: False for a method whose state between updates comes from all of an update's micro-batches in one
-    #: process (a data-parallel launch would give each rank only its share): the runner refuses it there
-    data_parallel: ClassVar[bool] = True
 
     def __init__(self, config: StrictConfig) -> None:
         self.config = config

@@ -356,12 +356,6 @@ def check_data_parallel(suite: Suite, cells: list[Cell], world_size: int) -> Non
     for cell in cells:
         if cell.trains:
             check_divisible(cell.budget.prompts_per_update, cell.budget.micro, world_size, cell.id)
-            if not METHODS.get(cell.method.method).cls.data_parallel:
-                raise UserError(
-                    f"cell {cell.id}: method {cell.method.method} keeps state computed from a whole update in one "
-                    "process, so it cannot train data-parallel yet. Run it in one process (without accelerate launch / "
-                    "torchrun), or leave it out of this launch's suite."
-                )
 
 
 def report_due(output: Path, planned: list[Cell]) -> bool:

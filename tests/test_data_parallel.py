@@ -208,9 +208,6 @@ def test_a_launch_refuses_what_it_cannot_split(suite_file):
     check_data_parallel(suite, plan_cells(suite), 2)  # 4 prompts = 2 ranks x 2 micro-batches of 1
     with pytest.raises(UserError, match="multiple of 3"):
         check_data_parallel(suite, plan_cells(suite), 3)
-    vgg = load_suite(suite_file, ["methods=[{id: vgg, method: vggflow}]"])
-    with pytest.raises(UserError, match="vggflow keeps state"):
-        check_data_parallel(vgg, plan_cells(vgg), 2)
     ray = load_suite(suite_file, ["execution.executor=ray"])
     with pytest.raises(UserError, match="Pass --jobs 1"):
         check_data_parallel(ray, plan_cells(ray), 2)
