@@ -79,11 +79,11 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
     micro_steps = budget.prompts_per_update // budget.micro
     fp16 = tcfg.precision == "fp16"
     skipped_in_a_row = 0  # fp16: updates the scaler skipped for an overflow, one after another
-    live = TrainLogger([]) if not main else open_train_logger(logging, cell.id, folder.path, budget.steps, start, suite=cell.suite,
+    live = open_train_logger(logging, cell.id, folder.path, budget.steps, start, suite=cell.suite,
                              run_id=f"{cell.fingerprint}-{cell.id}",
                              run_config={"generator": cell.generator.model_dump(), "method": cell.method.model_dump(),
                                          "budget": cell.budget.model_dump(), "train": cell.train.model_dump(),
-                                         "seed": cell.seed})
+                                         "seed": cell.seed}) if main else TrainLogger([])  # rank > 0: no sinks
     every = cell.eval.every if evaluate_at is not None else None
     if every and main:
         folder.truncate_eval_history(start)

@@ -32,7 +32,7 @@ methods:
 seeds: [0]
 budget: {steps: 6, candidates_per_prompt: 4, prompts_per_update: 4, micro_batch_prompts: 1}
 train: {lr: 5.0e-3, checkpoint_every: 2}
-eval: {images_per_prompt: 1, max_prompts: 4, batch_size: 8, metrics: [checker], grid_prompts: 4}
+eval: {images_per_prompt: 1, max_prompts: 4, batch_size: 8, metrics: [checker], grid_prompts: 4, every: 3, every_max_prompts: 4}
 execution: {jobs: 1}
 """
 
@@ -120,8 +120,10 @@ def test_rank_one_writes_nothing_to_the_store(runs):
     assert audit.parent == root and not (root / "two" / audit.name).exists()
     writes = audit.read_text().splitlines() if audit.exists() else []
     assert writes == [], writes[:10]
-    # and rank 0 wrote the same cell files as one process does
+    # and rank 0 wrote the same cell files as one process does, periodic evaluations included
     assert sorted(p.name for p in (root / "two" / CELL).iterdir()) == sorted(p.name for p in (root / "one" / CELL).iterdir())
+    history = [json.loads(x)["step"] for x in (root / "two" / CELL / "eval_history.jsonl").read_text().splitlines()]
+    assert history == [0, 3, 6]
 
 
 def test_jobs_are_refused_under_a_multi_process_launch(runs, tmp_path):
