@@ -101,7 +101,7 @@ def test_two_processes_train_as_one(runs):
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < 5e-3, worst
     for e1, e2 in zip(one, two):
-        assert e2["reward_mean"] == pytest.approx(e1["reward_mean"], rel=2e-2)
+        assert e2["reward_mean"] == pytest.approx(e1["reward_mean"], rel=1e-3)  # measured: 1e-5
 
     record = json.loads((root / "two" / CELL / "cell.json").read_text())
     assert record["execution"]["world_size"] == 2
