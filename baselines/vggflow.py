@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from drpo_bench.distributed import current as data_parallel
 from drpo_bench.methods import Method, StepOutput, TrainContext, reference_l2, sample_candidates
 from drpo_bench.registry import METHODS, StrictConfig
 
@@ -155,11 +156,12 @@ class OneStepVGGFlow(Method):
 
     def _end_of_micro_batch(self, norms: torch.Tensor, loss_scale: float) -> None:
         """Collect norms; once the micro-batches' shares sum to one update, set tau from them."""
+        dp = data_parallel()  # a data-parallel launch: this process runs 1/world_size of the update
         self._norms.append(norms.float().cpu())
         self._share += loss_scale
-        if self._share < 1.0 - 1e-6:
+        if self._share < 1.0 / dp.world_size - 1e-6:
             return
-        every = torch.cat(self._norms)
+        every = torch.cat(dp.gather(torch.cat(self._norms)))  # the whole update's norms, in 1-process order
         every = every[torch.isfinite(every)]  # an fp16 overflow must not poison tau
         if self.config.clip_gradient and every.numel() > 0:
             self.clip_threshold = float(torch.quantile(every, self.config.clip_quantile))

@@ -57,6 +57,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(f"[bold]drpo-bench run[/] {args.suite} → {output}")
     summary = run_suite(suite, output, allow_reference=args.update_reference, quiet=args.quiet, shard=shard,
                         console=console, wait=args.wait)
+    if summary.rank:  # a data-parallel launch's process > 0: rank 0 reports
+        return 1 if summary.failures else 0
     counts = {s: list(summary.statuses.values()).count(s) for s in ("done", "resumed", "skipped", "failed")}
     console.print("cells: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
     try:

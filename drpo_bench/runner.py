@@ -25,6 +25,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from drpo_bench import __version__
 from drpo_bench.config import ComponentSpec, Suite
+from drpo_bench.distributed import RankZeroFailed, check_divisible, combine_ledgers
+from drpo_bench.distributed import current as data_parallel
 from drpo_bench.errors import NonFiniteError, UserError
 from drpo_bench.evaluation import evaluate, history_row
 from drpo_bench.ledger import Ledger
@@ -132,10 +134,17 @@ class CellRunner:
     def run(self, cell: Cell, progress: Progress | None) -> str:
         """Returns "skipped", "done" or "resumed"."""
         folder = CellFolder(ensure_inside(self.output, Path(cell.id)))  # ids are safe names; belt and braces
+        dp = data_parallel()
+        if not dp.is_main:  # a data-parallel rank > 0 follows rank 0, which locks and decides
+            decision = dp.broadcast(None)
+            if isinstance(decision, tuple):
+                raise RankZeroFailed(f"rank 0: {decision[1]}")
+            return self._run_locked(cell, folder, progress) if decision == "train" else decision
         folder.path.mkdir(parents=True, exist_ok=True)
         try:
             lock = FileLock(folder.file(LOCK_NAME), wait=self.cell_wait, what="run training this cell").acquire()
         except LockedError:
+            dp.broadcast("busy")
             return "busy"
         try:
             return self._run_locked(cell, folder, progress)
@@ -157,6 +166,51 @@ class CellRunner:
 
     def _run_locked(self, cell: Cell, folder: CellFolder, progress: Progress | None) -> str:
         fingerprint = cell.fingerprint
+        dp = data_parallel()
+        if dp.is_main:
+            try:
+                decision = self._prepare(cell, folder)
+            except BaseException as exc:
+                dp.broadcast(("failed", f"{type(exc).__name__}: {exc}"))
+                raise
+            dp.broadcast(decision)
+            if decision == "skipped":
+                return decision
+        elif not cell.trains:  # nothing to train: rank 0 evaluates alone
+            dp.barrier()
+            return "done"
+        started = time.time()
+        seed_everything(cell.seed)
+        generator = build(GENERATORS, cell.generator)
+        method_entry = METHODS.get(cell.method.method)
+        method: Method = method_entry.cls(method_entry.parse_config(cell.method.args))
+        method.prepare_generator(generator)
+        ledger = Ledger(generator.device, count_flops=cell.train.count_flops)
+        resumed_from, reward_identity, rank_ledgers = None, None, None
+        if cell.trains:
+            assert cell.reward_alias is not None
+            reward = self.reward(cell.reward_alias, generator.device)
+            # a served reward says which reward, config and weights answered (drpo_bench.serve /info)
+            reward_identity = reward.identity() if callable(getattr(reward, "identity", None)) else None
+            train_prompts = [p.text for p in self.prompts("train")]
+            resumed_from = train_cell(cell, folder, generator, method, reward, train_prompts, ledger,
+                                      progress if dp.is_main else None, None if self.quiet else self.console,
+                                      logging=self.suite.logging,
+                                      evaluate_at=self._periodic_eval(cell, folder, generator, ledger))
+            rank_ledgers = dp.gather(ledger.summary()) if dp.enabled else None
+            if not dp.is_main:  # rank 0 alone saves, evaluates and writes the cell; the others wait
+                dp.barrier()
+                return "resumed" if resumed_from else "done"
+            generator.save_adapter(folder.file(CellFolder.ADAPTER))
+        try:
+            return self._evaluate_and_store(cell, folder, generator, method_entry, ledger, started, resumed_from,
+                                            reward_identity, rank_ledgers)
+        finally:
+            dp.barrier()  # (data parallel) the other ranks go on to the next cell together with rank 0
+
+    def _prepare(self, cell: Cell, folder: CellFolder) -> str:
+        """A complete cell is verified and "skipped"; otherwise its leftovers are cleared: "train"."""
+        fingerprint = cell.fingerprint
         record = folder.read_cell()
         if record is not None and record.status == "complete":
             if record.fingerprint != fingerprint:
@@ -170,29 +224,20 @@ class CellRunner:
             return "skipped"
         folder.remove_leftovers()
         folder.file(CellFolder.ERROR).unlink(missing_ok=True)  # a previous failure, being retried
-        started = time.time()
-        seed_everything(cell.seed)
-        generator = build(GENERATORS, cell.generator)
-        method_entry = METHODS.get(cell.method.method)
-        method: Method = method_entry.cls(method_entry.parse_config(cell.method.args))
-        method.prepare_generator(generator)
-        ledger = Ledger(generator.device, count_flops=cell.train.count_flops)
-        resumed_from, reward_identity = None, None
-        if cell.trains:
-            assert cell.reward_alias is not None
-            reward = self.reward(cell.reward_alias, generator.device)
-            # a served reward says which reward, config and weights answered (drpo_bench.serve /info)
-            reward_identity = reward.identity() if callable(getattr(reward, "identity", None)) else None
-            train_prompts = [p.text for p in self.prompts("train")]
-            resumed_from = train_cell(cell, folder, generator, method, reward, train_prompts, ledger, progress,
-                                      None if self.quiet else self.console, logging=self.suite.logging,
-                                      evaluate_at=self._periodic_eval(cell, folder, generator, ledger))
-            generator.save_adapter(folder.file(CellFolder.ADAPTER))
+        return "train"
+
+    def _evaluate_and_store(self, cell: Cell, folder: CellFolder, generator: Any, method_entry: Any, ledger: Ledger,
+                            started: float, resumed_from: int | None, reward_identity: Any,
+                            rank_ledgers: list[dict[str, Any]] | None) -> str:
+        fingerprint = cell.fingerprint
         result, scores = evaluate(cell, generator, self.prompts(cell.eval.split), self.metrics(generator.device),
                                   folder.file(CellFolder.SAMPLES), keep_images=folder if cell.eval.keep_images else None)
         folder.write_scores(scores)
         folder.write_eval(result)
-        folder.write_ledger(ledger.to_json())
+        ledger_json = ledger.to_json()
+        if rank_ledgers is not None:  # data parallel: the total FLOPs, and each rank's own figures
+            ledger_json["summary"] = combine_ledgers(rank_ledgers)
+        folder.write_ledger(ledger_json)
         budget = cell.budget.model_dump()
         folder.write_cell(CellRecord(
             status="complete",
@@ -217,7 +262,8 @@ class CellRunner:
             checksums=folder.checksums(),
             resumed_from_step=resumed_from,
             wall_seconds_this_run=time.time() - started,
-            execution={**self.execution, "torch_threads": torch.get_num_threads()},
+            execution={**self.execution, "torch_threads": torch.get_num_threads(),
+                       **({"world_size": data_parallel().world_size} if data_parallel().enabled else {})},
             **{**self._env, "hardware": {**self._env["hardware"], "torch_threads": torch.get_num_threads()}},
         ))
         drop_checkpoints(folder)
@@ -233,6 +279,7 @@ class RunSummary:
     statuses: dict[str, str]  # cell id -> skipped | done | resumed | failed
     failures: dict[str, str]
     report_due: bool = True  # every planned cell finished or failed, no other run (shard) still in the folder
+    rank: int = 0  # a data-parallel launch's process (rank 0 reports)
 
 
 def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool = False, quiet: bool = False,
@@ -252,6 +299,34 @@ def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool
     for cell in cells:  # files a method reads (an offline dataset) are there before any cell trains
         entry = METHODS.get(cell.method.method)
         entry.cls.preflight(entry.parse_config(cell.method.args))
+    dp = data_parallel()
+    if dp.enabled:
+        check_data_parallel(suite, cells, dp.world_size)
+        if not dp.is_main:  # rank 0 checks in and holds the locks; the others follow it cell by cell
+            refused = dp.broadcast(None)
+            if refused is not None:
+                raise UserError(f"rank 0 refused the run: {refused}")
+            summary = _run_cells(suite, output, cells, True, console)
+            summary.report_due, summary.rank = False, dp.rank
+            return summary
+    try:
+        run_lock = _check_in(suite, output, planned, cells, wait)
+    except BaseException as exc:
+        dp.broadcast(str(exc))  # the other ranks stop too
+        raise
+    dp.broadcast(None)
+    from drpo_bench.executors import run_cells
+
+    try:
+        summary = run_cells(suite, output, cells, quiet, console)
+    finally:
+        run_lock.release()
+    summary.report_due = report_due(output, planned)
+    return summary
+
+
+def _check_in(suite: Suite, output: Path, planned: list[Cell], cells: list[Cell], wait: float) -> FileLock:
+    """Refuse other settings, then hold the folder's shared run lock and record this run's settings."""
     output.mkdir(parents=True, exist_ok=True)
     # the gate is held only while a run checks in (well under a second): always wait for it a while
     with FileLock(output / GATE_NAME, wait=max(wait, GATE_WAIT_SECONDS), what="drpo-bench run", record=False):
@@ -264,14 +339,23 @@ def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool
         settings["holders"].append(holder_info())
         write_json(settings_file, settings)
         write_json(output / "suite.json", redact(suite.model_dump(mode="json")))
-    from drpo_bench.executors import run_cells
+    return run_lock
 
-    try:
-        summary = run_cells(suite, output, cells, quiet, console)
-    finally:
-        run_lock.release()
-    summary.report_due = report_due(output, planned)
-    return summary
+
+def check_data_parallel(suite: Suite, cells: list[Cell], world_size: int) -> None:
+    """Under a multi-process launch every process runs the same cells in this process's order (each
+    cell a collective): no pool of cell processes, and every update splits evenly over the processes."""
+    execution = suite.execution
+    if execution.executor == "ray" or execution.jobs not in (None, 1):  # what was asked, however many cells
+        asked = "--executor ray" if execution.executor == "ray" else f"jobs: {execution.jobs}"
+        raise UserError(
+            f"this is a launch of {world_size} processes training each cell together (data parallel); it cannot also "
+            f"run cells in parallel ({asked}). Pass --jobs 1 (and no --executor ray), or run without accelerate "
+            "launch / torchrun to use --jobs."
+        )
+    for cell in cells:
+        if cell.trains:
+            check_divisible(cell.budget.prompts_per_update, cell.budget.micro, world_size, cell.id)
 
 
 def report_due(output: Path, planned: list[Cell]) -> bool:
@@ -379,15 +463,23 @@ def attempt(runner: CellRunner, cell: Cell, progress: Progress | None, console: 
     except CorruptCellError as exc:  # a clear message, no traceback; the other cells go on
         console.print(f"[red]cell {cell.id}: {exc}[/]")
         return "failed", str(exc)
+    except RankZeroFailed as exc:  # (data parallel) rank 0 failed this cell before training: it says why
+        return "failed", str(exc)
     except UserError:
         raise
     except NonFiniteError as exc:  # a diagnosis, not a traceback: which update, phase, value
+        if not data_parallel().is_main:  # raised on every rank together; rank 0 writes error.txt
+            return "failed", str(exc)
         write_text(error_file, f"{exc}\n\nThe cell stopped; the suite went on. Fix the cause and rerun: "
                                "the cell restarts from its last checkpoint.\n")
         console.print(f"[red]cell {cell.id} failed: {exc} (in {error_file})[/]")
         return "failed", str(exc)
     except Exception as exc:  # noqa: BLE001 - one broken cell must not lose the others
         failure = f"{type(exc).__name__}: {exc}"
+        if data_parallel().enabled:  # the other ranks are inside this cell's collectives: stop the launch
+            if data_parallel().is_main:
+                write_text(error_file, traceback.format_exc())
+            raise
         write_text(error_file, traceback.format_exc())
         console.print(f"[red]cell {cell.id} failed: {failure} (traceback in {error_file})[/]")
         return "failed", failure

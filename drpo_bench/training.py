@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 from collections.abc import Callable, Iterator
@@ -21,12 +22,14 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
+from drpo_bench.distributed import NoiseDraws, check_same_state, gather_update
+from drpo_bench.distributed import current as data_parallel
 from drpo_bench.errors import NonFiniteError, UserError
 from drpo_bench.ledger import Ledger
 from drpo_bench.methods import Method, TrainContext
 from drpo_bench.planning import Cell
 from drpo_bench.store import CellFolder, CorruptCellError, read_json, torch_save_atomic, write_json, write_text
-from drpo_bench.train_logging import LoggingConfig, open_train_logger
+from drpo_bench.train_logging import LoggingConfig, TrainLogger, open_train_logger
 
 
 #: fp16 updates in a row that may overflow while the loss scale backs off (65536 halves to ~1e-3)
@@ -61,9 +64,16 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
     )
     method.setup(ctx)
 
-    start, resumed_from = resume(folder, cell.fingerprint, generator, optimizer, scaler, method, ledger, console)
+    dp = data_parallel()  # a multi-process launch (drpo_bench/distributed.py); disabled in one process
+    main = dp.is_main  # rank 0 alone writes the cell folder
+    start, resumed_from = resume(folder, cell.fingerprint, generator, optimizer, scaler, method, ledger,
+                                 console if main else None, rank=dp.rank, world_size=dp.world_size)
+    dp.broadcast_parameters(params)  # every rank starts from rank 0's LoRA
+    lo, hi = dp.slice(budget.prompts_per_update, budget.micro) if dp.enabled else (0, budget.prompts_per_update)
+    draws = NoiseDraws(generator, ctx.noise_rng) if dp.enabled else nullcontext()
     log_path = folder.file(CellFolder.TRAIN_LOG)
-    truncate_log(log_path, start)
+    if main:
+        truncate_log(log_path, start)
     task = progress.add_task(f"  {cell.id}", total=budget.steps, completed=start) if progress else None
     generator.train(True)
     micro_steps = budget.prompts_per_update // budget.micro
@@ -73,30 +83,48 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
                              run_id=f"{cell.fingerprint}-{cell.id}",
                              run_config={"generator": cell.generator.model_dump(), "method": cell.method.model_dump(),
                                          "budget": cell.budget.model_dump(), "train": cell.train.model_dump(),
-                                         "seed": cell.seed})
+                                         "seed": cell.seed}) if main else TrainLogger([])  # rank > 0: no sinks
     every = cell.eval.every if evaluate_at is not None else None
-    if every:
+    if every and main:
         folder.truncate_eval_history(start)
-    with log_path.open("a") as log, live:
+    with log_path.open("a") if main else open(os.devnull, "w") as log, live, draws:
         if every and start == 0:
-            _evaluate_between_updates(generator, evaluate_at, 0, live)
+            if main:
+                _evaluate_between_updates(generator, evaluate_at, 0, live)
+            dp.barrier()  # the other ranks wait while rank 0 evaluates
         for step in range(start, budget.steps):
             chosen = update_prompts(train_prompts, budget.prompts_per_update, cell.seed, step)
             for group in optimizer.param_groups:  # a function of the step alone: resumes exactly
                 group["lr"] = tcfg.lr * lr_factor(tcfg.lr_schedule, step, budget.steps)
             ctx.noise_rng.manual_seed(update_seed(cell.seed, step))
+            if dp.enabled:  # the noise one process draws: replay the micro-batches before this rank's slice
+                draws.skip(dp, lo // budget.micro)
             ledger.begin_update()
             ctx.scores_seen.clear()
             losses, logs = [], {}
             try:
-                for i in range(0, len(chosen), budget.micro):
-                    with autocast(device, tcfg.precision):
-                        out = method.step(chosen[i : i + budget.micro], ctx)
-                    if not math.isfinite(out.loss) and not fp16:
-                        raise NonFiniteError("loss", f"{cell.method.method} returned loss {out.loss}")
-                    losses.append(out.loss)
-                    for k, v in out.logs.items():
-                        logs[k] = logs.get(k, 0.0) + v / micro_steps
+                failure = None
+                try:
+                    for i in range(lo, hi, budget.micro):
+                        if dp.enabled:
+                            draws.start()
+                        with autocast(device, tcfg.precision):
+                            out = method.step(chosen[i : i + budget.micro], ctx)
+                        if dp.enabled:
+                            draws.finish(dp, cell.method.method)
+                        if not math.isfinite(out.loss) and not fp16:
+                            raise NonFiniteError("loss", f"{cell.method.method} returned loss {out.loss}")
+                        losses.append(out.loss)
+                        for k, v in out.logs.items():
+                            logs[k] = logs.get(k, 0.0) + v / micro_steps
+                except NonFiniteError as exc:
+                    if not dp.enabled:
+                        raise
+                    failure = exc  # raised on every rank once the others hear of it (gather_update)
+                if dp.enabled:  # the whole update's losses, logs and scores; the 1-process gradient (sum)
+                    with ledger.phase("gradient_all_reduce"):
+                        losses, logs = gather_update(dp, losses, logs, ctx, failure)
+                        dp.sum_gradients(params)
                 with ledger.phase("optimizer"):
                     scaler.unscale_(optimizer)
                     grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip or float("inf"))
@@ -117,6 +145,8 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
                 exc.update = step + 1
                 raise
             record = ledger.end_update()
+            if dp.enabled:  # a method's state must stay the same on every rank (it is checkpointed from rank 0)
+                check_same_state(dp, method, cell.method.method)
             reward_mean = ctx.reward_mean()  # every method's, from the scores the context saw
             if reward_mean is not None:
                 logs["reward_mean"] = reward_mean
@@ -126,13 +156,18 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
                 entry["skipped_overflow"] = True  # the fp16 scaler skipped this update and halved its scale
             if record is not None:
                 entry["seconds"] = record.seconds
-            log.write(json.dumps(entry) + "\n")
+            log.write(json.dumps(entry) + "\n")  # rank > 0: os.devnull
             log.flush()
             live.log_update(step + 1, entry)
             if every and ((step + 1) % every == 0 or step + 1 == budget.steps):
-                _evaluate_between_updates(generator, evaluate_at, step + 1, live)
+                if main:
+                    _evaluate_between_updates(generator, evaluate_at, step + 1, live)
+                dp.barrier()
             if (step + 1) % tcfg.checkpoint_every == 0 and step + 1 < budget.steps:
-                checkpoint(folder, cell.fingerprint, step + 1, generator, optimizer, scaler, method, ledger)
+                rank_updates = dp.gather(ledger.to_json()["updates"]) if dp.enabled else None
+                if main:
+                    checkpoint(folder, cell.fingerprint, step + 1, generator, optimizer, scaler, method, ledger,
+                               rank_updates=rank_updates)
             if progress is not None and task is not None:
                 progress.update(task, advance=1, description=f"  {cell.id} loss {loss:.3g}")
     generator.train(False)
@@ -158,13 +193,17 @@ def _evaluate_between_updates(generator: Any, evaluate_at: Callable[[int], tuple
 
 
 def checkpoint(folder: CellFolder, fingerprint: str, step: int, generator: Any, optimizer: Any, scaler: Any,
-               method: Method, ledger: Ledger) -> None:
+               method: Method, ledger: Ledger, rank_updates: list[Any] | None = None) -> None:
+    """``rank_updates``: every rank's ledger updates (a data-parallel run), so each resumes its own."""
     target = folder.file(f"checkpoint-{step}")
     target.mkdir(exist_ok=True)
     generator.save_adapter(target / "adapter.safetensors")  # the generator's own format (diffusers' for SD/SDXL)
     torch_save_atomic({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                        "method": method.state_dict()}, target / "training_state.pt")
-    write_json(target / "ledger.json", {"updates": ledger.to_json()["updates"]})  # the ledger spans resumes
+    saved = {"updates": ledger.to_json()["updates"]}  # the ledger spans resumes
+    if rank_updates is not None:
+        saved["rank_updates"] = rank_updates
+    write_json(target / "ledger.json", saved)
     # the pointer is the commit: written last, atomically
     write_json(folder.file(CellFolder.CHECKPOINT), {"step": step, "folder": target.name, "fingerprint": fingerprint})
     for old in folder.path.glob("checkpoint-*"):
@@ -173,7 +212,10 @@ def checkpoint(folder: CellFolder, fingerprint: str, step: int, generator: Any, 
 
 
 def resume(folder: CellFolder, fingerprint: str, generator: Any, optimizer: Any, scaler: Any, method: Method,
-           ledger: Ledger, console: Console | None = None) -> tuple[int, int | None]:
+           ledger: Ledger, console: Console | None = None, *, rank: int = 0, world_size: int = 1) -> tuple[int, int | None]:
+    """Load the newest checkpoint (every rank of a data-parallel run reads it; any world size: the
+    state is the same on every rank). Each rank's ledger restores its own updates when the checkpoint
+    came from as many processes; otherwise rank 0 restores the old rank 0's and the others none."""
     pointer = folder.file(CellFolder.CHECKPOINT)
     if not pointer.exists():
         return 0, None
@@ -195,7 +237,12 @@ def resume(folder: CellFolder, fingerprint: str, generator: Any, optimizer: Any,
         scaler.load_state_dict(state["scaler"])
         method.load_state_dict(state["method"])
         if (target / "ledger.json").exists():
-            ledger.restore(read_json(target / "ledger.json")["updates"][: int(info["step"])])
+            saved = read_json(target / "ledger.json")
+            per_rank = saved.get("rank_updates")
+            if per_rank is not None and len(per_rank) == world_size:
+                ledger.restore(per_rank[rank][: int(info["step"])])
+            elif rank == 0:
+                ledger.restore(saved["updates"][: int(info["step"])])
     except Exception as exc:  # noqa: BLE001 - whatever the loaders raise (safetensors, pickle, shapes): it does not load
         raise CorruptCellError(target, f"checkpoint does not load: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     if console is not None:
