@@ -48,7 +48,7 @@ from drpo_bench.errors import UserError
 if TYPE_CHECKING:
     from drpo_bench.config import ExecutionConfig, Suite
     from drpo_bench.planning import Cell
-    from drpo_bench.runner import RunSummary
+    from drpo_bench.cell_runner import RunSummary
 
 RAY_MISSING = "--executor ray needs Ray, an optional extra: pip install 'drpo-bench[ray]'"
 POLL_S = 0.1  # how often the parent checks for events and dead workers
@@ -129,7 +129,7 @@ def plan_execution(execution: ExecutionConfig, cells: list[Cell], *, cluster: di
 
 def run_cells(suite: Suite, output: Path, cells: list[Cell], quiet: bool, console: Console) -> RunSummary:
     """Run ``cells`` of ``suite`` into ``output`` as the suite's ``execution:`` says."""
-    from drpo_bench.runner import _run_cells
+    from drpo_bench.cell_runner import run_cells_here
 
     if suite.execution.executor == "ray":
         return RayExecutor(suite, output, quiet, console).run(cells)
@@ -141,7 +141,7 @@ def run_cells(suite: Suite, output: Path, cells: list[Cell], quiet: bool, consol
         if plan.threads:
             torch.set_num_threads(plan.threads)
         try:
-            return _run_cells(suite, output, cells, quiet, console)
+            return run_cells_here(suite, output, cells, quiet, console)
         finally:
             torch.set_num_threads(before)
     return LocalPool(suite, output, plan, quiet, console).run(cells)
@@ -165,7 +165,7 @@ class _Collector:
 
     def skip_complete(self) -> list[Cell]:
         """Verify and skip complete cells here (no worker needed); the rest, in plan order."""
-        from drpo_bench.runner import CellRunner, attempt
+        from drpo_bench.cell_runner import CellRunner, attempt
         from drpo_bench.store import CellFolder, CorruptCellError
 
         runner, rest = None, []
@@ -202,7 +202,7 @@ class _Collector:
         self.record(cell_id, "failed", why)
 
     def summary(self) -> RunSummary:
-        from drpo_bench.runner import RunSummary
+        from drpo_bench.cell_runner import RunSummary
 
         if self.abort is not None:
             raise UserError(self.abort)
@@ -277,7 +277,7 @@ def _worker_main(slot: Slot, suite: Suite, output: str, quiet: bool, console_sty
         import torch
 
         from drpo_bench.planning import plan_cells
-        from drpo_bench.runner import CellRunner, attempt
+        from drpo_bench.cell_runner import CellRunner, attempt
 
         torch.set_num_threads(slot.threads)
         console = Console(file=_EventStream(events), **console_style)  # type: ignore[arg-type]
@@ -447,7 +447,7 @@ def _ray_cell(suite: Suite, output: str, cell_id: str, wait: float | None, threa
     import torch
 
     from drpo_bench.planning import plan_cells
-    from drpo_bench.runner import CellRunner, attempt
+    from drpo_bench.cell_runner import CellRunner, attempt
 
     torch.set_num_threads(threads)
     key = (output, suite.model_dump_json())

@@ -1,86 +1,30 @@
-"""Run a suite: plan its cells, then for each cell build, train, evaluate and store; skip and resume.
+"""Run a suite: plan its cells, check the run into the output folder, hand the cells to an executor.
 
-The flow, one module each: ``planning`` (resolved cells), ``training`` (the shared loop with
-checkpoint and resume), ``evaluation`` (held-out metrics), ``store`` (the cell folder's typed
-records). This module orchestrates them and shares reward and metric models between cells.
-A cell's ``cell.json`` is written last: its presence with status "complete" means done.
+The flow, one module each: ``planning`` (resolved cells), ``cell_runner`` (build, train, evaluate
+and store one cell; skip and resume), ``executors`` (where the cells run: here, a process pool,
+Ray), ``training``, ``evaluation``, ``store``. This module owns what concerns the whole folder:
+the reference guard, the gate that refuses other settings before anything is written, the
+shared run lock, data-parallel checks, and whether the report is due.
 """
 
 from __future__ import annotations
 
-import os
-import platform
-import random
-import subprocess
-import time
-import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from drpo_bench import __version__
-from drpo_bench.config import ComponentSpec, Suite
-from drpo_bench.distributed import RankZeroFailed, check_divisible, combine_ledgers
+from drpo_bench.cell_runner import REPO_ROOT, CellRunner, RunSummary, run_cells_here
+from drpo_bench.config import Suite
+from drpo_bench.distributed import check_divisible
 from drpo_bench.distributed import current as data_parallel
-from drpo_bench.errors import NonFiniteError, UserError
-from drpo_bench.evaluation import evaluate, history_row
-from drpo_bench.ledger import Ledger
-from drpo_bench.locks import GATE_NAME, LOCK_NAME, FileLock, LockedError, describe, holder_info, is_free
-from drpo_bench.methods import Method
-from drpo_bench.metrics.base import Metric
-from drpo_bench.metrics.reward_metric import RewardMetric
+from drpo_bench.errors import UserError
+from drpo_bench.locks import GATE_NAME, LOCK_NAME, FileLock, describe, holder_info, is_free
 from drpo_bench.planning import Cell, plan_cells, redact
-from drpo_bench.prompts.base import Prompt, PromptSet
-from drpo_bench.registry import GENERATORS, METHODS, METRICS, PROMPTS, REWARDS
-from drpo_bench.store import CellFolder, CellRecord, CorruptCellError, read_json, write_json, write_text
-from drpo_bench.training import drop_checkpoints, train_cell
-from drpo_bench.yaml_strict import ensure_inside
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from drpo_bench.registry import METHODS
+from drpo_bench.store import CellFolder, CorruptCellError, read_json, write_json
 
 __all__ = ["Cell", "CellRunner", "RunSummary", "check_output_dir", "plan_cells", "run_suite"]
-
-
-def environment_info() -> dict[str, Any]:
-    """Library versions, hardware and git hash: results describe where they came from."""
-    versions = {"drpo_bench": __version__, "torch": torch.__version__, "python": platform.python_version()}
-    for name in ("diffusers", "transformers", "peft", "accelerate", "open_clip"):
-        try:
-            versions[name] = __import__(name).__version__
-        except Exception:  # noqa: BLE001 - optional libraries
-            versions[name] = None
-    try:
-        git = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
-        git_hash = git.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if git.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired):
-        git_hash = None
-    return {
-        "versions": versions,
-        "git": git_hash,
-        "hardware": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
-    }
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def build(registry: Any, spec: ComponentSpec) -> Any:
-    entry = registry.get(spec.name)
-    return entry.cls(entry.parse_config(spec.args))
 
 
 def check_output_dir(output: Path, allow_reference: bool) -> None:
@@ -94,192 +38,7 @@ def check_output_dir(output: Path, allow_reference: bool) -> None:
         )
 
 
-class CellRunner:
-    """Runs the cells of one suite, sharing reward and metric models between cells."""
-
-    def __init__(self, suite: Suite, output: Path, console: Console | None = None, quiet: bool = False) -> None:
-        self.suite, self.output = suite, output
-        self.console = console or Console(stderr=True)
-        self.quiet = quiet
-        self._rewards: dict[str, Any] = {}
-        self._prompt_set: PromptSet | None = None
-        self._env = environment_info()
-        self.cell_wait: float | None = 0.0  # a busy cell is deferred (0) or waited for (None)
-        self.execution: dict[str, Any] = {"executor": "local", "jobs": 1}  # how the cell ran (executors.py sets it)
-
-    # ---- shared components -----------------------------------------------------------------
-    def reward(self, alias: str, device: torch.device) -> Any:
-        if alias not in self._rewards:
-            self._rewards[alias] = build(REWARDS, self.suite.rewards[alias])
-        return self._rewards[alias].to(device)
-
-    def prompts(self, split: str) -> list[Prompt]:
-        if self._prompt_set is None:
-            self._prompt_set = build(PROMPTS, self.suite.prompts)
-        prompts = self._prompt_set.split(split)
-        if not prompts:
-            raise UserError(f"prompt set {self.suite.prompts.name} has no prompts in split {split!r}")
-        return prompts
-
-    def metrics(self, device: torch.device) -> list[Metric]:
-        built: list[Metric] = []
-        for spec in self.suite.eval.metrics:
-            if spec.name in self.suite.rewards:
-                built.append(RewardMetric(self.reward(spec.name, device), spec.label, self.suite.eval.batch_size))
-            else:
-                built.append(build(METRICS, spec))
-        return built
-
-    # ---- one cell --------------------------------------------------------------------------
-    def run(self, cell: Cell, progress: Progress | None) -> str:
-        """Returns "skipped", "done" or "resumed"."""
-        folder = CellFolder(ensure_inside(self.output, Path(cell.id)))  # ids are safe names; belt and braces
-        dp = data_parallel()
-        if not dp.is_main:  # a data-parallel rank > 0 follows rank 0, which locks and decides
-            decision = dp.broadcast(None)
-            if isinstance(decision, tuple):
-                raise RankZeroFailed(f"rank 0: {decision[1]}")
-            return self._run_locked(cell, folder, progress) if decision == "train" else decision
-        folder.path.mkdir(parents=True, exist_ok=True)
-        try:
-            lock = FileLock(folder.file(LOCK_NAME), wait=self.cell_wait, what="run training this cell").acquire()
-        except LockedError:
-            dp.broadcast("busy")
-            return "busy"
-        try:
-            return self._run_locked(cell, folder, progress)
-        finally:
-            lock.release()
-
-    def _periodic_eval(self, cell: Cell, folder: CellFolder, generator: Any, ledger: Ledger) -> Any:
-        """eval.every: held-out metrics during training, appended to eval_history.jsonl."""
-        if not cell.eval.every:
-            return None
-
-        def evaluate_at(step: int) -> tuple[dict[str, float], torch.Tensor]:
-            record, _, images = evaluate(cell, generator, self.prompts(cell.eval.split), self.metrics(generator.device),
-                                         max_prompts=cell.eval.every_max_prompts, return_grid=True)
-            folder.append_eval_history(history_row(step, record, ledger))
-            return {name: m.mean for name, m in record.metrics.items()}, images
-
-        return evaluate_at
-
-    def _run_locked(self, cell: Cell, folder: CellFolder, progress: Progress | None) -> str:
-        fingerprint = cell.fingerprint
-        dp = data_parallel()
-        if dp.is_main:
-            try:
-                decision = self._prepare(cell, folder)
-            except BaseException as exc:
-                dp.broadcast(("failed", f"{type(exc).__name__}: {exc}"))
-                raise
-            dp.broadcast(decision)
-            if decision == "skipped":
-                return decision
-        elif not cell.trains:  # nothing to train: rank 0 evaluates alone
-            dp.barrier()
-            return "done"
-        started = time.time()
-        seed_everything(cell.seed)
-        generator = build(GENERATORS, cell.generator)
-        method_entry = METHODS.get(cell.method.method)
-        method: Method = method_entry.cls(method_entry.parse_config(cell.method.args))
-        method.prepare_generator(generator)
-        ledger = Ledger(generator.device, count_flops=cell.train.count_flops)
-        resumed_from, reward_identity, rank_ledgers = None, None, None
-        if cell.trains:
-            assert cell.reward_alias is not None
-            reward = self.reward(cell.reward_alias, generator.device)
-            # a served reward says which reward, config and weights answered (drpo_bench.serve /info)
-            reward_identity = reward.identity() if callable(getattr(reward, "identity", None)) else None
-            train_prompts = [p.text for p in self.prompts("train")]
-            resumed_from = train_cell(cell, folder, generator, method, reward, train_prompts, ledger,
-                                      progress if dp.is_main else None, None if self.quiet else self.console,
-                                      logging=self.suite.logging,
-                                      evaluate_at=self._periodic_eval(cell, folder, generator, ledger))
-            rank_ledgers = dp.gather(ledger.summary()) if dp.enabled else None
-            if not dp.is_main:  # rank 0 alone saves, evaluates and writes the cell; the others wait
-                dp.barrier()
-                return "resumed" if resumed_from else "done"
-            generator.save_adapter(folder.file(CellFolder.ADAPTER))
-        try:
-            return self._evaluate_and_store(cell, folder, generator, method_entry, ledger, started, resumed_from,
-                                            reward_identity, rank_ledgers)
-        finally:
-            dp.barrier()  # (data parallel) the other ranks go on to the next cell together with rank 0
-
-    def _prepare(self, cell: Cell, folder: CellFolder) -> str:
-        """A complete cell is verified and "skipped"; otherwise its leftovers are cleared: "train"."""
-        fingerprint = cell.fingerprint
-        record = folder.read_cell()
-        if record is not None and record.status == "complete":
-            if record.fingerprint != fingerprint:
-                raise UserError(
-                    f"cell {cell.id} in {self.output} was run with other settings (fingerprint "
-                    f"{record.fingerprint} != {fingerprint}). Use another --output, or delete that cell folder to rerun it."
-                )
-            folder.verify(record)
-            drop_checkpoints(folder)  # left behind by a kill between cell.json and the clean-up
-            folder.remove_leftovers()
-            return "skipped"
-        folder.remove_leftovers()
-        folder.file(CellFolder.ERROR).unlink(missing_ok=True)  # a previous failure, being retried
-        return "train"
-
-    def _evaluate_and_store(self, cell: Cell, folder: CellFolder, generator: Any, method_entry: Any, ledger: Ledger,
-                            started: float, resumed_from: int | None, reward_identity: Any,
-                            rank_ledgers: list[dict[str, Any]] | None) -> str:
-        fingerprint = cell.fingerprint
-        result, scores = evaluate(cell, generator, self.prompts(cell.eval.split), self.metrics(generator.device),
-                                  folder.file(CellFolder.SAMPLES), keep_images=folder if cell.eval.keep_images else None)
-        folder.write_scores(scores)
-        folder.write_eval(result)
-        ledger_json = ledger.to_json()
-        if rank_ledgers is not None:  # data parallel: the total FLOPs, and each rank's own figures
-            ledger_json["summary"] = combine_ledgers(rank_ledgers)
-        folder.write_ledger(ledger_json)
-        budget = cell.budget.model_dump()
-        folder.write_cell(CellRecord(
-            status="complete",
-            cell_id=cell.id,
-            fingerprint=fingerprint,
-            suite=cell.suite,
-            generator=cell.generator.model_dump(),
-            method=cell.method.model_dump(),
-            method_paper=method_entry.cls.paper,
-            trains=cell.trains,
-            needs_differentiable_reward=method_entry.cls.needs_differentiable_reward,
-            train_reward={"alias": cell.reward_alias, **redact(cell.reward.model_dump())} if cell.reward else None,
-            train_reward_identity=reward_identity,
-            seed=cell.seed,
-            budget={**budget, "effective_batch": cell.budget.effective} if cell.trains else None,
-            train=cell.train.model_dump() if cell.trains else None,
-            eval=redact(cell.eval.model_dump()),
-            overrides=cell.overrides,
-            budget_matched=cell.budget_matched,
-            higher_is_better={k: v.higher_is_better for k, v in result.metrics.items()},
-            metric_definitions={k: v.definition for k, v in result.metrics.items()},
-            checksums=folder.checksums(),
-            resumed_from_step=resumed_from,
-            wall_seconds_this_run=time.time() - started,
-            execution={**self.execution, "torch_threads": torch.get_num_threads(),
-                       **({"world_size": data_parallel().world_size} if data_parallel().enabled else {})},
-            **{**self._env, "hardware": {**self._env["hardware"], "torch_threads": torch.get_num_threads()}},
-        ))
-        drop_checkpoints(folder)
-        return "resumed" if resumed_from else "done"
-
-
 # ---- the whole suite -----------------------------------------------------------------------
-
-
-@dataclass
-class RunSummary:
-    output: Path
-    statuses: dict[str, str]  # cell id -> skipped | done | resumed | failed
-    failures: dict[str, str]
-    report_due: bool = True  # every planned cell finished or failed, no other run (shard) still in the folder
-    rank: int = 0  # a data-parallel launch's process (rank 0 reports)
 
 
 def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool = False, quiet: bool = False,
@@ -306,7 +65,7 @@ def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool
             refused = dp.broadcast(None)
             if refused is not None:
                 raise UserError(f"rank 0 refused the run: {refused}")
-            summary = _run_cells(suite, output, cells, True, console)
+            summary = run_cells_here(suite, output, cells, True, console)
             summary.report_due, summary.rank = False, dp.rank
             return summary
     try:
@@ -428,58 +187,3 @@ def refuse_other_settings(output: Path, cells: list[Cell], live: dict[str, Any] 
             f"{', ...' if len(clashes) > 4 else ''}); nothing was written. Use another --output, or delete those "
             "cell folders to rerun them with these settings."
         )
-
-
-def _run_cells(suite: Suite, output: Path, cells: list[Cell], quiet: bool, console: Console) -> RunSummary:
-    runner = CellRunner(suite, output, console, quiet)
-    statuses: dict[str, str] = {}
-    failures: dict[str, str] = {}
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, disable=quiet, transient=False) as progress:
-        overall = progress.add_task(f"[bold]{suite.name}[/]: cells", total=len(cells))
-        queue, deferred = list(cells), []
-        while queue or deferred:
-            if not queue:  # only cells another run was on are left: now wait for each
-                queue, deferred = deferred, []
-                runner.cell_wait = None
-            cell = queue.pop(0)
-            status, failure = attempt(runner, cell, progress, console)
-            if status == "busy":  # another run is on it: do the others first, then wait for it
-                deferred.append(cell)
-                continue
-            statuses[cell.id] = status
-            if failure is not None:
-                failures[cell.id] = failure
-            progress.update(overall, advance=1)
-    return RunSummary(output, statuses, failures)
-
-
-def attempt(runner: CellRunner, cell: Cell, progress: Progress | None, console: Console) -> tuple[str, str | None]:
-    """Run one cell: (status, failure message or None). A failing cell writes its error.txt and
-    is reported; a UserError (e.g. a cell run with other settings) propagates and stops the run."""
-    error_file = runner.output / cell.id / CellFolder.ERROR
-    try:
-        return runner.run(cell, progress), None
-    except CorruptCellError as exc:  # a clear message, no traceback; the other cells go on
-        console.print(f"[red]cell {cell.id}: {exc}[/]")
-        return "failed", str(exc)
-    except RankZeroFailed as exc:  # (data parallel) rank 0 failed this cell before training: it says why
-        return "failed", str(exc)
-    except UserError:
-        raise
-    except NonFiniteError as exc:  # a diagnosis, not a traceback: which update, phase, value
-        if not data_parallel().is_main:  # raised on every rank together; rank 0 writes error.txt
-            return "failed", str(exc)
-        write_text(error_file, f"{exc}\n\nThe cell stopped; the suite went on. Fix the cause and rerun: "
-                               "the cell restarts from its last checkpoint.\n")
-        console.print(f"[red]cell {cell.id} failed: {exc} (in {error_file})[/]")
-        return "failed", str(exc)
-    except Exception as exc:  # noqa: BLE001 - one broken cell must not lose the others
-        failure = f"{type(exc).__name__}: {exc}"
-        if data_parallel().enabled:  # the other ranks are inside this cell's collectives: stop the launch
-            if data_parallel().is_main:
-                write_text(error_file, traceback.format_exc())
-            raise
-        write_text(error_file, traceback.format_exc())
-        console.print(f"[red]cell {cell.id} failed: {failure} (traceback in {error_file})[/]")
-        return "failed", failure

@@ -19,7 +19,7 @@ from drpo_bench.cli import main as cli_main
 from drpo_bench.config import ComponentSpec, load_suite
 from drpo_bench.flops import register_cpu_attention_formulas
 from drpo_bench.registry import GENERATORS, REWARDS, load_builtins
-from drpo_bench.runner import build
+from drpo_bench.cell_runner import build
 
 SUITE = Path(__file__).resolve().parents[1] / "suites" / "shapes-large-reward.yaml"
 PROMPTS = ["a red circle", "two blue squares", "a green triangle left of a yellow circle", "three purple circles"]
