@@ -146,9 +146,9 @@ def record_path(output: Path, method_id: str) -> Path:
 
 
 def apply_tuning(suite: Suite, output: Path) -> Suite:
-    """The suite with each tuned method's chosen setting applied: from ``tuned_from`` when set, else
-    from ``output/tuning/<id>.json``. A tuned method without a record is an error, never its untuned
-    settings."""
+    """The suite with each tuned method's chosen setting applied: from ``tuned_from`` when set (the
+    record is copied to ``output/tuning/<id>.json`` for the report), else from that file. A tuned
+    method without a record is an error, never its untuned settings."""
     if not any(m.tune or m.tuned_from for m in suite.methods):
         return suite
     methods = []
@@ -162,6 +162,11 @@ def apply_tuning(suite: Suite, output: Path) -> Suite:
                             f"`drpo-bench tune SUITE --output {output}` first, or set `tuned_from:` to a committed record")
         record = read_record(path)
         check_record(record, spec, path)
+        if spec.tuned_from:  # a copy beside the results, so the report shows the grid and the choice
+            copy = record_path(output, spec.id)
+            if not copy.is_file() or read_json(copy) != record:
+                write_json(copy, record)
+                write_text(copy.with_suffix(".md"), record_markdown(record))
         methods.append(with_setting(spec, record["chosen"]))
     return suite.model_copy(update={"methods": methods})
 
