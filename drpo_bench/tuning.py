@@ -79,8 +79,8 @@ def check_tuning(suite: Suite, i: int, entry: Any, aliases: list[str], loader: S
                                                         f"{', '.join('train.' + f for f in nearest(name, list(TrainOverrides.model_fields)))}")
             if where == "args" and name not in entry.config_model.model_fields:
                 fields = list(entry.config_model.model_fields)
-                raise loader.error((*loc, "grid", key), f"method `{spec.method}` has no argument `{name}`; its arguments "
-                                                        f"nearest: {', '.join('args.' + f for f in nearest(name, fields)) or 'none'}")
+                raise loader.error((*loc, "grid", key), f"method `{spec.method}` has no argument `{name}`; nearest: "
+                                                        f"{', '.join('args.' + f for f in nearest(name, fields)) or 'none'}")
             for value in values:
                 check_setting(spec, {key: value}, entry, suite, loader, (*loc, "grid", key))
         if len(suite.generators) != 1 or len(aliases) != 1:
