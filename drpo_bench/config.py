@@ -553,7 +553,7 @@ def check_references(suite: Suite, loader: SuiteLoader) -> None:
                         f"({', '.join(diffable) or 'none defined'}) via `reward:`, or use a gradient-free method such as drpo.",
                     )
         if spec.tune or spec.tuned_from:
-            from drpo_bench.tuning import check_tuning
+            from drpo_bench.tuning_records import check_tuning
 
             check_tuning(suite, i, entry, aliases, loader)
 

@@ -247,7 +247,7 @@ def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool
     output = Path(output or suite.output_dir)
     check_output_dir(output, allow_reference)
     console = console or Console(stderr=True)
-    from drpo_bench.tuning import apply_tuning
+    from drpo_bench.tuning_records import apply_tuning
 
     suite = apply_tuning(suite, output)  # a tuned method runs its record's chosen setting (docs/tuning.md)
     planned = plan_cells(suite)

@@ -15,7 +15,8 @@ from drpo_bench.planning import plan_cells
 from drpo_bench.runner import run_suite
 from drpo_bench.shapes.grammar import TASKS, prompt_split
 from drpo_bench.shapes.prompt_set import ShapesPrompts
-from drpo_bench.tuning import apply_tuning, tune_suite
+from drpo_bench.tuning import tune_suite
+from drpo_bench.tuning_records import apply_tuning
 
 REPO = Path(__file__).resolve().parents[1]
 
