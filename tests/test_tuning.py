@@ -205,3 +205,20 @@ def test_tune_command(tmp_path, capsys):
     assert (tmp_path / "o" / "tuning" / "draft.json").exists()
     assert main(["tune", str(_write(tmp_path, {**TOY, "methods": [TOY["methods"][0]]}, "none.yaml")),
                  "--output", str(tmp_path / "p")]) == 2  # no tuned method: a UserError
+
+
+def test_committed_quickstart_tuning_records_match_the_suite_and_their_choice():
+    """results/quickstart-tuning: one record per tuned method of the suite, over its grid, every
+    configuration listed, and the chosen one the argmax of the recorded validation means."""
+    suite = load_suite(REPO / "suites" / "quickstart-tuning.yaml")
+    tuned = {m.id: m for m in suite.methods if m.tune}
+    folder = REPO / "results" / "quickstart-tuning" / "tuning"
+    assert sorted(p.stem for p in folder.glob("*.json")) == sorted(tuned)
+    for method_id, spec in tuned.items():
+        record = json.loads((folder / f"{method_id}.json").read_text())
+        assert record["grid"] == spec.tune.grid and record["metric"] == spec.tune.metric == "checker"
+        grid = spec.tune.grid
+        assert [c["settings"] for c in record["configs"]] == [dict(zip(grid, v)) for v in itertools.product(*grid.values())]
+        best = max(record["configs"], key=lambda c: c["mean"])
+        assert record["chosen"] == best["settings"] and [c["chosen"] for c in record["configs"]].count(True) == 1
+        assert best["chosen"]
