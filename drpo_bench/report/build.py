@@ -119,7 +119,7 @@ def settings_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: bo
                                                   "steps × K × prompts/update"]
     return Table("Per-method settings that differ from the suite", headers, body, [], slug="settings", label_columns=_labels(multi), note=
                  ("Overrides come from the suite's `methods[].train` / `methods[].budget` (e.g. a method's public "
-                 "settings). Learning rate and precision keep the budget matched; steps, K or prompts per update do not."))
+                 "settings) or from a tuning record's chosen setting (the Tuning tables). Learning rate and precision keep the budget matched; steps, K or prompts per update do not."))
 
 
 def metric_definitions(results: list[CellResult]) -> list[str]:
