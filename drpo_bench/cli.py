@@ -32,6 +32,7 @@ examples:
   drpo-bench flops --generator sd-turbo --reward hpsv3 --methods drpo,draft --K 24 --effective-batch 192
   drpo-bench serve-reward shapes-clip --port 8765       # any reward over HTTP on localhost
   drpo-bench make-dataset --out runs/shapes-offline-data # offline preference data (docs/offline.md)
+  drpo-bench tune suites/quickstart-tuning.yaml --output runs/qt  # grids on the validation split (docs/tuning.md)
 
 A run writes one folder per cell under runs/<suite>/ (never into the committed results/).
 Rerunning skips finished cells and resumes an interrupted one from its last checkpoint.
@@ -246,6 +247,9 @@ def _optional_commands(sub: argparse._SubParsersAction) -> None:
     from drpo_bench.make_dataset import add_make_dataset_parser
 
     add_make_dataset_parser(sub)
+    from drpo_bench.tuning import add_tune_parser
+
+    add_tune_parser(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from drpo_bench.errors import ConfigError, UserError, nearest
 from drpo_bench.train_logging import LoggingConfig
@@ -164,6 +164,35 @@ class ExecutionConfig(_Strict):
         return jobs
 
 
+class TuneConfig(_Strict):
+    """A method's tuning grid (``drpo-bench tune``, docs/tuning.md): every combination trains at one
+    seed on the train prompts less the validation split and is scored on the validation split; the
+    best by ``metric`` is what ``run`` then uses for every seed."""
+
+    # "train.<field>" (a TrainOverrides field, e.g. train.lr) or "args.<name>" (the method's own
+    # argument, e.g. args.beta) -> the values tried; every combination is one configuration
+    grid: dict[str, list[Any]] = Field(min_length=1)
+    metric: str = Field(min_length=1)  # an eval metric label (e.g. checker): the validation score that chooses
+    seed: int = 0  # one seed per configuration: tuning is a selection, not an estimate of the gain
+    steps: int | None = Field(None, gt=0)  # a shorter budget for the grid; None = the method's budget.steps
+    max_prompts: int | None = Field(None, ge=1)  # validation prompts scored; None = the whole split
+    images_per_prompt: int | None = Field(None, ge=1)  # None = the suite's eval.images_per_prompt
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        import re
+
+        for key, values in grid.items():
+            if not re.fullmatch(r"(train|args)\.[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ValueError(f"grid key `{key}` must be train.<setting> (e.g. train.lr) or args.<argument> (e.g. args.beta)")
+            if not values:
+                raise ValueError(f"grid `{key}` lists no values; give at least one, e.g. [1.0e-3, 5.0e-3]")
+            if len({repr(v) for v in values}) != len(values):
+                raise ValueError(f"grid `{key}` repeats a value: {values}")
+        return grid
+
+
 class MethodSpec(_Strict):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")  # row label, part of cell ids
     method: str = Field(min_length=1)  # registered method name, or package.module:Class
@@ -171,6 +200,18 @@ class MethodSpec(_Strict):
     reward: str | None = None  # train on this reward alias instead of every train_rewards entry
     train: TrainOverrides = Field(default_factory=TrainOverrides)
     budget: BudgetOverrides = Field(default_factory=BudgetOverrides)
+    tune: TuneConfig | None = None  # a tuning grid; `run` applies its record (drpo_bench/tuning.py)
+    tuned_from: str | None = None  # a tuning record (JSON) whose chosen setting this method runs with
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_tuning(self, handler: Any) -> Any:
+        """Untuned methods dump as before tuning existed: their cells' fingerprints do not change."""
+        data = handler(self)
+        if isinstance(data, dict):
+            for key in ("tune", "tuned_from"):
+                if data.get(key) is None:
+                    data.pop(key, None)
+        return data
 
 
 class Suite(_Strict):
@@ -347,6 +388,9 @@ class SuiteLoader:
         from drpo_bench.registry import METHODS
 
         for spec in raw.get("methods") or []:
+            if isinstance(spec, dict) and isinstance(spec.get("tuned_from"), str) and spec["tuned_from"]:
+                if not Path(spec["tuned_from"]).expanduser().is_absolute():  # like path_args: relative to the suite
+                    spec["tuned_from"] = str((self.path.parent / spec["tuned_from"]).resolve())
             if not (isinstance(spec, dict) and isinstance(spec.get("method"), str) and isinstance(spec.get("args"), dict)):
                 continue  # the schema check reports it
             if spec["method"] not in METHODS:
@@ -486,8 +530,8 @@ def check_references(suite: Suite, loader: SuiteLoader) -> None:
                 where = ("methods", i, "budget") if spec.budget.candidates_per_prompt else ("methods", i, "args")
                 raise loader.error(where, f"{exc} (budget.candidates_per_prompt = {budget.candidates_per_prompt})") from None
         if not getattr(cls, "trains", True):
-            if spec.train.model_dump(exclude_none=True) or spec.budget.model_dump(exclude_none=True):
-                raise loader.error(("methods", i), f"method `{spec.method}` does not train; remove its `train:`/`budget:` overrides")
+            if spec.train.model_dump(exclude_none=True) or spec.budget.model_dump(exclude_none=True) or spec.tune or spec.tuned_from:
+                raise loader.error(("methods", i), f"method `{spec.method}` does not train; remove its `train:`/`budget:`/`tune:`/`tuned_from:`")
             if spec.reward:
                 raise loader.error(("methods", i, "reward"), f"method `{spec.method}` does not train, so it takes no training reward; remove `reward:`")
             continue
@@ -508,6 +552,10 @@ def check_references(suite: Suite, loader: SuiteLoader) -> None:
                         f"({suite.rewards[alias].name}) is not differentiable. Train it on a differentiable reward "
                         f"({', '.join(diffable) or 'none defined'}) via `reward:`, or use a gradient-free method such as drpo.",
                     )
+        if spec.tune or spec.tuned_from:
+            from drpo_bench.tuning_records import check_tuning
+
+            check_tuning(suite, i, entry, aliases, loader)
 
     for i, metric in enumerate(suite.eval.metrics):
         if metric.name in suite.rewards:

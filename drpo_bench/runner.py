@@ -53,6 +53,9 @@ def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool
     output = Path(output or suite.output_dir)
     check_output_dir(output, allow_reference)
     console = console or Console(stderr=True)
+    from drpo_bench.tuning_records import apply_tuning
+
+    suite = apply_tuning(suite, output)  # a tuned method runs its record's chosen setting (docs/tuning.md)
     planned = plan_cells(suite)
     cells = [c for i, c in enumerate(planned) if i % shard[1] == shard[0]]
     for cell in cells:  # files a method reads (an offline dataset) are there before any cell trains

@@ -142,14 +142,17 @@ class ToyPixels(FeatureEncoder):
 
 @PROMPTS.register("toy")
 class ToyPrompts(PromptSet):
-    """Twelve train and four eval prompts."""
+    """Twelve train and four eval prompts; the last four train prompts are the validation split."""
 
     class Config(StrictConfig):
-        pass
+        hold_out_validation: bool = False  # True in tuning runs: "train" leaves out "validation"
 
     def split(self, name: str) -> list[Prompt]:
+        train = [Prompt(f"toy prompt {i}", "even" if i % 2 == 0 else "odd") for i in range(12)]
         if name == "train":
-            return [Prompt(f"toy prompt {i}", "even" if i % 2 == 0 else "odd") for i in range(12)]
+            return train[:8] if self.config.hold_out_validation else train
+        if name == "validation":
+            return train[8:]
         if name == "eval":
             return [Prompt(f"held-out toy prompt {i}", "even" if i % 2 == 0 else "odd") for i in range(4)]
-        raise ValueError(f"toy prompts have splits train and eval, not {name!r}")
+        raise ValueError(f"toy prompts have splits train, validation and eval, not {name!r}")

@@ -23,6 +23,7 @@ from drpo_bench.report.results import (
 )
 from drpo_bench.report.scores import win_rate_table
 from drpo_bench.report.table import Table, slugify
+from drpo_bench.report.tuning_tables import tuning_tables
 from drpo_bench.store import write_text
 
 #: what ``--formats`` may name; ``pdf`` compiles the LaTeX with pdflatex, csv/json export the tables
@@ -118,7 +119,7 @@ def settings_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: bo
                                                   "steps × K × prompts/update"]
     return Table("Per-method settings that differ from the suite", headers, body, [], slug="settings", label_columns=_labels(multi), note=
                  ("Overrides come from the suite's `methods[].train` / `methods[].budget` (e.g. a method's public "
-                 "settings). Learning rate and precision keep the budget matched; steps, K or prompts per update do not."))
+                 "settings) or from a tuning record's chosen setting (the Tuning tables). Learning rate and precision keep the budget matched; steps, K or prompts per update do not."))
 
 
 def metric_definitions(results: list[CellResult]) -> list[str]:
@@ -331,6 +332,7 @@ def build_report(folder: str | Path, formats: str | tuple[str, ...] = DEFAULT_FO
         tables.append(savings)
     if compute is not None:
         tables.append(compute)
+    tables += tuning_tables(folder)  # a tuned method's grid and choice (docs/tuning.md); [] if none
     suite = results[0].info.suite or folder.name
     title = f"{suite}: results"
     figures = _figures(rows, folder, multi) if {"md", "tex", "html", "pdf"} & set(formats) else []

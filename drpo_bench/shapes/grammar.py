@@ -18,6 +18,9 @@ with a seed derived from the task's name, and cut into eval (first) and train (n
 and 402 train prompts (``_SPLIT_SIZES``). The small tasks (single_object has 4 prompts in all,
 two_objects 12, colors 24) hold out fewer prompts than the large ones (28 each), so average per
 task first, then across tasks (as GenEval does).
+A "validation" split for tuning (``docs/tuning.md``) is the last ``_VALIDATION_SIZES`` prompts
+of each task's train slice (77 in all): disjoint from eval, and from "train-minus-validation",
+the train prompts a tuning run trains on. "train" and "eval" are unchanged by it.
 ``random_prompt`` never returns a held-out eval prompt unless asked to.
 """
 
@@ -66,6 +69,18 @@ _SPLIT_SIZES: dict[str, tuple[int, int]] = {
     "position": (28, 160),
     "color_attr": (28, 160),
 }
+#: validation prompts per task, carved from the end of the task's train slice (about half the eval
+#: count; single_object keeps one train prompt)
+_VALIDATION_SIZES: dict[str, int] = {
+    "single_object": 1,
+    "two_objects": 2,
+    "counting": 14,
+    "colors": 4,
+    "position": 28,
+    "color_attr": 28,
+}
+#: the split names prompt_split knows
+SPLITS = ("train", "eval", "validation", "train-minus-validation")
 
 
 @dataclass(frozen=True)
@@ -210,21 +225,26 @@ def task_space(task: str) -> list[PromptSpec]:
 
 @functools.lru_cache(maxsize=None)
 def _splits() -> dict[str, tuple[Prompt, ...]]:
-    out: dict[str, list[Prompt]] = {"eval": [], "train": []}
+    out: dict[str, list[Prompt]] = {name: [] for name in SPLITS}
     for task in TASKS:
         space = [s.text for s in task_space(task)]
         random.Random(f"{_SPLIT_SEED}/{task}").shuffle(space)
         n_eval, n_train = _SPLIT_SIZES[task]
+        train = [Prompt(t, task) for t in space[n_eval:n_eval + n_train]]
+        n_val = _VALIDATION_SIZES[task]
         out["eval"] += [Prompt(t, task) for t in space[:n_eval]]
-        out["train"] += [Prompt(t, task) for t in space[n_eval:n_eval + n_train]]
+        out["train"] += train
+        out["validation"] += train[n_train - n_val:]
+        out["train-minus-validation"] += train[:n_train - n_val]
     return {k: tuple(v) for k, v in out.items()}
 
 
 def prompt_split(name: str) -> list[Prompt]:
-    """The fixed "train" or "eval" prompts (disjoint), grouped by task in TASKS order."""
+    """The fixed prompts of one split, grouped by task in TASKS order: "train" and "eval" (disjoint),
+    "validation" (part of train) and "train-minus-validation" (the rest of train)."""
     splits = _splits()
     if name not in splits:
-        raise ValueError(f"unknown shapes split {name!r}; splits are 'train' and 'eval'")
+        raise ValueError(f"unknown shapes split {name!r}; splits are {', '.join(repr(s) for s in SPLITS)}")
     return list(splits[name])
 
 

@@ -1,0 +1,198 @@
+"""Fair tuning as a feature: a method's small grid, chosen on a validation split, then run on all seeds.
+
+A method row may carry ``tune: {grid: {train.lr: [...], args.beta: [...]}, metric: checker}``.
+``drpo-bench tune SUITE --output DIR`` trains every combination of the grid at ``tune.seed`` on the
+train prompts less the prompt set's "validation" split (``hold_out_validation``), scores it on
+that validation split (never the held-out eval prompts), and writes ``DIR/tuning/<method-id>.json``
+(every configuration: its settings, validation mean ± 95% CI over prompts, the chosen flag and the
+rule) and ``DIR/tuning/<method-id>.md``. The grid's cells live in ``DIR/tuning/cells`` (skipped and
+resumed like any run's). ``drpo-bench run SUITE --output DIR`` then runs each tuned method with its
+record's chosen setting on every seed (``methods[].tuned_from`` names a committed record instead;
+``drpo_bench/tuning_records.py``). docs/tuning.md says how and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from drpo_bench.config import MethodSpec, Suite
+from drpo_bench.errors import UserError
+from drpo_bench.store import CellFolder, CorruptCellError, write_json, write_text
+from drpo_bench.tuning_records import (
+    CELLS_DIR,
+    RECORD_VERSION,
+    TUNING_DIR,
+    VALIDATION_SPLIT,
+    grid_points,
+    label,
+    record_markdown,
+    record_path,
+    with_setting,
+)
+
+
+# ---- the tuning run ------------------------------------------------------------------------
+
+
+def tuning_suite(suite: Suite) -> tuple[Suite, dict[str, list[tuple[str, dict[str, Any]]]]]:
+    """One suite holding every grid point of every tuned method (id ``<id>.g<k>``), one seed each,
+    trained on train less validation and evaluated on the validation split by the tuning metric only.
+    Returns it and {method id: [(variant id, setting), ...]}."""
+    tuned = [m for m in suite.methods if m.tune]
+    if not tuned:
+        raise UserError(f"suite {suite.name} has no method with a `tune:` grid; add one (docs/tuning.md)")
+    metrics = {m.tune.metric for m in tuned if m.tune}
+    if len(metrics) != 1:  # one evaluation config for the whole tuning run
+        raise UserError(f"tuned methods choose by different metrics ({sorted(metrics)}); tune by one metric per suite")
+    seeds = {m.tune.seed for m in tuned if m.tune}
+    if len(seeds) != 1:
+        raise UserError(f"tuned methods use different tune.seed values ({sorted(seeds)}); use one per suite")
+    first = tuned[0].tune
+    assert first is not None
+    for m in tuned:
+        assert m.tune is not None
+        if (m.tune.max_prompts, m.tune.images_per_prompt) != (first.max_prompts, first.images_per_prompt):
+            raise UserError("tuned methods evaluate the validation split differently (max_prompts, images_per_prompt); "
+                            "give every `tune:` the same ones")
+    variants, plan = [], {}
+    for spec in tuned:
+        assert spec.tune is not None
+        budget = spec.budget.model_dump(exclude_none=True)
+        if spec.tune.steps:
+            budget["steps"] = spec.tune.steps
+        plan[spec.id] = []
+        for k, setting in enumerate(grid_points(spec.tune.grid)):
+            variant = with_setting(spec, setting).model_dump(mode="json")
+            variant.update(id=f"{spec.id}.g{k}", budget=budget, tune=None, tuned_from=None)
+            variants.append(variant)
+            plan[spec.id].append((variant["id"], setting))
+    ev = suite.eval.model_dump(mode="json")
+    ev.update(split=VALIDATION_SPLIT, metrics=[m.model_dump(mode="json") for m in suite.eval.metrics if m.label == first.metric],
+              max_prompts=first.max_prompts, images_per_prompt=first.images_per_prompt or suite.eval.images_per_prompt,
+              every=None, every_max_prompts=None, keep_images=False)
+    data = suite.model_dump(mode="json")
+    data.update(methods=variants, seeds=[first.seed], eval=ev,
+                prompts={**data["prompts"], "args": {**data["prompts"]["args"], "hold_out_validation": True}})
+    return Suite.model_validate(data), plan
+
+
+def tune_suite(suite: Suite, output: Path, *, quiet: bool = False, console: Console | None = None,
+               allow_reference: bool = False) -> dict[str, Path]:
+    """Train and score every grid point, choose per method, write the records; {method id: record}."""
+    from drpo_bench.runner import run_suite
+
+    console = console or Console(stderr=True)
+    tsuite, plan = tuning_suite(suite)
+    cells_dir = output / TUNING_DIR / CELLS_DIR
+    summary = run_suite(tsuite, cells_dir, allow_reference=allow_reference, quiet=quiet, console=console)
+    if summary.failures:
+        raise UserError(f"{len(summary.failures)} tuning cell(s) failed ("
+                        + "; ".join(f"{k}: {v}" for k, v in list(summary.failures.items())[:3])
+                        + f"); fix them and rerun the same command (finished cells are kept in {cells_dir})")
+    written = {}
+    for spec in suite.methods:
+        if spec.id not in plan:
+            continue
+        record = build_record(suite, spec, tsuite, plan[spec.id], cells_dir)
+        path = record_path(output, spec.id)
+        write_json(path, record)
+        write_text(path.with_suffix(".md"), record_markdown(record))
+        written[spec.id] = path
+    return written
+
+
+def _cell_id(tsuite: Suite, variant_id: str) -> str:
+    from drpo_bench.planning import plan_cells
+
+    return next(c.id for c in plan_cells(tsuite) if c.method.id == variant_id)
+
+
+def build_record(suite: Suite, spec: MethodSpec, tsuite: Suite, variants: list[tuple[str, dict[str, Any]]],
+                 cells_dir: Path) -> dict[str, Any]:
+    from drpo_bench.report.results import Estimate
+
+    assert spec.tune is not None
+    metric = spec.tune.metric
+    configs, higher = [], None
+    for variant_id, setting in variants:
+        cell_id = _cell_id(tsuite, variant_id)
+        folder = CellFolder(cells_dir / cell_id)
+        try:
+            value = folder.read_eval().metrics[metric]
+            scores = folder.read_scores()
+        except (CorruptCellError, KeyError) as exc:
+            raise UserError(f"tuning cell {folder.path} has no `{metric}` score ({exc}); rerun `drpo-bench tune`") from None
+        higher = value.higher_is_better
+        per_prompt: dict[int, list[float]] = {}
+        for row in scores:
+            if isinstance(row.get(metric), (int, float)):
+                per_prompt.setdefault(row["prompt_index"], []).append(float(row[metric]))
+        estimate = Estimate.of([sum(v) / len(v) for v in per_prompt.values()]) if per_prompt else None
+        configs.append({"settings": setting, "cell": cell_id, "mean": value.mean,
+                        "ci95": estimate.half_width if estimate else None, "n_prompts": len(per_prompt) or None,
+                        "chosen": False})
+    scored = [c for c in configs if c["mean"] is not None]
+    if not scored:
+        raise UserError(f"no configuration of `{spec.id}` has a `{metric}` score; see the cells in {cells_dir}")
+    best = scored[0]
+    for c in scored[1:]:  # strictly better only: a tie keeps the earlier grid point
+        if (c["mean"] > best["mean"]) if higher else (c["mean"] < best["mean"]):
+            best = c
+    best["chosen"] = True
+    n_val = tsuite.eval.max_prompts
+    rule = (f"{'highest' if higher else 'lowest'} mean `{metric}` on the `{VALIDATION_SPLIT}` prompts"
+            f"{f' (first {n_val})' if n_val else ''}, seed {spec.tune.seed}, "
+            f"{spec.tune.steps or suite.budget_for(spec).steps} updates; a tie keeps the earlier grid point")
+    return {
+        "version": RECORD_VERSION,
+        "suite": suite.name,
+        "method_id": spec.id,
+        "method": spec.method,
+        "base": {"args": spec.args, "train": spec.train.model_dump(exclude_none=True)},
+        "grid": spec.tune.grid,
+        "metric": metric,
+        "higher_is_better": higher,
+        "split": VALIDATION_SPLIT,
+        "seed": spec.tune.seed,
+        "steps": spec.tune.steps or suite.budget_for(spec).steps,
+        "images_per_prompt": tsuite.eval.images_per_prompt,
+        "rule": rule,
+        "configs": configs,
+        "chosen": best["settings"],
+    }
+
+
+# ---- the command ---------------------------------------------------------------------------
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from drpo_bench.config import load_suite
+
+    suite = load_suite(args.suite, [*args.overrides, *args.set_overrides])
+    output = Path(args.output) if args.output else suite.output_dir
+    console = Console(stderr=True)
+    console.print(f"[bold]drpo-bench tune[/] {args.suite} → {output / TUNING_DIR}")
+    written = tune_suite(suite, output, quiet=args.quiet, console=console, allow_reference=args.update_reference)
+    for method_id, path in written.items():
+        record = json.loads(path.read_text())
+        console.print(f"{method_id}: chose {label(record['chosen'])} ({path})")
+    console.print(f"next: `drpo-bench run {args.suite} --output {output}` runs these settings on every seed")
+    return 0
+
+
+def add_tune_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="train each tuned method's grid at one seed, choose on the validation split "
+                                    "(docs/tuning.md); `run` with the same --output then uses the choice")
+    p.add_argument("suite", help="suite YAML file whose methods have `tune:` grids")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, as with run")
+    p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="key=value",
+                   help="an override given as an option; repeatable")
+    p.add_argument("--output", help="results folder (default runs/<suite>); records go to OUTPUT/tuning/<method-id>.json")
+    p.add_argument("--update-reference", action="store_true", help="allow writing into the committed results/ folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_tune)
