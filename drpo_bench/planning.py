@@ -61,8 +61,10 @@ class Cell:
         """Hash of everything that determines the result; a rerun with other settings is refused."""
         payload = {
             "generator": self.generator.model_dump(),
-            # path arguments (an offline dataset) by content, not location
-            "method": {**(dump := self.method.model_dump()), "args": METHODS.get(self.method.method).cls.identity_args(dump["args"])},
+            # path arguments (an offline dataset) by content, not location; a tuning record's path
+            # (tuned_from) not at all: the setting it chose is in args / train, applied before planning
+            "method": {**self.method.model_dump(exclude={"tuned_from"}),
+                       "args": METHODS.get(self.method.method).cls.identity_args(self.method.args)},
             "reward": redact(self.reward.model_dump()) if self.reward else None,
             "prompts": self.prompts.model_dump(),
             "seed": self.seed,

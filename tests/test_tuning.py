@@ -199,6 +199,22 @@ def test_tuned_from_a_committed_record_applies_it_and_checks_the_grid(tmp_path, 
         load_suite(_write(tmp_path, suite, "other.yaml"))
 
 
+def test_a_records_location_is_not_part_of_a_cells_fingerprint(tmp_path, tuned):
+    """The same record in two checkouts (a fresh clone elsewhere) gives the same cells: what the
+    record chose is fingerprinted (lr, args), not where the record lies."""
+    _, _, written = tuned
+    prints = []
+    for place in ("a", "b/deeper"):
+        folder = tmp_path / place
+        folder.mkdir(parents=True)
+        shutil.copy(written["draft"], folder / "draft.json")
+        suite = json.loads(json.dumps(TOY))
+        suite["methods"][1]["tuned_from"] = "draft.json"
+        applied = apply_tuning(load_suite(_write(folder, suite)), folder / "out")
+        prints.append({c.id: c.fingerprint for c in plan_cells(applied)})
+    assert prints[0] == prints[1]
+
+
 def test_tune_command(tmp_path, capsys):
     path = _write(tmp_path, {**TOY, "methods": [TOY["methods"][1]]})
     assert main(["tune", str(path), "--output", str(tmp_path / "o"), "--quiet"]) == 0
