@@ -231,7 +231,7 @@ class CellRunner:
             fingerprint=fingerprint,
             suite=cell.suite,
             generator=cell.generator.model_dump(),
-            method=cell.method.model_dump(),
+            method=cell.method.record(),
             method_paper=method_entry.cls.paper,
             trains=cell.trains,
             needs_differentiable_reward=method_entry.cls.needs_differentiable_reward,

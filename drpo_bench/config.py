@@ -213,6 +213,30 @@ class MethodSpec(_Strict):
                     data.pop(key, None)
         return data
 
+    def record(self) -> dict[str, Any]:
+        """This row as results record it (cell.json, suite.json, the live log's config). The loader
+        made its file paths (``tuned_from``, the method's ``path_args``) absolute; here those under
+        the working directory are shown relative to it, so results written in a checkout name no
+        machine path. Fingerprints do not use this (``Method.identity_args``)."""
+        from drpo_bench.registry import METHODS
+
+        data = self.model_dump(mode="json")
+        if self.tuned_from:
+            data["tuned_from"] = shown_path(self.tuned_from)
+        if self.method in METHODS:
+            for name in METHODS.get(self.method).cls.path_args:
+                if isinstance(data["args"].get(name), str):
+                    data["args"][name] = shown_path(data["args"][name])
+        return data
+
+
+def shown_path(value: str) -> str:
+    """A path as results show it: relative to the working directory when it lies under it."""
+    try:
+        return str(Path(value).relative_to(Path.cwd()))
+    except ValueError:  # relative already, or elsewhere on the machine: as given
+        return value
+
 
 class Suite(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
@@ -244,6 +268,10 @@ class Suite(_Strict):
             if dupes:
                 raise ValueError(f"duplicate {what}s {dupes}: give each a distinct `id`")
         return self
+
+    def record(self) -> dict[str, Any]:
+        """The suite as results record it (suite.json): each method row as ``MethodSpec.record`` shows it."""
+        return {**self.model_dump(mode="json"), "methods": [m.record() for m in self.methods]}
 
     @property
     def output_dir(self) -> Path:
@@ -384,21 +412,25 @@ class SuiteLoader:
 
     def _resolve_paths(self, raw: dict[str, Any]) -> None:
         """A method's path arguments (its class's ``path_args``, e.g. an offline ``dataset``), when
-        relative, are relative to this suite file's directory: made absolute here."""
+        relative, are relative to this suite file's directory, and so is a ``tuned_from`` record:
+        made absolute here (``MethodSpec.record`` shows them relative to the working directory)."""
         from drpo_bench.registry import METHODS
 
+        def resolve(value: Any) -> Any:
+            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+                return str((self.path.parent / value).resolve())
+            return value
+
         for spec in raw.get("methods") or []:
-            if isinstance(spec, dict) and isinstance(spec.get("tuned_from"), str) and spec["tuned_from"]:
-                if not Path(spec["tuned_from"]).expanduser().is_absolute():  # like path_args: relative to the suite
-                    spec["tuned_from"] = str((self.path.parent / spec["tuned_from"]).resolve())
+            if isinstance(spec, dict) and "tuned_from" in spec:  # a tuning record: relative to the suite too
+                spec["tuned_from"] = resolve(spec["tuned_from"])
             if not (isinstance(spec, dict) and isinstance(spec.get("method"), str) and isinstance(spec.get("args"), dict)):
                 continue  # the schema check reports it
             if spec["method"] not in METHODS:
                 continue
             for name in METHODS.get(spec["method"]).cls.path_args:
-                value = spec["args"].get(name)
-                if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-                    spec["args"][name] = str((self.path.parent / value).resolve())
+                if name in spec["args"]:
+                    spec["args"][name] = resolve(spec["args"][name])
 
     def _check_finite(self, value: Any, loc: tuple[Any, ...] = ()) -> None:
         """NaN or infinity anywhere (a learning rate, a method argument) would train garbage: refuse it."""

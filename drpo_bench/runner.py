@@ -100,7 +100,7 @@ def _check_in(suite: Suite, output: Path, planned: list[Cell], cells: list[Cell]
         settings["cells"].update({c.id: c.fingerprint for c in planned})
         settings["holders"].append(holder_info())
         write_json(settings_file, settings)
-        write_json(output / "suite.json", redact(suite.model_dump(mode="json")))
+        write_json(output / "suite.json", redact(suite.record()))
     return run_lock
 
 

@@ -81,7 +81,7 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
     skipped_in_a_row = 0  # fp16: updates the scaler skipped for an overflow, one after another
     live = open_train_logger(logging, cell.id, folder.path, budget.steps, start, suite=cell.suite,
                              run_id=f"{cell.fingerprint}-{cell.id}",
-                             run_config={"generator": cell.generator.model_dump(), "method": cell.method.model_dump(),
+                             run_config={"generator": cell.generator.model_dump(), "method": cell.method.record(),
                                          "budget": cell.budget.model_dump(), "train": cell.train.model_dump(),
                                          "seed": cell.seed}) if main else TrainLogger([])  # rank > 0: no sinks
     every = cell.eval.every if evaluate_at is not None else None

@@ -215,6 +215,30 @@ def test_a_records_location_is_not_part_of_a_cells_fingerprint(tmp_path, tuned):
     assert prints[0] == prints[1]
 
 
+def test_results_record_paths_relative_to_the_working_directory(tmp_path, tuned, monkeypatch):
+    """cell.json and suite.json show a tuning record, and an offline dataset, relative to the working
+    directory they lie under (no machine path in committed results); a path elsewhere stays as given."""
+    _, _, written = tuned
+    folder = tmp_path / "checkout" / "suites"
+    folder.mkdir(parents=True)
+    shutil.copy(written["draft"], folder / "draft.json")
+    suite = json.loads(json.dumps(TOY))
+    suite["methods"][1]["tuned_from"] = "draft.json"
+    suite["seeds"] = [0]
+    monkeypatch.chdir(tmp_path / "checkout")
+    loaded = load_suite(_write(folder, suite))
+    assert Path(loaded.methods[1].tuned_from).is_absolute()  # the loader resolves it against the suite
+    assert not run_suite(loaded, Path("runs/out"), quiet=True).failures
+    info = json.loads(Path("runs/out/toy--draft--redness--s0/cell.json").read_text())
+    assert info["method"]["tuned_from"] == "suites/draft.json"
+    snapshot = Path("runs/out/suite.json").read_text()
+    assert json.loads(snapshot)["methods"][1]["tuned_from"] == "suites/draft.json"
+    assert str(tmp_path) not in snapshot and str(tmp_path) not in json.dumps(info)
+    inside = MethodSpec(id="o", method="drpo-offline", args={"dataset": str(tmp_path / "checkout" / "data")})
+    elsewhere = MethodSpec(id="o", method="drpo-offline", args={"dataset": "/elsewhere/data"})
+    assert inside.record()["args"]["dataset"] == "data" and elsewhere.record()["args"]["dataset"] == "/elsewhere/data"
+
+
 def test_tune_command(tmp_path, capsys):
     path = _write(tmp_path, {**TOY, "methods": [TOY["methods"][1]]})
     assert main(["tune", str(path), "--output", str(tmp_path / "o"), "--quiet"]) == 0
