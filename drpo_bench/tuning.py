@@ -94,11 +94,14 @@ def tune_suite(suite: Suite, output: Path, *, quiet: bool = False, console: Cons
         raise UserError(f"{len(summary.failures)} tuning cell(s) failed ("
                         + "; ".join(f"{k}: {v}" for k, v in list(summary.failures.items())[:3])
                         + f"); fix them and rerun the same command (finished cells are kept in {cells_dir})")
+    from drpo_bench.planning import plan_cells
+
+    cell_ids = {c.method.id: c.id for c in plan_cells(tsuite)}  # variant id -> its cell (one seed each)
     written = {}
     for spec in suite.methods:
         if spec.id not in plan:
             continue
-        record = build_record(suite, spec, tsuite, plan[spec.id], cells_dir)
+        record = build_record(suite, spec, tsuite, plan[spec.id], cells_dir, cell_ids)
         path = record_path(output, spec.id)
         write_json(path, record)
         write_text(path.with_suffix(".md"), record_markdown(record))
@@ -106,21 +109,15 @@ def tune_suite(suite: Suite, output: Path, *, quiet: bool = False, console: Cons
     return written
 
 
-def _cell_id(tsuite: Suite, variant_id: str) -> str:
-    from drpo_bench.planning import plan_cells
-
-    return next(c.id for c in plan_cells(tsuite) if c.method.id == variant_id)
-
-
 def build_record(suite: Suite, spec: MethodSpec, tsuite: Suite, variants: list[tuple[str, dict[str, Any]]],
-                 cells_dir: Path) -> dict[str, Any]:
+                 cells_dir: Path, cell_ids: dict[str, str]) -> dict[str, Any]:
     from drpo_bench.report.results import Estimate
 
     assert spec.tune is not None
     metric = spec.tune.metric
     configs, higher = [], None
     for variant_id, setting in variants:
-        cell_id = _cell_id(tsuite, variant_id)
+        cell_id = cell_ids[variant_id]
         folder = CellFolder(cells_dir / cell_id)
         try:
             value = folder.read_eval().metrics[metric]
@@ -145,9 +142,10 @@ def build_record(suite: Suite, spec: MethodSpec, tsuite: Suite, variants: list[t
             best = c
     best["chosen"] = True
     n_val = tsuite.eval.max_prompts
+    steps = spec.tune.steps or suite.budget_for(spec).steps
     rule = (f"{'highest' if higher else 'lowest'} mean `{metric}` on the `{VALIDATION_SPLIT}` prompts"
-            f"{f' (first {n_val})' if n_val else ''}, seed {spec.tune.seed}, "
-            f"{spec.tune.steps or suite.budget_for(spec).steps} updates; a tie keeps the earlier grid point")
+            f"{f' (first {n_val})' if n_val else ''}, seed {spec.tune.seed}, {steps} updates; "
+            "a tie keeps the earlier grid point")
     return {
         "version": RECORD_VERSION,
         "suite": suite.name,
@@ -159,7 +157,7 @@ def build_record(suite: Suite, spec: MethodSpec, tsuite: Suite, variants: list[t
         "higher_is_better": higher,
         "split": VALIDATION_SPLIT,
         "seed": spec.tune.seed,
-        "steps": spec.tune.steps or suite.budget_for(spec).steps,
+        "steps": steps,
         "images_per_prompt": tsuite.eval.images_per_prompt,
         "rule": rule,
         "configs": configs,

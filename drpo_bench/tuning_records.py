@@ -42,6 +42,13 @@ def label(setting: dict[str, Any]) -> str:
     return ", ".join(f"{k} = {v}" for k, v in setting.items())
 
 
+def score_text(config: dict[str, Any]) -> str:
+    """One configuration's validation score as the record's tables show it: mean ± CI, or failed."""
+    if config["mean"] is None:
+        return "failed"
+    return f"{config['mean']:.4f}" + (f" ± {config['ci95']:.4f}" if config.get("ci95") is not None else "")
+
+
 # ---- validation (called by config.check_references) -------------------------------------------
 
 
@@ -165,7 +172,6 @@ def record_markdown(record: dict[str, Any]) -> str:
     lines = ["| " + " | ".join([*keys, f"validation {record['metric']} (mean ± 95% CI over prompts)", "chosen"]) + " |",
              "|" + "---|" * (len(keys) + 2)]
     for c in record["configs"]:
-        score = "failed" if c["mean"] is None else f"{c['mean']:.4f}" + (f" ± {c['ci95']:.4f}" if c["ci95"] is not None else "")
-        lines.append("| " + " | ".join([*(str(c["settings"][k]) for k in keys), score, "**yes**" if c["chosen"] else ""]) + " |")
+        lines.append("| " + " | ".join([*(str(c["settings"][k]) for k in keys), score_text(c), "**yes**" if c["chosen"] else ""]) + " |")
     chosen = label(record["chosen"])
     return head + "\n".join(lines) + f"\n\nChosen: {chosen}. Rule: {record['rule']}.\n"

@@ -11,7 +11,7 @@ from drpo_bench.report.table import Table
 
 def tuning_tables(folder: Path) -> list[Table]:
     """One table per tuning record in ``folder/tuning``; [] when the run tuned nothing."""
-    from drpo_bench.tuning_records import TUNING_DIR, label, read_record
+    from drpo_bench.tuning_records import TUNING_DIR, label, read_record, score_text
 
     tables = []
     for path in sorted((folder / TUNING_DIR).glob("*.json")):
@@ -24,8 +24,7 @@ def tuning_tables(folder: Path) -> list[Table]:
         headers = [*keys, f"validation {record['metric']} {arrow} (mean ± 95% CI, prompts)", "chosen"]
         rows, raw, bold = [], [], []
         for c in record["configs"]:
-            score = "failed" if c["mean"] is None else f"{c['mean']:.4f}" + (f" ± {c['ci95']:.4f}" if c.get("ci95") is not None else "")
-            rows.append([*(str(c["settings"][k]) for k in keys), score, "yes" if c["chosen"] else ""])
+            rows.append([*(str(c["settings"][k]) for k in keys), score_text(c), "yes" if c["chosen"] else ""])
             raw.append([*(c["settings"][k] for k in keys), c["mean"], "yes" if c["chosen"] else ""])
             bold.append([False] * len(keys) + [bool(c["chosen"])] * 2)
         note = (f"Every configuration trained at seed {record['seed']} for {record['steps']} updates on the train "
