@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import platform
 import random
-import subprocess
 import time
 import traceback
 from dataclasses import dataclass
@@ -52,12 +51,10 @@ def environment_info() -> dict[str, Any]:
             versions[name] = __import__(name).__version__
         except Exception:  # noqa: BLE001 - optional libraries
             versions[name] = None
-    try:
-        git = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
-        git_hash = git.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if git.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired):
-        git_hash = None
+    from drpo_bench.code_hash import git_state
+
+    # <commit>[-dirty]: dirty = modified tracked files outside results/, or untracked code (code_hash.git_state)
+    git_hash = git_state().describe()
     return {
         "versions": versions,
         "git": git_hash,
@@ -166,6 +163,7 @@ class CellRunner:
             dp.barrier()
             return "done"
         started = time.time()
+        cell.code  # noqa: B018 - the code hash as the cell starts (what it records, checkpoints and resumes against)
         seed_everything(cell.seed)
         generator = build(GENERATORS, cell.generator)
         method_entry = METHODS.get(cell.method.method)
@@ -182,7 +180,8 @@ class CellRunner:
             resumed_from = train_cell(cell, folder, generator, method, reward, train_prompts, ledger,
                                       progress if dp.is_main else None, None if self.quiet else self.console,
                                       logging=self.suite.logging,
-                                      evaluate_at=self._periodic_eval(cell, folder, generator, ledger))
+                                      evaluate_at=self._periodic_eval(cell, folder, generator, ledger),
+                                      reward_identity=reward_identity)
             rank_ledgers = dp.gather(ledger.summary()) if dp.enabled else None
             if not dp.is_main:  # rank 0 alone saves, evaluates and writes the cell; the others wait
                 dp.barrier()
@@ -248,6 +247,7 @@ class CellRunner:
             checksums=folder.checksums(),
             resumed_from_step=resumed_from,
             wall_seconds_this_run=time.time() - started,
+            code=cell.code.record(),
             execution={**self.execution, "torch_threads": torch.get_num_threads(),
                        **({"world_size": data_parallel().world_size} if data_parallel().enabled else {})},
             **{**self._env, "hardware": {**self._env["hardware"], "torch_threads": torch.get_num_threads()}},

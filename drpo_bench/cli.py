@@ -57,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else suite.output_dir
     console.print(f"[bold]drpo-bench run[/] {args.suite} → {output}")
     summary = run_suite(suite, output, allow_reference=args.update_reference, quiet=args.quiet, shard=shard,
-                        console=console, wait=args.wait)
+                        console=console, wait=args.wait, stale=_stale_policy(args))
     if summary.rank:  # a data-parallel launch's process > 0: rank 0 reports
         return 1 if summary.failures else 0
     counts = {s: list(summary.statuses.values()).count(s) for s in ("done", "resumed", "skipped", "failed")}
@@ -82,6 +82,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"[red]{len(summary.failures)} cell(s) failed[/]: " + "; ".join(f"{k}: {v}" for k, v in summary.failures.items()))
         return 1
     return 0
+
+
+def _stale_policy(args: argparse.Namespace) -> str:
+    """--rerun-stale / --keep-stale (run, tune): what to do with cells made by other code (runner.check_stale)."""
+    if getattr(args, "rerun_stale", False) and getattr(args, "keep_stale", False):
+        raise UserError("--rerun-stale retrains the cells made by other code and --keep-stale keeps them: pass one")
+    return "rerun" if getattr(args, "rerun_stale", False) else "keep" if getattr(args, "keep_stale", False) else "stop"
+
+
+def add_stale_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rerun-stale", action="store_true",
+                        help="retrain the cells made by other code than this checkout's (the others are kept)")
+    parser.add_argument("--keep-stale", action="store_true",
+                        help="keep the cells made by other code; the report marks them (default: stop and name them)")
 
 
 def _quiet_library_progress_bars() -> None:
@@ -170,8 +184,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from drpo_bench.report import build_report
+    from drpo_bench.runner import check_output_dir
 
-    written = build_report(args.results, args.formats)
+    output = Path(args.output) if args.output else Path(args.results)
+    check_output_dir(output, args.update_reference, what="`report` writes into the results folder it reads by default")
+    written = build_report(args.results, args.formats, output=output)
     for path in written.values():
         print(path)
     return 0
@@ -194,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an override given as an option (same as a positional key=value); repeatable")
     run.add_argument("--output", help="results folder (default: the suite's output, runs/<suite>)")
     run.add_argument("--shard", help="run only cells i, i+n, i+2n, ... (i/n), for several processes or jobs")
-    run.add_argument("--update-reference", action="store_true", help="allow writing into the committed results/ folder")
+    run.add_argument("--update-reference", action="store_true",
+                     help="allow writing into the committed results/ folder (from a clean checkout only)")
+    add_stale_arguments(run)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                      help="wait at least this long for another run's check-in on the same --output (default 60 s)")
@@ -219,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
                      help=f"comma-separated subset of {','.join(REPORT_FORMATS)} (default: %(default)s; pdf runs "
                           "pdflatex, csv/json write tables/)")
+    rep.add_argument("--output", metavar="DIR", help="write the report into DIR (default: the results folder itself)")
+    rep.add_argument("--update-reference", action="store_true",
+                     help="allow writing into the committed results/ folder (from a clean checkout only)")
     rep.set_defaults(func=cmd_report)
 
     from drpo_bench.sampling import add_sample_parser

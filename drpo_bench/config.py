@@ -25,18 +25,24 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from drpo_bench.errors import ConfigError, UserError, nearest
+from drpo_bench.registry import Seed
 from drpo_bench.train_logging import LoggingConfig
 from drpo_bench.yaml_strict import load_yaml, safe_name
 
 
+#: an AdamW beta: torch.optim.AdamW refuses one outside [0, 1) when the optimizer is built, in training
+Beta = Annotated[float, Field(ge=0, lt=1)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    # no inf / nan: a learning rate or loss scale of inf validates as "> 0" and fails only in training
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 class ComponentSpec(_Strict):
@@ -64,7 +70,7 @@ class TrainConfig(_Strict):
     # budget.steps, so a short run ends on an average of its last updates rather than on the last one
     lr_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = Field(1e-2, ge=0)  # AdamW decay of the published code
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW defaults
+    betas: tuple[Beta, Beta] = (0.9, 0.999)  # AdamW defaults
     grad_clip: float | None = Field(1.0, gt=0)  # published clip norm; null disables
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # CPU-safe default; paper: fp16 (SD-Turbo), bf16 (SDXL)
     # fp16's dynamic loss scale starts here (torch's and accelerate's default 2^16) and halves on each
@@ -81,7 +87,7 @@ class TrainOverrides(_Strict):
     lr: float | None = Field(None, gt=0)
     lr_schedule: Literal["constant", "cosine"] | None = None
     weight_decay: float | None = Field(None, ge=0)
-    betas: tuple[float, float] | None = None
+    betas: tuple[Beta, Beta] | None = None
     grad_clip: float | None = Field(None, gt=0)
     precision: Literal["fp32", "fp16", "bf16"] | None = None
 
@@ -136,7 +142,7 @@ class EvalConfig(_Strict):
     images_per_prompt: int = Field(4, ge=1)  # enough for diversity and per-prompt variance
     metrics: list[ComponentSpec] = Field(min_length=1)  # reward aliases or registered metrics
     batch_size: int = Field(64, ge=1)  # images per generator forward at eval time
-    seed: int = 1234  # eval noise seed (plus the cell seed): every method sees the same noise
+    seed: Seed = 1234  # eval noise seed (plus the cell seed): every method sees the same noise
     grid_prompts: int = Field(8, ge=0)  # prompts shown in samples.png
     every: int | None = Field(None, ge=1)  # held-out eval every N updates (eval_history.jsonl); None = at the end only
     every_max_prompts: int | None = Field(None, ge=1)  # prompts of those periodic evals (cheaper); None = max_prompts
@@ -152,7 +158,7 @@ class ExecutionConfig(_Strict):
     # cells at once; auto = min(cells, GPUs when the generator runs on CUDA, else CPU cores); None =
     # 1 locally (one after another in the run's own process, no pool), as many as fit on Ray
     jobs: int | Literal["auto"] | None = None
-    threads_per_cell: int | None = Field(None, ge=1)  # torch CPU threads per cell; None = cores // jobs (at least 1)
+    threads_per_cell: int | None = Field(None, ge=1, lt=2**31)  # torch CPU threads per cell; None = cores // jobs (at least 1)
     gpus_per_cell: float | None = Field(None, ge=0)  # ray: GPUs a cell asks for; None = 1 on CUDA generators, else 0
     address: str | None = None  # ray: an existing cluster ("auto", "ray://head:10001"); None starts a local one
 
@@ -173,7 +179,7 @@ class TuneConfig(_Strict):
     # argument, e.g. args.beta) -> the values tried; every combination is one configuration
     grid: dict[str, list[Any]] = Field(min_length=1)
     metric: str = Field(min_length=1)  # an eval metric label (e.g. checker): the validation score that chooses
-    seed: int = 0  # one seed per configuration: tuning is a selection, not an estimate of the gain
+    seed: Seed = 0  # one seed per configuration: tuning is a selection, not an estimate of the gain
     steps: int | None = Field(None, gt=0)  # a shorter budget for the grid; None = the method's budget.steps
     max_prompts: int | None = Field(None, ge=1)  # validation prompts scored; None = the whole split
     images_per_prompt: int | None = Field(None, ge=1)  # None = the suite's eval.images_per_prompt
@@ -246,7 +252,7 @@ class Suite(_Strict):
     prompts: ComponentSpec
     train_rewards: list[str] = Field(default_factory=list)  # aliases crossed with training methods
     methods: list[MethodSpec] = Field(min_length=1)
-    seeds: list[int] = Field(min_length=1)
+    seeds: list[Seed] = Field(min_length=1)  # each a registry.Seed: in the range torch and numpy accept
     budget: BudgetConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig

@@ -11,10 +11,13 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drpo_bench.config import BudgetConfig, ComponentSpec, EvalConfig, MethodSpec, Suite, TrainConfig
 from drpo_bench.registry import METHODS
+
+if TYPE_CHECKING:
+    from drpo_bench.code_hash import CodeRecord
 
 #: TrainConfig fields that cannot change a result: left out of the fingerprint
 BOOKKEEPING = {"checkpoint_every", "count_flops"}
@@ -51,6 +54,7 @@ class Cell:
     train: TrainConfig  # the suite's train settings with the method's overrides
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # what the method changes
     budget_matched: bool = True  # same steps, K and prompts per update as the suite
+    eval_rewards: dict[str, ComponentSpec] = field(default_factory=dict)  # reward aliases used as eval metrics
 
     @property
     def id(self) -> str:
@@ -74,6 +78,14 @@ class Cell:
             "metric_conventions": METRIC_CONVENTIONS,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @functools.cached_property
+    def code(self) -> CodeRecord:
+        """The code that can change this cell's numbers, hashed (drpo_bench.code_hash); kept apart
+        from ``fingerprint`` so that other code (a stale cell) is told from other settings."""
+        from drpo_bench.code_hash import cell_code
+
+        return cell_code(self)
 
 
 def plan_cells(suite: Suite) -> list[Cell]:
@@ -104,5 +116,6 @@ def plan_cells(suite: Suite) -> list[Cell]:
                         train=suite.train_for(method),
                         overrides=suite.method_overrides(method) if trains else {},
                         budget_matched=suite.budget_matched(method) if trains else True,
+                        eval_rewards={m.name: suite.rewards[m.name] for m in suite.eval.metrics if m.name in suite.rewards},
                     ))
     return cells

@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from drpo_bench.errors import UserError, nearest
 
 T = TypeVar("T")
+
+
+#: a random seed. torch.manual_seed and Generator.manual_seed take at most 2^64 - 1 and numpy's
+#: default_rng no negative seed; below 2^63, eval.seed + a cell's seed still fits torch
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
 
 
 class StrictConfig(BaseModel):
@@ -35,6 +41,8 @@ class Entry(Generic[T]):
     description: str
     #: a preset: these config values first, then the suite's args (e.g. a tiny twin's weights: tiny)
     preset: dict[str, Any] | None = None
+    #: the module that registered a preset (its args are code there); None for a plain entry
+    defined_in: str | None = None
 
     @property
     def config_model(self) -> type[BaseModel]:
@@ -67,7 +75,8 @@ class Registry(Generic[T]):
         class, several ready-made configurations, e.g. ``sd-turbo-tiny`` = sd-turbo with tiny weights."""
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
-        self._entries[name] = Entry(name, base, description, dict(args))
+        caller = sys._getframe(1).f_globals.get("__name__")  # the preset's args live in that module's code
+        self._entries[name] = Entry(name, base, description, dict(args), caller)
 
     def build(self, name: str, args: dict[str, Any] | None = None) -> Any:
         """Construct component ``name`` with ``args`` validated against its config (presets applied)."""

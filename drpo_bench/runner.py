@@ -9,6 +9,8 @@ shared run lock, data-parallel checks, and whether the report is due.
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +21,41 @@ from drpo_bench.config import Suite
 from drpo_bench.distributed import check_divisible
 from drpo_bench.distributed import current as data_parallel
 from drpo_bench.errors import UserError
-from drpo_bench.locks import GATE_NAME, LOCK_NAME, FileLock, describe, holder_info, is_free
+from drpo_bench.locks import GATE_NAME, LOCK_NAME, FileLock, LockedError, describe, holder_info, is_free
 from drpo_bench.planning import Cell, plan_cells, redact
 from drpo_bench.registry import METHODS
 from drpo_bench.store import CellFolder, CorruptCellError, read_json, write_json
 
+#: what a run does with cells whose recorded code hash differs from this checkout's (run --rerun-stale / --keep-stale)
+STALE_STOP, STALE_RERUN, STALE_KEEP = "stop", "rerun", "keep"
+STALE_POLICIES = (STALE_STOP, STALE_RERUN, STALE_KEEP)
+
 __all__ = ["Cell", "CellRunner", "RunSummary", "check_output_dir", "plan_cells", "run_suite"]
 
 
-def check_output_dir(output: Path, allow_reference: bool) -> None:
-    """The committed reference results under results/ are never clobbered by accident."""
+def check_output_dir(output: Path, allow_reference: bool, what: str = "Runs write to runs/<suite> by default") -> None:
+    """The committed reference results under results/ are never clobbered by accident, and are
+    regenerated only from a clean checkout (so that the commit they name rebuilds them)."""
     reference = (REPO_ROOT / "results").resolve()
     resolved = output.resolve()
-    if not allow_reference and (resolved == reference or reference in resolved.parents):
+    if not (resolved == reference or reference in resolved.parents):
+        return
+    if not allow_reference:
         raise UserError(
-            f"output {output} is inside the committed reference results ({reference}). Runs write to "
-            "runs/<suite> by default; pass --output elsewhere, or --update-reference to regenerate the reference on purpose."
+            f"output {output} is inside the committed reference results ({reference}). {what}; "
+            "pass --output elsewhere, or --update-reference to regenerate the reference on purpose."
+        )
+    from drpo_bench.code_hash import git_state
+
+    state = git_state()
+    if state.commit is None or state.dirty_files:
+        why = ("this is not a git checkout" if state.commit is None else
+               f"the checkout has uncommitted changes ({', '.join(state.dirty_files[:6])}"
+               f"{', ...' if len(state.dirty_files) > 6 else ''})")
+        raise UserError(
+            f"--update-reference writes the committed reference results, which must name a commit that rebuilds "
+            f"them, but {why}. Commit or stash those changes (untracked code under drpo_bench/ or baselines/ too), "
+            "then rerun; modified files under results/ do not count."
         )
 
 
@@ -42,15 +63,21 @@ def check_output_dir(output: Path, allow_reference: bool) -> None:
 
 
 def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool = False, quiet: bool = False,
-              shard: tuple[int, int] = (0, 1), console: Console | None = None, wait: float = 0.0) -> RunSummary:
+              shard: tuple[int, int] = (0, 1), console: Console | None = None, wait: float = 0.0,
+              stale: str = STALE_STOP) -> RunSummary:
     """Run the suite's cells (those of ``shard``) into ``output``.
 
     Several runs may work in one folder at once (e.g. shards): each cell is trained once, by
     whichever run gets to it first. A run whose settings differ from a live run's, or from cells
     already in the folder, is refused before it writes anything (``wait``: seconds to wait for
-    the folder's gate).
+    the folder's gate). Cells made by other code (``stale``): see ``check_stale``.
     """
+    if stale not in STALE_POLICIES:
+        raise ValueError(f"stale must be one of {STALE_POLICIES}, not {stale!r}")
     output = Path(output or suite.output_dir)
+    from drpo_bench.code_hash import refresh
+
+    refresh()  # the code and git state as they are now, not as an earlier run in this process saw them
     check_output_dir(output, allow_reference)
     console = console or Console(stderr=True)
     from drpo_bench.tuning_records import apply_tuning
@@ -72,7 +99,7 @@ def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool
             summary.report_due, summary.rank = False, dp.rank
             return summary
     try:
-        run_lock = _check_in(suite, output, planned, cells, wait)
+        run_lock = _check_in(suite, output, planned, cells, wait, stale)
     except BaseException as exc:
         dp.broadcast(str(exc))  # the other ranks stop too
         raise
@@ -87,8 +114,10 @@ def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool
     return summary
 
 
-def _check_in(suite: Suite, output: Path, planned: list[Cell], cells: list[Cell], wait: float) -> FileLock:
-    """Refuse other settings, then hold the folder's shared run lock and record this run's settings."""
+def _check_in(suite: Suite, output: Path, planned: list[Cell], cells: list[Cell], wait: float,
+              stale: str = STALE_STOP) -> FileLock:
+    """Refuse other settings and (unless told what to do) cells made by other code, then hold the
+    folder's shared run lock and record this run's settings."""
     output.mkdir(parents=True, exist_ok=True)
     # the gate is held only while a run checks in (well under a second): always wait for it a while
     with FileLock(output / GATE_NAME, wait=max(wait, GATE_WAIT_SECONDS), what="drpo-bench run", record=False):
@@ -96,6 +125,7 @@ def _check_in(suite: Suite, output: Path, planned: list[Cell], cells: list[Cell]
         settings_file = output / SETTINGS_NAME
         settings = _read_settings(settings_file) if live else {"cells": {}, "holders": []}
         refuse_other_settings(output, cells, settings if live else None)
+        check_stale(output, cells, stale)
         run_lock = FileLock(output / LOCK_NAME, shared=True).acquire()
         settings["cells"].update({c.id: c.fingerprint for c in planned})
         settings["holders"].append(holder_info())
@@ -136,6 +166,101 @@ def report_due(output: Path, planned: list[Cell]) -> bool:
         if record is None or record.status != "complete":
             return False
     return True
+
+
+# ---- cells made by other code ----------------------------------------------------------------
+
+
+
+@dataclass(frozen=True)
+class StaleCell:
+    cell: Cell
+    recorded: str | None  # the code hash the cell (or its checkpoint) recorded; None: not recorded
+    changed: list[str]  # the files whose digest differs
+    checkpoint: bool  # an interrupted cell's checkpoint, not a finished cell
+
+
+def find_stale(output: Path, cells: list[Cell]) -> list[StaleCell]:
+    """Cells in ``output`` (finished, or interrupted with a checkpoint) made by other code than this
+    checkout's: their recorded code hash (cell.json ``code``, checkpoint.json ``code_hash``) differs."""
+    from drpo_bench.code_hash import changed_files
+
+    found = []
+    for cell in cells:
+        folder = CellFolder(output / cell.id)
+        if not folder.path.is_dir():
+            continue
+        try:
+            record = folder.read_cell()
+        except CorruptCellError:
+            continue  # reported when the cell runs
+        if record is not None and record.status == "complete":
+            code = record.code if isinstance(record.code, dict) else None
+            if code is None or code.get("hash") != cell.code.hash:
+                found.append(StaleCell(cell, (code or {}).get("hash"), changed_files(code, cell.code), False))
+            continue
+        pointer = folder.file(CellFolder.CHECKPOINT)
+        if pointer.exists():
+            try:
+                info = read_json(pointer)
+            except (ValueError, OSError):
+                continue  # reported when the cell resumes
+            code = info.get("code") if isinstance(info, dict) else None
+            code = code if isinstance(code, dict) else None
+            if code is None or code.get("hash") != cell.code.hash:
+                found.append(StaleCell(cell, (code or {}).get("hash"), changed_files(code, cell.code), True))
+    return found
+
+
+def _names(items: list[str], limit: int) -> str:
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def stale_paragraph(output: Path, stale: list[StaleCell]) -> str:
+    """One paragraph: which cells, which files changed, and the two ways out."""
+    files = sorted({f for s in stale for f in s.changed})
+    interrupted = [s.cell.id for s in stale if s.checkpoint]
+    text = (f"{output} holds {len(stale)} cell(s) made by other code than this checkout's "
+            f"({_names([s.cell.id for s in stale], 6)}); changed since: {_names(files, 8)}. Nothing was trained. "
+            "Rerun with --rerun-stale to retrain exactly these cells (every other cell is kept as it is), or with "
+            "--keep-stale to keep them (the report marks them as made by other code).")
+    if interrupted:
+        text += (f" {len(interrupted)} of them ({_names(interrupted, 3)}) hold only a checkpoint, which is never "
+                 "resumed with other code: --keep-stale cannot keep those.")
+    return text
+
+
+def check_stale(output: Path, cells: list[Cell], policy: str) -> list[StaleCell]:
+    """Stop before training when ``output`` holds cells made by other code (``stop``); else retrain
+    exactly them (``rerun``: their files are removed) or keep them, marked (``keep``: the cell folder
+    gets ``kept_stale.json``, which the report reads). A checkpoint from other code is never kept."""
+    stale = find_stale(output, cells)
+    stale_ids = {s.cell.id for s in stale}
+    for cell in cells:  # a cell kept stale before, made by this code again (e.g. an edit reverted)
+        if cell.id not in stale_ids:
+            CellFolder(output / cell.id).file(CellFolder.KEPT_STALE).unlink(missing_ok=True)
+    if not stale:
+        return stale
+    if policy == STALE_STOP or (policy == STALE_KEEP and any(s.checkpoint for s in stale)):
+        raise UserError(stale_paragraph(output, stale))
+    for item in stale:
+        folder = CellFolder(output / item.cell.id)
+        if policy == STALE_KEEP:
+            write_json(folder.file(CellFolder.KEPT_STALE), {
+                "code_hash": item.recorded, "this_code_hash": item.cell.code.hash, "changed": item.changed})
+            continue
+        try:
+            lock = FileLock(folder.file(LOCK_NAME), wait=0.0, what="run training this cell").acquire()
+        except LockedError:
+            raise UserError(f"cell {item.cell.id} in {output} is made by other code and another run is on it; "
+                            "wait for that run, then rerun with --rerun-stale. Nothing was removed.") from None
+        try:
+            for entry in folder.path.iterdir():
+                if entry.name != LOCK_NAME:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        finally:
+            lock.release()
+    return stale
 
 
 #: how long a run waits for another run's check-in at the folder's gate (seconds)

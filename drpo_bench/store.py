@@ -123,6 +123,9 @@ class CellRecord(_Record):
     git: str | None = None
     hardware: dict[str, Any] = Field(default_factory=dict)
     execution: dict[str, Any] = Field(default_factory=dict)  # executor, jobs, torch_threads, device (executors.py)
+    # the code that made the cell (drpo_bench.code_hash): hash, per-file digests, commit, dirty, uncommitted files;
+    # None in cells written before it was recorded (a rerun treats them as made by other code)
+    code: dict[str, Any] | None = None
 
     @property
     def generator_label(self) -> str:
@@ -159,6 +162,7 @@ class CellFolder:
     SCORES = "scores.jsonl"  # per eval image: prompt index, prompt, task and every per-image metric
     EVAL_HISTORY = "eval_history.jsonl"  # {"step", "seconds", "flops", <metric>: mean} per periodic eval (eval.every)
     EVAL_IMAGES = "eval_images"  # every eval image as <prompt index>-<image>.png (eval.keep_images)
+    KEPT_STALE = "kept_stale.json"  # run --keep-stale kept this cell though other code made it (the report marks it)
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -173,6 +177,15 @@ class CellFolder:
             return model.model_validate(read_json(path))
         except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as exc:
             raise CorruptCellError(path, f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+
+    def read_kept_stale(self) -> dict[str, Any] | None:
+        """What run --keep-stale recorded about a cell made by other code; None when it is not marked."""
+        path = self.file(self.KEPT_STALE)
+        try:
+            data = read_json(path) if path.exists() else None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CorruptCellError(path, str(exc)) from None
+        return data if isinstance(data, dict) else None
 
     def read_cell(self) -> CellRecord | None:
         return self._read(self.CELL, CellRecord) if self.file(self.CELL).exists() else None

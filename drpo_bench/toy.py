@@ -19,7 +19,7 @@ from pydantic import Field
 from drpo_bench.drpo.features_base import FeatureEncoder
 from drpo_bench.generators.base import Generator
 from drpo_bench.prompts.base import Prompt, PromptSet
-from drpo_bench.registry import FEATURES, GENERATORS, PROMPTS, REWARDS, StrictConfig
+from drpo_bench.registry import FEATURES, GENERATORS, PROMPTS, REWARDS, Seed, StrictConfig
 from drpo_bench.rewards.base import Reward
 
 _SIZE = 3 * 8 * 8
@@ -41,7 +41,7 @@ class ToyGenerator(Generator):
 
     class Config(StrictConfig):
         lora_rank: int = Field(4, ge=1)  # enough capacity to move the toy reward
-        init_seed: int = 0  # base weights are random but fixed
+        init_seed: Seed = 0  # base weights are random but fixed
         delay_seconds: float = Field(0.0, ge=0)  # slows each sample() so tests can interrupt a cell mid-run
 
     def __init__(self, config: Config) -> None:

@@ -39,12 +39,15 @@ MAX_FP16_SKIPS = 25
 def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, reward: Any, train_prompts: list[str],
                ledger: Ledger, progress: Progress | None = None, console: Console | None = None,
                logging: LoggingConfig | None = None,
-               evaluate_at: Callable[[int], tuple[dict[str, float], torch.Tensor]] | None = None) -> int | None:
+               evaluate_at: Callable[[int], tuple[dict[str, float], torch.Tensor]] | None = None,
+               reward_identity: dict[str, Any] | None = None) -> int | None:
     """Train ``cell`` in place (its LoRA in ``generator``); returns the step it resumed from, if any.
 
     ``evaluate_at(step)`` -> (metric means, sample images): a held-out evaluation, called before
     the first update (step 0) and after every ``cell.eval.every``-th and the last (before that
     step's checkpoint, so a resumed run never misses one); both go to the live logs.
+    ``reward_identity``: a served reward's identity (RemoteReward.identity), checkpointed and
+    required to match on resume, as the cell's code hash is.
     """
     budget, tcfg = cell.budget, cell.train
     device = generator.device
@@ -66,8 +69,9 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
 
     dp = data_parallel()  # a multi-process launch (drpo_bench/distributed.py); disabled in one process
     main = dp.is_main  # rank 0 alone writes the cell folder
+    made_by = {"code": {"hash": cell.code.hash, "files": cell.code.files}, "reward_identity": reward_identity}
     start, resumed_from = resume(folder, cell.fingerprint, generator, optimizer, scaler, method, ledger,
-                                 console if main else None, rank=dp.rank, world_size=dp.world_size)
+                                 console if main else None, rank=dp.rank, world_size=dp.world_size, made_by=made_by)
     dp.broadcast_parameters(params)  # every rank starts from rank 0's LoRA
     lo, hi = dp.slice(budget.prompts_per_update, budget.micro) if dp.enabled else (0, budget.prompts_per_update)
     draws = NoiseDraws(generator, ctx.noise_rng) if dp.enabled else nullcontext()
@@ -167,7 +171,7 @@ def train_cell(cell: Cell, folder: CellFolder, generator: Any, method: Method, r
                 rank_updates = dp.gather(ledger.to_json()["updates"]) if dp.enabled else None
                 if main:
                     checkpoint(folder, cell.fingerprint, step + 1, generator, optimizer, scaler, method, ledger,
-                               rank_updates=rank_updates)
+                               rank_updates=rank_updates, made_by=made_by)
             if progress is not None and task is not None:
                 progress.update(task, advance=1, description=f"  {cell.id} loss {loss:.3g}")
     generator.train(False)
@@ -193,8 +197,11 @@ def _evaluate_between_updates(generator: Any, evaluate_at: Callable[[int], tuple
 
 
 def checkpoint(folder: CellFolder, fingerprint: str, step: int, generator: Any, optimizer: Any, scaler: Any,
-               method: Method, ledger: Ledger, rank_updates: list[Any] | None = None) -> None:
-    """``rank_updates``: every rank's ledger updates (a data-parallel run), so each resumes its own."""
+               method: Method, ledger: Ledger, rank_updates: list[Any] | None = None,
+               made_by: dict[str, Any] | None = None) -> None:
+    """``rank_updates``: every rank's ledger updates (a data-parallel run), so each resumes its own.
+    ``made_by``: {"code": the cell's code hash and files, "reward_identity": a served reward's identity},
+    written into the pointer; ``resume`` refuses a checkpoint whose ``made_by`` differs."""
     target = folder.file(f"checkpoint-{step}")
     target.mkdir(exist_ok=True)
     generator.save_adapter(target / "adapter.safetensors")  # the generator's own format (diffusers' for SD/SDXL)
@@ -205,14 +212,16 @@ def checkpoint(folder: CellFolder, fingerprint: str, step: int, generator: Any, 
         saved["rank_updates"] = rank_updates
     write_json(target / "ledger.json", saved)
     # the pointer is the commit: written last, atomically
-    write_json(folder.file(CellFolder.CHECKPOINT), {"step": step, "folder": target.name, "fingerprint": fingerprint})
+    write_json(folder.file(CellFolder.CHECKPOINT), {"step": step, "folder": target.name, "fingerprint": fingerprint,
+                                                    **(made_by or {})})
     for old in folder.path.glob("checkpoint-*"):
         if old.name != target.name:
             shutil.rmtree(old, ignore_errors=True)
 
 
 def resume(folder: CellFolder, fingerprint: str, generator: Any, optimizer: Any, scaler: Any, method: Method,
-           ledger: Ledger, console: Console | None = None, *, rank: int = 0, world_size: int = 1) -> tuple[int, int | None]:
+           ledger: Ledger, console: Console | None = None, *, rank: int = 0, world_size: int = 1,
+           made_by: dict[str, Any] | None = None) -> tuple[int, int | None]:
     """Load the newest checkpoint (every rank of a data-parallel run reads it; any world size: the
     state is the same on every rank). Each rank's ledger restores its own updates when the checkpoint
     came from as many processes; otherwise rank 0 restores the old rank 0's and the others none."""
@@ -229,6 +238,8 @@ def resume(folder: CellFolder, fingerprint: str, generator: Any, optimizer: Any,
             f"cell folder {folder.path} holds a checkpoint from other settings. Use another --output, "
             "or delete that folder to start the cell over."
         )
+    if made_by is not None:
+        refuse_other_makers(folder, info, made_by)
     target = folder.file(info["folder"])
     try:
         generator.load_adapter(target / "adapter.safetensors")
@@ -248,6 +259,34 @@ def resume(folder: CellFolder, fingerprint: str, generator: Any, optimizer: Any,
     if console is not None:
         console.print(f"[yellow]resuming {folder.path.name} from step {info['step']}[/]")
     return int(info["step"]), int(info["step"])
+
+
+def refuse_other_makers(folder: CellFolder, info: dict[str, Any], made_by: dict[str, Any]) -> None:
+    """A checkpoint resumes only with the code and the served reward that made it: else one paragraph."""
+    recorded_code = info.get("code") if isinstance(info.get("code"), dict) else {}
+    if recorded_code.get("hash") != made_by["code"]["hash"]:
+        old = recorded_code.get("files") or {}
+        changed = sorted(k for k in set(old) | set(made_by["code"]["files"]) if old.get(k) != made_by["code"]["files"].get(k))
+        raise UserError(
+            f"cell folder {folder.path} holds a checkpoint (step {info.get('step')}) made by other code "
+            f"(code hash {recorded_code.get('hash') or 'not recorded'}, now {made_by['code']['hash']}; changed: "
+            f"{', '.join(changed[:8]) if old else 'not recorded'}); it was not resumed. Rerun with --rerun-stale to "
+            "train the cell over with this code, or delete that folder."
+        )
+    recorded, current = info.get("reward_identity"), made_by.get("reward_identity")
+    if (recorded or {}).get("fingerprint") != (current or {}).get("fingerprint"):
+        def what(identity: dict[str, Any] | None) -> str:
+            if not identity:
+                return "a reward that is not served"
+            return (f"the reward served at {identity.get('url')} as {identity.get('name')!r} config="
+                    f"{json.dumps(identity.get('config'), sort_keys=True)} weights={(identity.get('weights') or {}).get('checksum')}")
+
+        raise UserError(
+            f"cell folder {folder.path} holds a checkpoint (step {info.get('step')}) trained against {what(recorded)}, "
+            f"but this run's training reward is {what(current)}; it was not resumed, as that would mix two rewards in "
+            "one cell. Serve the original reward (same name, config and weights) and rerun, or delete that folder "
+            "to train the cell from the start against this one."
+        )
 
 
 def drop_checkpoints(folder: CellFolder) -> None:

@@ -82,14 +82,14 @@ def tuning_suite(suite: Suite) -> tuple[Suite, dict[str, list[tuple[str, dict[st
 
 
 def tune_suite(suite: Suite, output: Path, *, quiet: bool = False, console: Console | None = None,
-               allow_reference: bool = False) -> dict[str, Path]:
+               allow_reference: bool = False, stale: str = "stop") -> dict[str, Path]:
     """Train and score every grid point, choose per method, write the records; {method id: record}."""
     from drpo_bench.runner import run_suite
 
     console = console or Console(stderr=True)
     tsuite, plan = tuning_suite(suite)
     cells_dir = output / TUNING_DIR / CELLS_DIR
-    summary = run_suite(tsuite, cells_dir, allow_reference=allow_reference, quiet=quiet, console=console)
+    summary = run_suite(tsuite, cells_dir, allow_reference=allow_reference, quiet=quiet, console=console, stale=stale)
     if summary.failures:
         raise UserError(f"{len(summary.failures)} tuning cell(s) failed ("
                         + "; ".join(f"{k}: {v}" for k, v in list(summary.failures.items())[:3])
@@ -175,7 +175,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else suite.output_dir
     console = Console(stderr=True)
     console.print(f"[bold]drpo-bench tune[/] {args.suite} → {output / TUNING_DIR}")
-    written = tune_suite(suite, output, quiet=args.quiet, console=console, allow_reference=args.update_reference)
+    from drpo_bench.cli import _stale_policy
+
+    written = tune_suite(suite, output, quiet=args.quiet, console=console, allow_reference=args.update_reference,
+                         stale=_stale_policy(args))
     for method_id, path in written.items():
         record = json.loads(path.read_text())
         console.print(f"{method_id}: chose {label(record['chosen'])} ({path})")
@@ -193,4 +196,7 @@ def add_tune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", help="results folder (default runs/<suite>); records go to OUTPUT/tuning/<method-id>.json")
     p.add_argument("--update-reference", action="store_true", help="allow writing into the committed results/ folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from drpo_bench.cli import add_stale_arguments
+
+    add_stale_arguments(p)
     p.set_defaults(func=cmd_tune)

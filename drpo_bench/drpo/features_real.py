@@ -26,7 +26,7 @@ from torch import nn
 
 from drpo_bench.drpo.features_base import FeatureEncoder
 from drpo_bench.errors import UserError
-from drpo_bench.registry import FEATURES, StrictConfig
+from drpo_bench.registry import FEATURES, Seed, StrictConfig
 from drpo_bench.weights import resolve_file, resolve_folder
 
 
@@ -259,7 +259,7 @@ class ViTMAEFeatures(FeatureEncoder):
         )
         mask_ratio: float = Field(0.0, ge=0.0, lt=1.0)  # 0 = deterministic, every patch; public SDXL code: 0.75
         mask: Literal["fresh", "fixed"] = "fresh"  # with mask_ratio > 0: public code draws a new mask each forward
-        mask_seed: int = 0  # the "fixed" mask's seed
+        mask_seed: Seed = 0  # the "fixed" mask's seed
 
     def __init__(self, config: Config | None = None) -> None:
         from transformers import ViTMAEModel
@@ -357,7 +357,7 @@ class UNetTeacherFeatures(FeatureEncoder):
         timestep: int = 100  # public code: features read at t = 100
         noise: float = 0.1  # public code adds 0.1 * N(0, I) to the latents before the UNet
         noise_mode: Literal["fixed", "fresh"] = "fixed"  # fixed: same latents, same features; public code: fresh per call
-        noise_seed: int = 0  # the "fixed" noise's seed
+        noise_seed: Seed = 0  # the "fixed" noise's seed
         pool: int = 4  # average-pool kernel = stride; maps smaller than this pool to 1x1
         layout: Literal["vector", "locations"] = "vector"  # public: one flattened vector per sample
         prompt: str = ""  # conditioning when the caller passes none (the diversity metric)

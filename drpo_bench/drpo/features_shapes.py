@@ -43,6 +43,11 @@ class ShapesMultiscaleFeatures(FeatureEncoder):
         # that position and counting prompts are about (off = the paper's pooling only)
         layout: bool = True
 
+    @classmethod
+    def weight_files(cls, config: Config) -> list[Path]:
+        """The file this config loads (part of a cell's code hash, drpo_bench.code_hash)."""
+        return [Path(config.weights).expanduser() if config.weights else SHIPPED_ENCODER]
+
     def __init__(self, config: Config | None = None, generator: Any = None) -> None:
         from drpo_bench.shapes.encoder_model import load_encoder
 
@@ -50,7 +55,7 @@ class ShapesMultiscaleFeatures(FeatureEncoder):
         bad = [s for s in self.config.stages if s not in (1, 2, 3)]
         if bad or not self.config.stages:
             raise UserError(f"shapes-multiscale: stages must be a non-empty subset of (1, 2, 3), got {self.config.stages}")
-        path = Path(self.config.weights).expanduser() if self.config.weights else SHIPPED_ENCODER
+        path = self.weight_files(self.config)[0]
         if not path.is_file():
             raise MissingWeightsError(
                 f"shapes-multiscale: no encoder weights at {path}. Rebuild them with "

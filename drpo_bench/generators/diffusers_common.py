@@ -40,7 +40,7 @@ import torch
 
 from drpo_bench.errors import MissingWeightsError, UserError
 from drpo_bench.generators.base import Conditioning, Generator, read_adapter, resolve_adapter_file
-from drpo_bench.registry import StrictConfig
+from drpo_bench.registry import Seed, StrictConfig
 from drpo_bench.weights import resolve_folder
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -58,7 +58,7 @@ class OneStepConfig(StrictConfig):
     lora_rank: int = 16  # DrPO public code: r 16 on the UNet attention projections
     lora_alpha: int = 16  # DrPO public code: α 16 (LoRA scale α/r = 1)
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # DrPO public code's target modules
-    lora_seed: int = 0  # LoRA A matrices start random: a fixed seed keeps cells comparable
+    lora_seed: Seed = 0  # LoRA A matrices start random: a fixed seed keeps cells comparable
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"  # frozen weights' dtype; LoRA weights always stay fp32
     gradient_checkpointing: bool = False  # trade compute for memory in UNet and VAE decoder backward
     vae_slicing: bool = True  # decode one image at a time: VAE activations dominate peak memory at 512 px

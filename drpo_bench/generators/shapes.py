@@ -22,7 +22,7 @@ from pydantic import Field
 
 from drpo_bench.errors import MissingWeightsError, UserError
 from drpo_bench.generators.base import Conditioning, Generator
-from drpo_bench.registry import GENERATORS, StrictConfig
+from drpo_bench.registry import GENERATORS, Seed, StrictConfig
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "shapes_generator.safetensors"
 
@@ -44,8 +44,13 @@ class ShapesGenerator(Generator):
         # attention q/k/v/out and feed-forward (the paper's targets) plus FiLM, which carries the
         # prompt into every ResBlock: attention-only would leave the convolutional half untouched
         lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out", "ff_in", "ff_out", "film")
-        lora_seed: int = 0  # LoRA A matrices start random: a fixed seed keeps cells comparable
+        lora_seed: Seed = 0  # LoRA A matrices start random: a fixed seed keeps cells comparable
         device: str = "auto"  # "auto" = cuda if available, else cpu
+
+    @classmethod
+    def weight_files(cls, config: Config) -> list[Path]:
+        """The file this config loads (part of a cell's code hash, drpo_bench.code_hash)."""
+        return [Path(config.weights).expanduser() if config.weights else SHIPPED_WEIGHTS]
 
     def __init__(self, config: Config | None = None) -> None:
         from peft import LoraConfig, get_peft_model
@@ -54,7 +59,7 @@ class ShapesGenerator(Generator):
 
         self.config = config or self.Config()
         self._device = resolve_device(self.config.device)
-        path = Path(self.config.weights).expanduser() if self.config.weights else SHIPPED_WEIGHTS
+        path = self.weight_files(self.config)[0]
         if not path.is_file():
             raise MissingWeightsError(
                 f"shapes generator: no weights file at {path}. Rebuild it with "

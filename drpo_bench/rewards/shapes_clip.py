@@ -60,9 +60,14 @@ class ShapesCLIPReward(Reward):
         "formula": "logit_scale * cos(image_embeds, text_embeds) (tiny CLIP trained on rendered shapes pairs)",
     }
 
+    @classmethod
+    def weight_files(cls, config: ShapesCLIPConfig) -> list[Path]:
+        """The file this config loads (part of a cell's code hash, drpo_bench.code_hash)."""
+        return [Path(config.weights) if config.weights else default_weights(config.size)]
+
     def __init__(self, config: ShapesCLIPConfig | None = None) -> None:
         self.config = config = config or ShapesCLIPConfig()
-        path = Path(config.weights) if config.weights else default_weights(config.size)
+        path = self.weight_files(config)[0]
         if not path.is_file():
             raise MissingWeightsError(
                 f"shapes-clip weights not found at {path}. Train them with: python -m drpo_bench.shapes.train_reward "
