@@ -30,6 +30,7 @@ from drpo_bench.rewards.shapes_checker import ShapesChecker
 from drpo_bench.rewards.remote import RemoteReward, decode_png, encode_png, quantize
 from drpo_bench.serve import add_serve_reward_parser, make_server, run_serve_reward, weights_checksum
 
+REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["a photo of a red cat", "two dogs", "a blue bench", "a green car", "three apples"]
 
 
@@ -400,3 +401,49 @@ def test_a_served_training_reward_is_recorded_and_its_token_is_not(tmp_path, mon
     assert cell["train_reward_identity"]["name"] == "jpeg" and cell["train_reward_identity"]["fingerprint"]
     everything = "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".md"))
     assert "s3cret-token" not in everything and "<redacted>" in everything
+
+
+def test_a_checkpoint_is_not_resumed_against_another_served_reward(tmp_path):
+    """A cell trained against a served reward is interrupted (its server fails after the first
+    checkpoint); rerun against a server serving another reward on the same address, the cell is
+    refused, not resumed; rerun against the original reward, it resumes."""
+    from drpo_bench.toy import ToyRedness, ToyRednessBlackBox
+
+    out = tmp_path / "out"
+    pointer = out / "toy--raft--served--s0" / "checkpoint.json"
+
+    class FailsAfterCheckpoint(ToyRedness):  # the server "goes down" once the cell has checkpointed
+        def score(self, images, prompts):
+            if pointer.exists():
+                raise RuntimeError("server going down")
+            return super().score(images, prompts)
+
+    def run_toy(url: str) -> subprocess.CompletedProcess:
+        served = f"rewards.served={{name: remote, args: {{url: '{url}', retries: 1, backoff: 0.01}}}}"
+        return subprocess.run(
+            [sys.executable, "-m", "drpo_bench", "run", "suites/toy/harness.yaml", served, "seeds=[0]",
+             "methods=[{id: raft, method: raft, reward: served}]", "eval.metrics=[redness]", "budget.steps=6",
+             "--output", str(out), "--quiet"],
+            cwd=REPO, capture_output=True, text=True, timeout=600)
+
+    with in_process(FailsAfterCheckpoint(ToyRedness.Config()), "toy-redness") as (url, server):
+        port = server.server_port
+        first = run_toy(url)
+    assert first.returncode != 0 and pointer.exists(), first.stderr
+    step = json.loads(pointer.read_text())["step"]
+    log = (pointer.parent / "train.jsonl").read_text()
+    assert json.loads(pointer.read_text())["reward_identity"]["name"] == "toy-redness"
+
+    with in_process(ToyRednessBlackBox(ToyRednessBlackBox.Config()), "toy-redness-blackbox", port=port) as (url, _):
+        swapped = run_toy(url)
+    message = " ".join(swapped.stderr.split())
+    assert swapped.returncode == 2, swapped.stderr
+    assert "not resumed" in message and "'toy-redness'" in message and "'toy-redness-blackbox'" in message
+    assert "Traceback" not in swapped.stderr
+    assert not (pointer.parent / "cell.json").exists() and json.loads(pointer.read_text())["step"] == step
+    assert (pointer.parent / "train.jsonl").read_text() == log, "no update ran against the other reward"
+
+    with in_process(ToyRedness(ToyRedness.Config()), "toy-redness", port=port) as (url, _):
+        resumed = run_toy(url)
+    assert resumed.returncode == 0 and "1 resumed" in resumed.stderr, resumed.stderr
+    assert json.loads((pointer.parent / "cell.json").read_text())["resumed_from_step"] == step
