@@ -2,6 +2,7 @@
 rerun stops and names it; --rerun-stale retrains exactly those, --keep-stale keeps them marked),
 an edit elsewhere stales nothing. Each test edits a COPY of the checkout and runs the CLI there."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -176,3 +177,54 @@ def test_code_text_ignores_comments_and_blank_lines_only():
     assert code_text(a) != code_text(a.replace(b"x = 1", b"x = 2"))
     assert code_text(a) != code_text(a.replace(b"doc\n\n    more", b"doc\n    more"))  # inside a string: a value
     assert code_text(b"s = '# not a comment'\n") != code_text(b"s = ''\n")
+
+
+def git(root: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def test_references_come_from_a_clean_tree_and_report_honours_the_guard(store):
+    (store / ".gitignore").write_text("out/\n__pycache__/\n")
+    git(store, "init", "-q")
+    git(store, "add", "-A")
+    git(store, "commit", "-qm", "copy")
+    out_report = (store / "out" / "report.md").read_bytes()
+
+    refused = cli(store, "report", "out", "--output", "results/rep")  # report writes results/ only on purpose
+    assert refused.returncode == 2 and "reference results" in refused.stderr, refused.stderr
+    assert not (store / "results").exists()
+    elsewhere = cli(store, "report", "out", "--output", "elsewhere", "--formats", "md")
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert (store / "elsewhere" / "report.md").exists() and (store / "out" / "report.md").read_bytes() == out_report
+
+    clean = cli(store, "report", "out", "--output", "results/rep", "--update-reference", "--formats", "md")
+    assert clean.returncode == 0, clean.stderr
+    git(store, "add", "-A")
+    git(store, "commit", "-qm", "reference")
+    (store / "results" / "rep" / "report.md").write_text("edited\n")  # results are not code: still clean
+    assert cli(store, "report", "out", "--output", "results/rep", "--update-reference", "--formats", "md").returncode == 0
+
+    # a reference made from the clean tree names its commit, and that commit's code has its hash
+    base_only = [*FAST, "methods=[{id: base, method: base}]"]
+    made = cli(store, "run", SUITE, *base_only, "--output", "results/toy", "--update-reference", "--quiet")
+    assert made.returncode == 0, made.stderr
+    code = json.loads((store / "results" / "toy" / "toy--base--none--s0" / "cell.json").read_text())["code"]
+    head = git(store, "rev-parse", "HEAD").strip()
+    assert code["commit"] == head and code["dirty"] is False and code["uncommitted"] == []
+    for path, digest in code["files"].items():
+        committed = subprocess.run(["git", "-C", str(store), "show", f"{head}:{path}"], capture_output=True).stdout
+        text = code_text(committed) if path.endswith(".py") else committed
+        assert hashlib.sha256(text).hexdigest()[:16] == digest, path
+    assert "drpo_bench/training.py" not in code["files"], "a cell that does not train does not run the loop"
+    shutil.rmtree(store / "results" / "toy")
+
+    edit(store / "baselines" / "raft.py", "loss = (latents", "loss = 3 * (latents")
+    dirty = cli(store, "run", SUITE, *FAST, "--output", "results/toy", "--update-reference", "--quiet")
+    assert dirty.returncode == 2 and "baselines/raft.py" in dirty.stderr, dirty.stderr  # `run` has the same guard
+    assert not (store / "results" / "toy").exists()
+    git(store, "checkout", "--", "baselines/raft.py")
+    (store / "baselines" / "extra.py").write_text("X = 1\n")  # untracked code
+    untracked = cli(store, "report", "out", "--output", "results/rep", "--update-reference", "--formats", "md")
+    assert untracked.returncode == 2 and "baselines/extra.py" in untracked.stderr, untracked.stderr

@@ -80,10 +80,18 @@ def test_rerun_with_other_settings_is_refused(toy_run):
         run_suite(changed, out, quiet=True)
 
 
-def test_committed_results_are_protected():
+def test_committed_results_are_protected(monkeypatch):
+    from drpo_bench import code_hash
+
     with pytest.raises(UserError, match="reference results"):
         check_output_dir(REPO / "results" / "quickstart", allow_reference=False)
+    monkeypatch.setattr(code_hash, "git_state", lambda: code_hash.GitState("c" * 40, frozenset(), ()))
     check_output_dir(REPO / "results" / "quickstart", allow_reference=True)
+    dirty = code_hash.GitState("c" * 40, frozenset({"baselines/raft.py"}), ("baselines/raft.py",))
+    monkeypatch.setattr(code_hash, "git_state", lambda: dirty)
+    with pytest.raises(UserError, match="uncommitted changes.*baselines/raft.py"):
+        check_output_dir(REPO / "results" / "quickstart", allow_reference=True)
+    check_output_dir(REPO / "runs" / "quickstart", allow_reference=False)  # elsewhere: no git needed
 
 
 def _run_cli(out, *extra):
