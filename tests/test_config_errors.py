@@ -89,3 +89,35 @@ def test_no_traceback_from_the_real_console_script(tmp_path):
     )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "unknown method 'dpro'" in proc.stderr
+
+
+@pytest.mark.parametrize("override, where", [
+    ("seeds=[1000000000000000000000000000000]", "seeds[0]"),  # torch.manual_seed: "Overflow when unpacking long"
+    ("seeds=[-1]", "seeds[0]"),  # numpy's default_rng refuses a negative seed
+    ("eval.seed=18446744073709551616", "eval.seed"),
+    ("generators=[{name: toy, args: {init_seed: 100000000000000000000000}}]", "init_seed"),
+    ("train.betas=[0.9,1.0]", "train.betas"),  # AdamW: "Invalid beta parameter at index 1"
+    ("train.lr=.inf", "train.lr"),  # an infinite learning rate passes "> 0" and fails in training
+    ("execution.threads_per_cell=100000000000", "threads_per_cell"),  # torch.set_num_threads takes a C int
+])
+def test_validate_bounds_what_a_library_would_reject_later(override, where, capsys):
+    code = main(["validate", str(Path(__file__).parents[1] / "suites/toy/harness.yaml"), override])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and where in err, err
+
+
+def test_the_largest_valid_seeds_are_accepted_by_torch_and_numpy():
+    """The bounds are the libraries': the largest seed validate lets through works in a cell."""
+    import numpy as np
+    import torch
+
+    from drpo_bench.cell_runner import seed_everything
+    from drpo_bench.config import load_suite
+
+    top = 2**63 - 1
+    suite = load_suite(Path(__file__).parents[1] / "suites/toy/harness.yaml", [f"seeds=[0,{top}]", f"eval.seed={top}"])
+    seed_everything(max(suite.seeds))
+    torch.Generator().manual_seed(suite.eval.seed + max(suite.seeds))  # evaluation's noise seed
+    np.random.default_rng(top)
+    with pytest.raises((RuntimeError, ValueError)):
+        torch.manual_seed(2**64)  # what validate now refuses
