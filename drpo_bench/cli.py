@@ -48,6 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from drpo_bench.executors import execution_overrides
     from drpo_bench.report import build_report
     from drpo_bench.report.build import summary_rows
+    from drpo_bench.code_hash import stale_policy
     from drpo_bench.runner import run_suite
 
     suite = load_suite(args.suite, [*_overrides(args), *execution_overrides(args)])
@@ -57,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else suite.output_dir
     console.print(f"[bold]drpo-bench run[/] {args.suite} → {output}")
     summary = run_suite(suite, output, allow_reference=args.update_reference, quiet=args.quiet, shard=shard,
-                        console=console, wait=args.wait, stale=_stale_policy(args))
+                        console=console, wait=args.wait, stale=stale_policy(args))
     if summary.rank:  # a data-parallel launch's process > 0: rank 0 reports
         return 1 if summary.failures else 0
     counts = {s: list(summary.statuses.values()).count(s) for s in ("done", "resumed", "skipped", "failed")}
@@ -82,20 +83,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"[red]{len(summary.failures)} cell(s) failed[/]: " + "; ".join(f"{k}: {v}" for k, v in summary.failures.items()))
         return 1
     return 0
-
-
-def _stale_policy(args: argparse.Namespace) -> str:
-    """--rerun-stale / --keep-stale (run, tune): what to do with cells made by other code (runner.check_stale)."""
-    if getattr(args, "rerun_stale", False) and getattr(args, "keep_stale", False):
-        raise UserError("--rerun-stale retrains the cells made by other code and --keep-stale keeps them: pass one")
-    return "rerun" if getattr(args, "rerun_stale", False) else "keep" if getattr(args, "keep_stale", False) else "stop"
-
-
-def add_stale_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rerun-stale", action="store_true",
-                        help="retrain the cells made by other code than this checkout's (the others are kept)")
-    parser.add_argument("--keep-stale", action="store_true",
-                        help="keep the cells made by other code; the report marks them (default: stop and name them)")
 
 
 def _quiet_library_progress_bars() -> None:
@@ -213,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", help="run only cells i, i+n, i+2n, ... (i/n), for several processes or jobs")
     run.add_argument("--update-reference", action="store_true",
                      help="allow writing into the committed results/ folder (from a clean checkout only)")
-    add_stale_arguments(run)
+    from drpo_bench.code_hash import add_stale_arguments
+
+    add_stale_arguments(run)  # --rerun-stale, --keep-stale
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                      help="wait at least this long for another run's check-in on the same --output (default 60 s)")

@@ -21,12 +21,13 @@ from "other code" (stale). What a cell's code is:
   ``drpo_bench/assets/*.safetensors``, or the file the config points at), hashed by content.
 
 A source file is hashed with its comments, blank lines and trailing spaces left out (found with
-``tokenize``, the same in every Python version): a comment or reflow does not stale a store,
+``tokenize``, the same in every Python version): a comment or blank line does not stale a store,
 every other edit does (docstrings included: they are values at run time).
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import functools
 import hashlib
@@ -37,10 +38,7 @@ import subprocess
 import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from drpo_bench.planning import Cell
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: the project's own top-level packages (the checkout's code)
@@ -92,7 +90,7 @@ def changed_files(recorded: dict[str, Any] | None, current: CodeRecord) -> list[
 # ---- a cell's code -------------------------------------------------------------------------------
 
 
-def cell_code(cell: Cell) -> CodeRecord:
+def cell_code(cell: Any) -> CodeRecord:
     """The code hash of ``cell`` as it is on disk now (closures and digests cached: ~0.1 ms a cell)."""
     roots, tops, weights = _cell_roots(cell)
     stop = () if cell.trains else (TRAINING,)
@@ -113,7 +111,7 @@ def covered_files(roots: frozenset[str], tops: frozenset[str], stop: frozenset[s
     return tuple(sorted((label(p), p) for p in paths if p is not None))
 
 
-def _cell_roots(cell: Cell) -> tuple[set[str], set[str], list[str]]:
+def _cell_roots(cell: Any) -> tuple[set[str], set[str], list[str]]:
     from drpo_bench.registry import GENERATORS, METHODS, METRICS, PROMPTS, REWARDS
 
     roots, tops, weights = set(EVERY_CELL), set(PROJECT_PACKAGES), []  # weights: str paths
@@ -365,3 +363,22 @@ def refresh() -> None:
     """Forget cached git state and closures (a long-lived process that edits code between runs)."""
     for cached in (git_state, closure, covered_files, module_file, label, _imports_of, _top_location):
         cached.cache_clear()
+
+
+# ---- command line (run, tune) --------------------------------------------------------------------
+
+
+def add_stale_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rerun-stale", action="store_true",
+                        help="retrain the cells made by other code than this checkout's (the others are kept)")
+    parser.add_argument("--keep-stale", action="store_true",
+                        help="keep the cells made by other code; the report marks them (default: stop and name them)")
+
+
+def stale_policy(args: argparse.Namespace) -> str:
+    """--rerun-stale / --keep-stale -> what a run does with cells made by other code (runner.check_stale)."""
+    from drpo_bench.errors import UserError
+
+    if getattr(args, "rerun_stale", False) and getattr(args, "keep_stale", False):
+        raise UserError("--rerun-stale retrains the cells made by other code and --keep-stale keeps them: pass one")
+    return "rerun" if getattr(args, "rerun_stale", False) else "keep" if getattr(args, "keep_stale", False) else "stop"

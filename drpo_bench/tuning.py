@@ -175,10 +175,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else suite.output_dir
     console = Console(stderr=True)
     console.print(f"[bold]drpo-bench tune[/] {args.suite} → {output / TUNING_DIR}")
-    from drpo_bench.cli import _stale_policy
+    from drpo_bench.code_hash import stale_policy
 
     written = tune_suite(suite, output, quiet=args.quiet, console=console, allow_reference=args.update_reference,
-                         stale=_stale_policy(args))
+                         stale=stale_policy(args))
     for method_id, path in written.items():
         record = json.loads(path.read_text())
         console.print(f"{method_id}: chose {label(record['chosen'])} ({path})")
@@ -196,7 +196,7 @@ def add_tune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", help="results folder (default runs/<suite>); records go to OUTPUT/tuning/<method-id>.json")
     p.add_argument("--update-reference", action="store_true", help="allow writing into the committed results/ folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    from drpo_bench.cli import add_stale_arguments
+    from drpo_bench.code_hash import add_stale_arguments
 
     add_stale_arguments(p)
     p.set_defaults(func=cmd_tune)

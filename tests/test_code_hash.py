@@ -86,6 +86,8 @@ def test_editing_raft_stops_the_rerun_then_rerun_stale_retrains_raft_only(store)
     assert "--rerun-stale" in message and "--keep-stale" in message and "Nothing was trained" in message
     assert not any(cells_of(message, m) for m in ("drpo", "draft", "base", "drpo-bb")), message
     assert snapshot(store / "out") == before, "a stopped run changes nothing"
+    pooled = run(store, "--shard", "1/2", "--jobs", "2")  # the shard holding raft, in a local pool: same rule
+    assert pooled.returncode == 2 and "baselines/raft.py" in " ".join(pooled.stderr.split()), pooled.stderr
 
     rerun = run(store, "--rerun-stale")
     assert rerun.returncode == 0, rerun.stderr

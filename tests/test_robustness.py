@@ -181,9 +181,10 @@ def test_a_corrupt_checkpoint_is_reported_with_the_way_out(tmp_path, capsys):
     (cell / "cell.json").unlink()  # as if killed after the checkpoint at step 2
     (cell / "checkpoint-2").mkdir()
     (cell / "checkpoint-2" / "adapter.safetensors").write_bytes(b"\x00" * 10)
-    (cell / "checkpoint.json").write_text(json.dumps({"step": 2, "folder": "checkpoint-2",
-                                                       "fingerprint": load_suite(TOY, overrides).methods and
-                                                       __import__("drpo_bench.planning").planning.plan_cells(load_suite(TOY, overrides))[0].fingerprint}))
+    planned = __import__("drpo_bench.planning").planning.plan_cells(load_suite(TOY, overrides))[0]
+    (cell / "checkpoint.json").write_text(json.dumps({"step": 2, "folder": "checkpoint-2",  # made by this code
+                                                       "fingerprint": planned.fingerprint,
+                                                       "code": {"hash": planned.code.hash, "files": planned.code.files}}))
     assert main(["run", str(TOY), "--output", str(out), "--quiet", *overrides]) == 1
     err = capsys.readouterr().err.replace("\n", "")
     assert "checkpoint-2" in err and "corrupt" in err and "Traceback" not in err
