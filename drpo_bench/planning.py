@@ -75,6 +75,8 @@ class Cell:
             "budget": self.budget.model_dump() if self.trains else None,
             "train": self.train.model_dump(exclude=BOOKKEEPING) if self.trains else None,
             "eval": redact(self.eval.model_dump()),
+            # a reward alias named as an eval metric is scored by that alias's spec (its size, views, ...)
+            "eval_rewards": {alias: redact(spec.model_dump()) for alias, spec in sorted(self.eval_rewards.items())},
             "metric_conventions": METRIC_CONVENTIONS,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -171,7 +171,6 @@ def report_due(output: Path, planned: list[Cell]) -> bool:
 # ---- cells made by other code ----------------------------------------------------------------
 
 
-
 @dataclass(frozen=True)
 class StaleCell:
     cell: Cell
@@ -182,7 +181,8 @@ class StaleCell:
 
 def find_stale(output: Path, cells: list[Cell]) -> list[StaleCell]:
     """Cells in ``output`` (finished, or interrupted with a checkpoint) made by other code than this
-    checkout's: their recorded code hash (cell.json ``code``, checkpoint.json ``code_hash``) differs."""
+    checkout's: their recorded code hash (``code.hash`` in cell.json or checkpoint.json) differs, or
+    none was recorded."""
     from drpo_bench.code_hash import changed_files
 
     found = []

@@ -183,3 +183,10 @@ def test_a_relative_output_folder_holds_the_cells_directly(tmp_path, monkeypatch
     assert not summary.failures
     assert (tmp_path / "runs" / "rel" / "toy--base--none--s0" / "cell.json").is_file()
     assert not (tmp_path / "runs" / "rel" / "runs").exists()
+
+
+def test_an_eval_rewards_settings_are_in_the_fingerprint():
+    """A base cell scored by a reward alias: that alias's args change its numbers, so its fingerprint."""
+    quick = REPO / "suites" / "quickstart.yaml"
+    small, large = (plan_cells(load_suite(quick, extra))[0] for extra in ([], ["rewards.clip.args.size=large"]))
+    assert small.id == large.id == "shapes--base--none--s0" and small.fingerprint != large.fingerprint
