@@ -171,10 +171,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from drpo_bench.report import build_report
 
-    written = build_report(args.results, args.formats)
+    written = build_report(args.results, args.formats, output=args.output)
     for path in written.values():
         print(path)
-    return 0
+    for fmt, why in written.missing.items():  # one line each; the other formats are written
+        _console().print(Text.assemble((f"{fmt} not written: ", "bold red"), why), highlight=False, soft_wrap=True)
+    return 1 if written.missing else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
                      help=f"comma-separated subset of {','.join(REPORT_FORMATS)} (default: %(default)s; pdf runs "
                           "pdflatex, csv/json write tables/)")
+    rep.add_argument("--output", metavar="DIR", help="write the report here (default: into the results folder)")
     rep.set_defaults(func=cmd_report)
 
     from drpo_bench.sampling import add_sample_parser

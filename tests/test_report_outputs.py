@@ -1,7 +1,8 @@
 """Paper-ready outputs of a toy run: LaTeX that pdflatex compiles without overfull boxes, a
 self-contained HTML page that fits a 1280-px window, figures, win rates, CSV/JSON tables.
 
-The LaTeX and browser checks skip (with the reason) where pdflatex or chromium is missing.
+The LaTeX check skips (with the reason) where pdflatex or one of the LaTeX packages the report uses
+(latex.PACKAGES, found with kpsewhich) is missing; the browser check where chromium is.
 """
 
 import base64
@@ -16,13 +17,13 @@ import pytest
 from drpo_bench.cli import main
 from drpo_bench.config import load_suite
 from drpo_bench.report import build_report
-from drpo_bench.report.latex import log_problems
+from drpo_bench.report.latex import log_problems, missing_tex
 from drpo_bench.runner import run_suite
 
 TOY = Path(__file__).resolve().parents[1] / "suites" / "toy" / "harness.yaml"
 ODD_NAME = "dräft “β” 50% & a_b ± #1"  # a user-given method id with LaTeX specials and non-ASCII
 ODD_PROMPT = "un chat sur la lune, café ☕ 猫 <b>x</b> $5"
-NO_PDFLATEX = shutil.which("pdflatex") is None
+NO_PDF = missing_tex()  # pdflatex and exactly the LaTeX packages the report uses (kpsewhich), or why not
 BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 
 
@@ -58,7 +59,7 @@ def test_tex_is_ascii_standalone_with_labels(folder):
     assert r"dr\"{a}ft" not in tex and "dra" in tex and r"50\%" in tex
 
 
-@pytest.mark.skipif(NO_PDFLATEX, reason="pdflatex not installed (apt-get install texlive-latex-recommended texlive-latex-extra)")
+@pytest.mark.skipif(NO_PDF is not None, reason=f"no PDF here: {NO_PDF}")
 def test_pdflatex_compiles_the_report_with_no_overfull_box(folder, capsys):
     assert main(["report", str(folder), "--formats", "pdf"]) == 0
     assert (folder / "report.pdf").read_bytes()[:5] == b"%PDF-"
