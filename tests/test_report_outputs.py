@@ -107,9 +107,12 @@ def test_figures_one_scale_per_axis(folder):
     names = {p.stem for p in (folder / "figures").glob("*.png")}
     assert {"train-reward-redness", "train-reward-redness-bb"} <= names, "one training-reward figure per reward"
     assert {"redness-vs-compute", "diversity-vs-compute", "pareto-redness", "pareto-diversity"} <= names
-    assert {"samples-seed-0", "samples-seed-1"} <= names
+    assert "samples-seed-0" in names and "samples-seed-1" not in names, "one grid figure, at the lowest seed"
     md = (folder / "report.md").read_text()
-    assert "Pareto front (dashed, circled):" in md
+    captions = re.findall(r"Pareto front \(([^)]*)\): ([^.]*)\.", md)
+    assert captions
+    for caption in captions:  # "dashed" only when a dashed line is drawn (a front of two or more)
+        assert ("dashed" in caption[0]) == ("," in caption[1]), caption
     tex = (folder / "report.tex").read_text()
     caption = re.search(r"\\caption\{Samples at seed 0.*?\}\n", tex, re.S).group(0)
     assert "(1) un chat sur la lune" in caption and "(2) held-out toy prompt 1" in caption, "prompts as captions"
@@ -125,7 +128,8 @@ def test_eval_history_draws_curves(folder, tmp_path):
     build_report(copy, "md")
     md = (copy / "report.md").read_text()
     block = md.split("![redness-vs-compute]")[1].split("###")[0]
-    assert "Curves: evaluations during training" in block
+    assert "Curves (raft (redness)): evaluations during training" in block
+    assert "No evaluation history for" in block and "hollow" in block, "the other rows' end points drawn apart"
     assert "Curves" not in md.split("![diversity-vs-compute]")[1].split("###")[0], "no history for diversity"
 
 

@@ -89,7 +89,7 @@ def split_columns(table: Table, budget: int = WIDTH_CHARS) -> list[list[int]]:
 
 
 def _tabular(table: Table, columns: list[int]) -> list[str]:
-    wrap = [any(len(row[j]) > WRAP_CHARS for row in table.rows) for j in columns]
+    wrap = [any(len(row[j]) > (WRAP_CHARS if table.split else 24) for row in table.rows) for j in columns]
     spec = "".join(r">{\raggedright\arraybackslash}X" if w else "l" for w in wrap)
     env = "tabularx" if any(wrap) else "tabular"
     head = [rf"\begin{{tabularx}}{{\linewidth}}{{{spec}}}" if any(wrap) else rf"\begin{{tabular}}{{{spec}}}"]
@@ -106,7 +106,7 @@ def _tabular(table: Table, columns: list[int]) -> list[str]:
 
 def table_to_latex(table: Table) -> str:
     """One ``table`` float; a table wider than the page is split into stacked parts."""
-    parts = split_columns(table)
+    parts = split_columns(table) if table.split else [list(range(len(table.headers)))]
     lines = [r"\begin{table}[htbp]", r"\centering", r"\small",
              rf"\caption{{{tex(table.title)}{' (' + str(len(parts)) + ' parts)' if len(parts) > 1 else ''}}}",
              rf"\label{{tab:{table.slug}}}"]

@@ -112,7 +112,7 @@ def settings_tables(rows: dict[RowKey, list[CellResult]], multi: bool, suite: di
         title = "Settings that differ from each method's defaults" + (f" ({generator})" if multi else "")
         slug = "settings" + (f"-{generator}" if multi else "")
         tables.append(Table(title, ["method", "train reward", "setting", "value", "default", "source"], body,
-                            slug=slug, label_columns=2, raw=raw, note=(
+                            slug=slug, label_columns=2, raw=raw, split=False, note=(
                                 "Every resolved setting of each cell group that differs from the method's defaults: "
                                 "args against the method's config defaults, train and budget against the suite's. "
                                 "'tuned: <record>' marks a setting chosen by that tuning record (its grid and scores "
