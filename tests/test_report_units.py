@@ -213,7 +213,7 @@ def test_run_and_validate_take_overrides_the_same_ways(capsys):
     for argv in (["validate", str(TOY), "seeds=[0]"], ["validate", str(TOY), "--set", "seeds=[0]"],
                  ["validate", "--set", "seeds=[0]", str(TOY)]):
         assert main(argv) == 0, argv
-        assert "5 cells" in capsys.readouterr().err, argv  # 10 cells with both seeds
+        assert "5 cells" in capsys.readouterr().out, argv  # 10 cells with both seeds; ok lines on stdout
     assert main(["validate", str(TOY), "budget.nope=1"]) == 2
     assert main(["validate", str(TOY), "--set", "budget.nope=1"]) == 2
     assert main(["validate", "seeds=[0]"]) == 2

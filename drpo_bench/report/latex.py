@@ -89,14 +89,21 @@ def split_columns(table: Table, budget: int = WIDTH_CHARS) -> list[list[int]]:
 
 
 def _tabular(table: Table, columns: list[int]) -> list[str]:
-    wrap = [any(len(row[j]) > (WRAP_CHARS if table.split else 24) for row in table.rows) for j in columns]
+    wrap = [any(len(row[j]) > (WRAP_CHARS if table.split else 32) for row in table.rows) for j in columns]
     spec = "".join(r">{\raggedright\arraybackslash}X" if w else "l" for w in wrap)
     env = "tabularx" if any(wrap) else "tabular"
     head = [rf"\begin{{tabularx}}{{\linewidth}}{{{spec}}}" if any(wrap) else rf"\begin{{tabular}}{{{spec}}}"]
     lines = head + [r"\toprule", " & ".join(tex(table.headers[j]) for j in columns) + r" \\", r"\midrule"]
-    for i, row in enumerate(table.rows):
-        cells = [rf"\textbf{{{tex(row[j])}}}" if table.bold and table.bold[i][j] else tex(row[j]) for j in columns]
-        lines.append(" & ".join(cells) + r" \\")
+    breakable = {j for j, w in zip(columns, wrap) if w}  # paragraph columns: a long path may break after '/'
+
+    def cell(i: int, j: int) -> str:
+        text = tex(table.rows[i][j])
+        if j in breakable:
+            text = text.replace("/", r"/\allowbreak{}")
+        return rf"\textbf{{{text}}}" if table.bold and table.bold[i][j] else text
+
+    for i in range(len(table.rows)):
+        lines.append(" & ".join(cell(i, j) for j in columns) + r" \\")
     lines += [r"\bottomrule", rf"\end{{{env}}}"]
     if env == "tabular":  # shrink (never enlarge) what the width estimate let through
         lines = ([r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%"] + lines[:-1]
