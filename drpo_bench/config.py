@@ -238,6 +238,17 @@ def shown_path(value: str) -> str:
         return value
 
 
+class PaperValues(_Strict):
+    """A paper's published numbers for a suite's rows, printed by the report beside the measured ones."""
+
+    source: str = Field(min_length=1)  # the paper (authors, title, arXiv id) the numbers come from
+    table: str = Field(min_length=1)  # which table, prompt set and units, e.g. "Table 1, Pick-a-Pic v2 test"
+    # method id -> {eval metric (reward alias) -> published value, in the units the report prints}; ids that
+    # are not rows of a run (a `methods=[...]` override) are left out of its report
+    values: dict[str, dict[str, float]] = Field(min_length=1)
+    note: str = ""  # how the suite's rows map onto the paper's (e.g. which of two DrPO rows it compares)
+
+
 class Suite(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
     description: str = ""
@@ -253,6 +264,7 @@ class Suite(_Strict):
     output: str = ""  # where the run writes; default runs/<name>
     logging: LoggingConfig = Field(default_factory=LoggingConfig)  # live training logs: TensorBoard, W&B, stderr lines
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)  # cells at once, threads, Ray; not in fingerprints
+    paper: PaperValues | None = None  # the paper's published numbers for these rows (report only; not in fingerprints)
 
     @field_validator("seeds")
     @classmethod

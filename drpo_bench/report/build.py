@@ -21,6 +21,7 @@ from drpo_bench.report.results import (
     load_suite_snapshot,
     missing_cells,
 )
+from drpo_bench.report.paper import paper_table
 from drpo_bench.report.scores import win_rate_table
 from drpo_bench.report.settings import settings_tables
 from drpo_bench.report.table import Table, slugify
@@ -366,6 +367,9 @@ def report_tables(folder: Path, results: list[CellResult], rows: dict[tuple[str,
                   multi: bool) -> list[Table]:
     """Every table of the report, in order."""
     tables = [alignment_table(rows, multi)]
+    published = paper_table(rows, load_suite_snapshot(folder), multi)
+    if published is not None:  # the paper's numbers for these rows (a paper suite's `paper:` block)
+        tables.append(published)
     gains = gain_table(rows, multi)
     if gains is not None:
         tables.append(gains)
