@@ -457,7 +457,11 @@ def prepare(method_name: str, setting: Setting, stack: Stack, ledger: Ledger) ->
     method = build_method(method_name, setting)
     ctx = TrainContext(generator=stack.generator, reward=stack.reward, ledger=ledger,
                        candidates_per_prompt=setting.k, noise_rng=torch.Generator())
-    method.check_budget(method.config, setting.k)
+    try:
+        method.check_budget(method.config, setting.k)
+    except ValueError as exc:  # a setting the command line chose: say which flag changes it
+        raise UserError(f"{exc} Here: --K {setting.k}; change the method's settings with --method-arg, e.g. "
+                        f"`--method-arg {method_name}.n_pos=2 --method-arg {method_name}.n_neg=2`, or raise --K.") from None
     method.setup(ctx)
     stack.generator.train(True)
     return Prepared(method, ctx)

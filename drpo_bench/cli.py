@@ -125,11 +125,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     suites = [x for x in args.suites if not _is_override(x)]
     if not suites:
         raise UserError("validate needs at least one suite file, e.g. `drpo-bench validate suites/smoke.yaml`")
-    console = _console()
+    console = Console()  # the result goes to stdout (errors to stderr), so `validate ... > ok.txt` keeps it
     for path in suites:
         suite = load_suite(path, overrides)
         cells = plan_cells(suite)
-        console.print(f"[green]ok[/] {path}: {len(cells)} cells, effective batch {suite.budget.effective}, output {suite.output_dir}")
+        console.print(f"[green]ok[/] {path}: {len(cells)} cells, effective batch {suite.budget.effective}, output {suite.output_dir}",
+                      soft_wrap=True)
     return 0
 
 
@@ -140,12 +141,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.kind == "suites":
         from drpo_bench.config import SuiteLoader
 
-        table.add_column("suite")
-        table.add_column("description")
         from drpo_bench.runner import REPO_ROOT
 
         root = Path("suites") if Path("suites").is_dir() else REPO_ROOT / "suites"
-        for path in sorted(root.rglob("*.yaml")):
+        paths = sorted(root.rglob("*.yaml"))
+        longest = max((len(str(p)) for p in paths), default=10)
+        table.add_column("suite", no_wrap=True, min_width=longest)  # whole paths, so they can be copied
+        table.add_column("description", overflow="fold", min_width=30)
+        console = Console(width=max(Console().width, longest + 40))
+        for path in paths:
             try:
                 raw = SuiteLoader(path).read()
                 table.add_row(str(path), str(raw.get("description", "")).strip().splitlines()[0] if raw.get("description") else "")
@@ -165,7 +169,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
             elif args.kind == "rewards":
                 row.append("yes" if entry.cls.differentiable else "no")
             table.add_row(*row)
-    Console().print(table)
+        console = Console()
+    console.print(table)
     return 0
 
 
@@ -178,7 +183,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     written = build_report(args.results, args.formats, output=output)
     for path in written.values():
         print(path)
-    return 0
+    for fmt, why in written.missing.items():  # one line each; the other formats are written
+        _console().print(Text.assemble((f"{fmt} not written: ", "bold red"), why), highlight=False, soft_wrap=True)
+    return 1 if written.missing else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,7 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_execution_arguments(run)  # --jobs, --threads-per-cell, --executor, --address
     run.set_defaults(func=cmd_run)
 
-    val = sub.add_parser("validate", help="check suites: schema, names, pairings; loads no weights")
+    from drpo_bench.config import schema_text
+
+    val = sub.add_parser("validate", help="check suites: schema, names, pairings; loads no weights",
+                         epilog="suite schema (YAML keys; a component may be a bare name or {name, args, id}):\n"
+                                + schema_text() + "\n\nexamples: suites/*.yaml; reference: docs/architecture.md",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     val.add_argument("suites", nargs="+", metavar="SUITE_OR_OVERRIDE",
                      help="suite YAML files, then optional key=value overrides as with run (e.g. budget.steps=4)")
     val.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="key=value",

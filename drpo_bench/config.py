@@ -244,6 +244,17 @@ def shown_path(value: str) -> str:
         return value
 
 
+class PaperValues(_Strict):
+    """A paper's published numbers for a suite's rows, printed by the report beside the measured ones."""
+
+    source: str = Field(min_length=1)  # the paper (authors, title, arXiv id) the numbers come from
+    table: str = Field(min_length=1)  # which table, prompt set and units, e.g. "Table 1, Pick-a-Pic v2 test"
+    # method id -> {eval metric (reward alias) -> published value, in the units the report prints}; ids that
+    # are not rows of a run (a `methods=[...]` override) are left out of its report
+    values: dict[str, dict[str, float]] = Field(min_length=1)
+    note: str = ""  # how the suite's rows map onto the paper's (e.g. which of two DrPO rows it compares)
+
+
 class Suite(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
     description: str = ""
@@ -259,6 +270,7 @@ class Suite(_Strict):
     output: str = ""  # where the run writes; default runs/<name>
     logging: LoggingConfig = Field(default_factory=LoggingConfig)  # live training logs: TensorBoard, W&B, stderr lines
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)  # cells at once, threads, Ray; not in fingerprints
+    paper: PaperValues | None = None  # the paper's published numbers for these rows (report only; not in fingerprints)
 
     @field_validator("seeds")
     @classmethod
@@ -329,6 +341,20 @@ def _line_index(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, 
     return lines
 
 
+def _keyless_line_before(text: str, line: int) -> int | None:
+    """The 0-based index of the non-blank, non-comment line before ``line`` when it has no ':' and is
+    not a list item or a continued flow collection (a key whose ':' was forgotten), else None."""
+    lines = text.splitlines()
+    for i in range(min(line, len(lines)) - 1, -1, -1):
+        stripped = lines[i].strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if ":" in stripped or stripped.startswith(("-", "[", "{", "]", "}")) or stripped.endswith((",", "[", "{")):
+            return None
+        return i
+    return None
+
+
 def _line_for(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
     loc = tuple(loc)
     while loc:
@@ -375,13 +401,34 @@ class SuiteLoader:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.lines: dict[tuple[Any, ...], int] = {}
+        self.overrides: dict[tuple[Any, ...], str] = {}  # dotted path -> the command-line `key=value` that set it
+
+    def override_for(self, loc: tuple[Any, ...]) -> str | None:
+        """The command-line override that set ``loc`` or a field above it (the longest such path)."""
+        loc = tuple(loc)
+        while loc:
+            if loc in self.overrides:
+                return self.overrides[loc]
+            loc = loc[:-1]
+        return None
+
+    def _where(self, loc: tuple[Any, ...]) -> str:
+        """``the command-line override `k=v``` when one set ``loc``, else ``<file>, line N``."""
+        item = self.override_for(loc)
+        if item is not None:
+            return f"command-line override `{item}` (suite {self.path})"
+        line = _line_for(self.lines, loc)
+        return f"{self.path}" + (f", line {line}" if line else "")
 
     def error(self, loc: tuple[Any, ...], message: str) -> ConfigError:
-        line = _line_for(self.lines, loc)
-        where = f"{self.path}" + (f", line {line}" if line else "")
-        return ConfigError(f"{where}, field `{_format_loc(loc)}`: {message}")
+        return ConfigError(f"{self._where(loc)}, field `{_format_loc(loc)}`: {message}")
 
     def read(self) -> dict[str, Any]:
+        if self.path.is_dir():
+            files = sorted(str(f) for f in self.path.glob("*.yaml"))
+            raise ConfigError(f"{self.path} is a folder, not a suite file; name its suite files"
+                              + (f", e.g. `{files[0]}` (all: `{self.path}/*.yaml`)" if files else "")
+                              + ". List suites with `drpo-bench ls suites`.")
         if not self.path.exists():
             hint = ""
             if self.path.parent.exists():
@@ -395,8 +442,23 @@ class SuiteLoader:
             raw, node = load_yaml(text, str(self.path))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
-            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            context = getattr(exc, "context_mark", None)
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            if mark and context and context.line < mark.line:
+                # PyYAML notices some errors on the next line (a key without its ':'): the mistake is
+                # where the construct began, so that line leads; where it was noticed follows
+                where = f", line {context.line + 1}, column {context.column + 1}"
+                problem = (f"{getattr(exc, 'context', None) or 'here'}: {problem} (noticed at line {mark.line + 1}, "
+                           f"column {mark.column + 1})")
+            elif mark and problem.startswith("mapping values are not allowed") and (
+                    keyless := _keyless_line_before(text, mark.line)) is not None:
+                # `steps 3` then `candidates_per_prompt: 4`: PyYAML reads both as one key and stops on the
+                # second line's ':'; the line without its ':' is the mistake
+                where = f", line {keyless + 1}"
+                problem = (f"a key without its ':' (PyYAML: {problem} at line {mark.line + 1}, "
+                           f"column {mark.column + 1})")
+            else:
+                where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             raise ConfigError(f"{self.path}{where}: YAML syntax error: {problem}. Check indentation and quoting there.") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{self.path}: a suite must be a YAML mapping (name:, generators:, methods:, ...), got {type(raw).__name__}")
@@ -407,6 +469,8 @@ class SuiteLoader:
         raw = self.read()
         for item in overrides or []:
             apply_override(raw, item)
+            path = tuple(int(p) if p.isdigit() else p for p in item.partition("=")[0].split("."))
+            self.overrides[path] = item
         self._check_finite(raw)
         self._resolve_paths(raw)
         try:
@@ -466,10 +530,13 @@ class SuiteLoader:
                 if not isinstance(value, (dict, list)):
                     msg += f" (got {value!r})"
             line = _line_for(self.lines, loc)
-            messages.append(f"`{_format_loc(loc)}`" + (f" (line {line})" if line else "") + f": {msg}")
-        line = _line_for(self.lines, first_loc)
-        where = f"{self.path}" + (f", line {line}" if line else "")
-        more = f" ({len(messages) - 1} more: " + "; ".join(messages[1:4]) + ")" if len(messages) > 1 else ""
+            item = self.override_for(loc)
+            origin = f" (override `{item}`)" if item is not None else (f" (line {line})" if line else "")
+            messages.append(f"`{_format_loc(loc)}`{origin}: {msg}")
+        where = self._where(first_loc)
+        shown = messages[1:4]
+        more = (f" ({len(messages) - 1} more" + (f", first {len(shown)}" if len(shown) < len(messages) - 1 else "")
+                + ": " + "; ".join(shown) + ")") if len(messages) > 1 else ""
         return ConfigError(f"{where}: invalid suite: {messages[0]}{more}. See `drpo-bench validate --help` for the schema.")
 
 
@@ -634,3 +701,43 @@ def check_nested(config: Any, loc: tuple[Any, ...], loader: SuiteLoader) -> None
 
 def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
     return SuiteLoader(path).load(overrides)
+
+
+def schema_text(model: type[BaseModel] = None, indent: int = 2, depth: int = 0) -> str:  # type: ignore[assignment]
+    """The suite schema as text for ``drpo-bench validate --help``: every field, nested sections
+    (budget, train, eval, methods[]) indented, required fields marked, defaults shown."""
+    from pydantic_core import PydanticUndefined
+
+    model = model or Suite
+    lines = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        nested = _nested_model(annotation)
+        if info.is_required():
+            default = "required"
+        elif info.default is not PydanticUndefined and not isinstance(info.default, BaseModel):
+            default = f"default {info.default!r}"
+        else:
+            default = "optional"
+        kind = ("[]" if "list[" in str(annotation) else "") if nested else f": {_type_name(annotation)}"
+        lines.append(" " * (indent + 2 * depth) + f"{name}{kind}  ({default})")
+        if nested is not None and depth < 2:
+            lines.append(schema_text(nested, indent, depth + 1))
+    return "\n".join(lines)
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    return text or str(annotation).replace("typing.", "")

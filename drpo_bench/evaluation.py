@@ -83,8 +83,12 @@ def metric_definition(metric: Metric, name: str) -> dict[str, Any]:
     return {}
 
 
-def write_samples_grid(path: Path, images: torch.Tensor, nrow: int) -> None:
-    """(N, 3, H, W) in [0, 1] -> one PNG, one prompt per row (atomic write)."""
+LABEL_PX = 22  # height of the text band above each row of a labelled grid
+
+
+def write_samples_grid(path: Path, images: torch.Tensor, nrow: int, labels: list[str] | None = None) -> None:
+    """(N, 3, H, W) in [0, 1] -> one PNG, one prompt per row (atomic write); ``labels``: one line of
+    text above each row (its prompt), as ``drpo-bench sample`` writes it."""
     from PIL import Image
     from torchvision.utils import make_grid
 
@@ -93,9 +97,31 @@ def write_samples_grid(path: Path, images: torch.Tensor, nrow: int) -> None:
         images = torch.nn.functional.interpolate(images, scale_factor=factor, mode="nearest")
     grid = make_grid(images, nrow=nrow, padding=2, pad_value=0.5)  # (3, H', W')
     array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    image = Image.fromarray(array)
+    if labels:
+        image = _labelled_rows(image, labels, images.shape[-2] + 2)
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
+    image.save(buf, format="PNG")
     _atomic_write_bytes(path, buf.getvalue())
+
+
+def _labelled_rows(grid: Any, labels: list[str], row_px: int) -> Any:
+    """``grid`` (rows of ``row_px`` px after a 2-px top padding) with a white text band above each row."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=14)
+    out = Image.new("RGB", (grid.width, grid.height + LABEL_PX * len(labels)), "white")
+    draw = ImageDraw.Draw(out)
+    for r, label in enumerate(labels):
+        top = r * (row_px + LABEL_PX)
+        text = label
+        while len(text) > 4 and draw.textlength(text, font=font) > grid.width - 8:
+            text = text[:-2]
+        draw.text((4, top + 3), text if text == label else text[:-1] + "…", fill="black", font=font)
+        last = r == len(labels) - 1
+        out.paste(grid.crop((0, r * row_px, grid.width, grid.height if last else (r + 1) * row_px)),
+                  (0, top + LABEL_PX))
+    return out
 
 
 def history_row(step: int, record: EvalRecord, ledger: Any) -> dict[str, Any]:

@@ -30,17 +30,19 @@ A cell that fails, or whose worker process dies, is reported like any failed cel
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import queue
 import socket
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from drpo_bench.errors import UserError
@@ -150,10 +152,29 @@ def run_cells(suite: Suite, output: Path, cells: list[Cell], quiet: bool, consol
 # ---- the parent's bookkeeping (shared by the local pool and Ray) ---------------------------
 
 
+class TrainingTimeRemaining(ProgressColumn):
+    """The suite's ETA from its training cells alone: (wall seconds since the first training cell
+    was dispatched) x (training cells left) / (training cells finished). Cells that only evaluate
+    (base) finish in seconds and skipped cells in none, so rich's own rate would promise an end long
+    before the training cells are done ("2/4 ... ETA 0:00:11" with two trainings left)."""
+
+    def render(self, task: Any) -> Text:
+        left, done, start = task.fields.get("train_left"), task.fields.get("train_done", 0), task.fields.get("train_start")
+        if left is None:
+            return Text("")
+        if left == 0:
+            return Text("-:--:--", style="progress.remaining")
+        if not done or start is None:
+            return Text("?:??:??", style="progress.remaining")  # no training cell has finished: no rate yet
+        seconds = (time.monotonic() - start) * left / done
+        return Text(str(datetime.timedelta(seconds=int(seconds))), style="progress.remaining")
+
+
 class _Collector:
     """One progress display and the (status, failure) of each cell."""
 
-    COLUMNS = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    COLUMNS = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TrainingTimeRemaining())
 
     def __init__(self, suite: Suite, output: Path, cells: list[Cell], quiet: bool, console: Console) -> None:
         self.suite, self.output, self.cells, self.console = suite, output, cells, console
@@ -161,7 +182,9 @@ class _Collector:
         self.failures: dict[str, str] = {}
         self.abort: str | None = None  # a UserError from a cell: dispatch nothing more, then raise it
         self.progress = Progress(*self.COLUMNS, console=console, disable=quiet, transient=False)
-        self.overall = self.progress.add_task(f"[bold]{suite.name}[/]: cells", total=len(cells))
+        self.trains = {c.id: c.trains for c in cells}
+        self.eta = {"train_left": sum(self.trains.values()), "train_done": 0, "train_start": None}
+        self.overall = self.progress.add_task(f"[bold]{suite.name}[/]: cells", total=len(cells), **self.eta)
 
     def skip_complete(self) -> list[Cell]:
         """Verify and skip complete cells here (no worker needed); the rest, in plan order."""
@@ -189,7 +212,17 @@ class _Collector:
         self.statuses[cell_id] = status
         if failure is not None:
             self.failures[cell_id] = failure
-        self.progress.update(self.overall, advance=1)
+        if self.trains.get(cell_id):
+            self.eta["train_left"] -= 1
+            if status != "skipped":  # a finished training: the rate's unit
+                self.eta["train_done"] += 1
+        self.progress.update(self.overall, advance=1, **self.eta)
+
+    def dispatched(self, cell_id: str) -> None:
+        """A cell starts in a worker: the first training one starts the ETA's clock."""
+        if self.trains.get(cell_id) and self.eta["train_start"] is None:
+            self.eta["train_start"] = time.monotonic()
+            self.progress.update(self.overall, **self.eta)
 
     def crashed(self, cell_id: str, why: str) -> None:
         """The process running ``cell_id`` died: error.txt says so, the cell is reported failed."""
@@ -360,6 +393,7 @@ class LocalPool:
                 cell_id, wait = pending.popleft()
                 self.workers[slot.index][1].put((cell_id, wait))
                 self.busy[slot.index] = cell_id
+                collect.dispatched(cell_id)
             try:
                 self._handle(self.events.get(timeout=POLL_S))
             except queue.Empty:
@@ -509,6 +543,7 @@ class RayExecutor:
                 while pending and collect.abort is None and (plan.jobs is None or len(running) < plan.jobs):
                     cell_id, wait = pending.popleft()
                     ref = remote.remote(suite_ref, str(self.output.resolve()), cell_id, wait, plan.threads, execution, self.quiet)
+                    collect.dispatched(cell_id)
                     running[ref] = cell_id
                 if not running:
                     continue

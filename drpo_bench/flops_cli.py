@@ -155,7 +155,9 @@ def _console() -> Any:
 
 
 def _title(setting: Any, what: str) -> str:
-    return (f"{what} — {setting.generator} × {setting.reward}, K={setting.k}, effective batch {setting.effective_batch} "
+    models = (f"tiny random-init twins of {setting.generator} × {setting.reward} (shapes only, not the real models' "
+              f"cost)" if setting.tiny else f"{setting.generator} × {setting.reward}")
+    return (f"{what} — {models}, K={setting.k}, effective batch {setting.effective_batch} "
             f"({setting.prompts} prompts)" + (f", checkpointing {','.join(sorted(setting.checkpointing))}"
                                                if setting.checkpointing else "") + (" [tiny]" if setting.tiny else ""))
 

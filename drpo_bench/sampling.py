@@ -3,8 +3,8 @@
 ``--adapter CELL_DIR`` rebuilds the cell's generator from its ``cell.json`` (the generator spec the
 cell ran with) and loads the cell's ``adapter.safetensors``; ``--generator NAME --adapter FILE``
 loads an adapter from elsewhere (e.g. the official DrPO LoRA, github UGVly/DrPO) into a
-registered generator; ``--generator NAME`` alone samples the base. One row per prompt, ``--n``
-images per row, noise drawn from ``--seed`` exactly as evaluation draws it (on CPU, so a seed
+registered generator; ``--generator NAME`` alone samples the base. One row per prompt, its text
+above it, ``--n`` images per row, noise drawn from ``--seed`` exactly as evaluation draws it (on CPU, so a seed
 gives the same images on any device).
 """
 
@@ -123,7 +123,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     gen, what = load_for_sampling(args.adapter, args.generator, parse_sets(args.set))
     images = sample_images(gen, args.prompt, args.n, args.seed)
     out = Path(args.out)
-    write_samples_grid(out, images, nrow=args.n)
+    write_samples_grid(out, images, nrow=args.n, labels=[f"({i + 1}) {p}" for i, p in enumerate(args.prompt)])
     Console(stderr=True).print(f"{what}: {len(args.prompt)} prompt(s) x {args.n} image(s), seed {args.seed} → {out}")
     return 0
 

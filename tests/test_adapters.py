@@ -159,8 +159,10 @@ def test_sample_cli_on_the_tiny_sd_turbo_twin(sd_adapter, tmp_path, capsys):
     assert main([*args, "--adapter", str(path), "--out", str(tmp_path / "lora.png")]) == 0
     assert main([*args, "--out", str(tmp_path / "base.png")]) == 0
     lora, base = Image.open(tmp_path / "lora.png"), Image.open(tmp_path / "base.png")
-    # 64 px images upscaled x2 for viewing, 2 padding: 2 rows x 2 columns
-    assert lora.size == base.size == (2 * 128 + 3 * 2, 2 * 128 + 3 * 2)
+    # 64 px images upscaled x2 for viewing, 2 padding: 2 rows x 2 columns, a prompt band above each row
+    from drpo_bench.evaluation import LABEL_PX
+
+    assert lora.size == base.size == (2 * 128 + 3 * 2, 2 * 128 + 3 * 2 + 2 * LABEL_PX)
     assert lora.tobytes() != base.tobytes()
     assert main(["sample", "--adapter", str(path), "--prompt", "x"]) == 2  # a bare file: which generator?
     assert "--generator" in capsys.readouterr().err
@@ -228,6 +230,14 @@ def test_sample_cli_from_a_toy_cell(toy_runs, tmp_path):
     assert main(["sample", "--adapter", str(cell), "--prompt", "a red square", "--prompt", "blue", "--n", "3",
                  "--seed", "5", "--out", str(out)]) == 0
     assert out.is_file()
+    from drpo_bench.evaluation import LABEL_PX
+
+    with Image.open(out) as grid:  # each prompt row has its text band above it: dark text on white
+        rows = 2
+        tile = (grid.height - rows * LABEL_PX - 2) // rows  # image + padding
+        for r in range(rows):
+            band = grid.convert("L").crop((0, r * (tile + LABEL_PX), grid.width, r * (tile + LABEL_PX) + LABEL_PX))
+            assert band.getextrema()[0] < 80 and band.getextrema()[1] == 255, f"row {r} has a label"
     gen, _ = load_for_sampling(str(cell / "adapter.safetensors"), None, {})  # a file inside a cell folder works too
     base, _ = load_for_sampling(str(root / "reloaded" / "toy--reloaded--none--s0"), None, {})  # an adapter row: its LoRA
     a, b = sample_images(gen, ["a red square"], 3, 5), sample_images(base, ["a red square"], 3, 5)

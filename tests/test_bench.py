@@ -136,18 +136,22 @@ def test_compute_savings_table() -> None:
              _cell("drpo", 8.0, 2.3e15, 42 * 2**30), _cell("raft", 30.0, 1.9e15, 30 * 2**30)]
     table = compute_savings_table(cells, predictions={("sd-turbo", "hpsv3", "drpo"): 2.2e15})
     assert table is not None
-    col = table.headers.index("DRaFT time ÷ method time")
-    by_method = {row[1]: row for row in table.rows}
-    assert by_method["draft"][col] == "reference"
-    assert by_method["drpo"][col] == "3.0× less"  # 21 s ÷ mean(6, 8) s
-    assert by_method["raft"][col] == "1.4× more"  # 21 ÷ 30 = 0.7: RAFT takes longer
-    fcol = table.headers.index("DRaFT FLOPs ÷ method FLOPs")
-    assert by_method["draft"][fcol] == "reference"
-    assert by_method["drpo"][fcol] == "2.3× less"  # 5.4e15 ÷ 2.3e15
-    assert by_method["raft"][fcol] == "2.8× less"  # 5.4e15 ÷ 1.9e15
+    col = table.headers.index("time ÷ DRaFT's")
+    by_method = {row[0]: row for row in table.rows}
+    assert by_method["draft"][col] == "1 (reference)"
+    assert by_method["drpo"][col] == "0.33"  # mean(6, 8) s ÷ 21 s: the header's quotient, below 1 = cheaper
+    assert by_method["raft"][col] == "1.43"  # 30 ÷ 21: RAFT takes longer
+    fcol = table.headers.index("FLOPs ÷ DRaFT's")
+    assert by_method["draft"][fcol] == "1 (reference)"
+    assert by_method["drpo"][fcol] == "0.43"  # 2.3e15 ÷ 5.4e15
+    assert by_method["raft"][fcol] == "0.35"  # 1.9e15 ÷ 5.4e15
+    assert [by_method["drpo"][j] for j, b in enumerate(table.bold[table.rows.index(by_method["drpo"])]) if b] == ["0.33", "0.43"]
     assert by_method["drpo"][headers_index(table, "peak memory GiB")] == "42.00"
-    assert by_method["drpo"][-1] == "2,200" and by_method["draft"][-1] == "–"
+    assert by_method["drpo"][-1] == "2,200" and by_method["draft"][-1] == "not computed"
+    assert table.label_columns == 2 and table.headers[:2] == ["method", "train reward"], "split parts keep the method"
     assert compute_savings_table([]) is None
+    no_prediction = compute_savings_table(cells, predictions={})
+    assert not any("paper scale" in h for h in no_prediction.headers), "an empty paper-scale column is dropped"
 
 
 def headers_index(table: Any, name: str) -> int:

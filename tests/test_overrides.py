@@ -51,7 +51,7 @@ def test_run_records_overrides_and_report_flags_unmatched_budget(tmp_path):
     report = (out / "report.md").read_text()
     assert "| draft † |" in report and "budget not matched" in report
     assert "| drpo |" in report  # lr/precision overrides alone keep the row unflagged
-    assert "train.lr = 0.02" in report and "budget.steps = 2" in report
+    assert "| train.lr | 0.02 |" in report and "| budget.steps | 2 |" in report  # the settings table
 
 
 @pytest.mark.parametrize("methods, where, match", [

@@ -49,3 +49,15 @@ def test_tiny_twin_trains_every_method_at_the_suites_precision(suite, tmp_path, 
         lora_b = [v for k, v in load_file(str(cell / "adapter.safetensors")).items() if "lora_B" in k or "lora.up" in k]
         assert lora_b and any(bool((v != 0).any()) for v in lora_b), f"{cell.name}: LoRA B starts at zero and must move"
     assert (out / "report.md").is_file()
+    # the paper's published numbers beside the measured ones, from the suite's `paper:` block
+    published = load_suite(REPO / f"suites/paper/{suite}.yaml").paper
+    report = (out / "report.md").read_text()
+    assert "### Paper values beside the measured ones" in report
+    assert "| paper | measured (mean ± 95% CI) | measured − paper |" in report
+    tables = json.loads((out / "tables" / "tables.json").read_text())["paper-values"]
+    by_row = {(r[0], r[2]): r for r in tables["values"]}
+    for method in ("base", "drpo", "draft"):
+        row = by_row[(method, "pickscore")]
+        assert row[3] == published.values[method]["pickscore"]
+        assert row[5] == pytest.approx(row[4]["mean"] - row[3]), "measured − paper"
+    assert by_row[("drpo", "imagereward")][4] is None, "not evaluated by the tiny twin: 'not measured'"

@@ -10,6 +10,7 @@ from drpo_bench.report.results import CellResult, Estimate
 from drpo_bench.store import CellRecord, MetricRecord
 
 TOY = Path(__file__).resolve().parents[1] / "suites" / "toy" / "harness.yaml"
+QUICK = Path(__file__).resolve().parents[1] / "results" / "quickstart"
 
 
 def _cell(method: str, seed: int, scores: list[tuple[int, float]], higher: bool = True) -> CellResult:
@@ -117,8 +118,8 @@ def test_wide_tables_are_split_with_the_row_names_repeated():
                        for j in part) <= WIDTH_CHARS
 
 
-@pytest.mark.skipif(__import__("shutil").which("pdflatex") is None,
-                    reason="pdflatex not installed (apt-get install texlive-latex-recommended texlive-latex-extra)")
+@pytest.mark.skipif(__import__("drpo_bench.report.latex", fromlist=["missing_tex"]).missing_tex() is not None,
+                    reason=f"no PDF: {__import__('drpo_bench.report.latex', fromlist=['missing_tex']).missing_tex()}")
 def test_wide_table_compiles_without_overfull_boxes(tmp_path):
     from drpo_bench.report.latex import build_pdf, document, log_problems, table_to_latex
 
@@ -158,13 +159,48 @@ def test_report_formats_are_checked(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--formats", ","]) == 2
 
 
-def test_pdf_without_a_tex_engine_exits_2_before_writing(tmp_path, monkeypatch, capsys):
+def test_pdf_without_a_tex_engine_still_writes_the_other_formats(tmp_path, monkeypatch, capsys):
     from drpo_bench.report import latex
 
+    out = _copy_without_reports(tmp_path)
     monkeypatch.setattr(latex, "pdflatex", lambda: None)
-    assert main(["report", str(tmp_path), "--formats", "md,pdf"]) == 2
-    assert "pdflatex" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == [], "nothing written"
+    assert main(["report", str(out), "--formats", "md,pdf,csv"]) == 1, "exit code: a format was not written"
+    err = capsys.readouterr().err
+    assert "pdf not written: pdflatex is not on PATH" in err and "texlive-latex-recommended" in err
+    assert len(err.strip().splitlines()) == 1, "one line"
+    assert (out / "report.md").exists() and (out / "tables" / "alignment.csv").exists()
+    assert not (out / "report.pdf").exists()
+
+
+def test_a_missing_latex_package_is_named_with_its_debian_package(tmp_path, monkeypatch):
+    from drpo_bench.report import latex
+
+    if latex.pdflatex() is None or __import__("shutil").which("kpsewhich") is None:
+        pytest.skip("no pdflatex / kpsewhich here")
+    monkeypatch.setitem(latex.PACKAGES, "no-such-package-xyz.sty", "texlive-latex-extra")
+    assert latex.missing_tex() == ("LaTeX file no-such-package-xyz.sty not found "
+                                   "(Debian/Ubuntu: apt-get install texlive-latex-extra)")
+
+
+def test_latex_uses_only_the_packages_it_checks():
+    import re
+
+    from drpo_bench.report.latex import PACKAGES, PREAMBLE
+
+    used = {f"{name}.sty" for group in re.findall(r"\\usepackage(?:\[[^]]*\])?\{([^}]*)\}", PREAMBLE)
+            for name in group.split(",")}
+    assert used and used <= set(PACKAGES), f"preamble packages not checked by missing_tex(): {used - set(PACKAGES)}"
+    assert "adjustbox" not in PREAMBLE, "not in texlive-latex-recommended"
+
+
+def _copy_without_reports(tmp_path):
+    import shutil
+
+    out = tmp_path / "quick"
+    out.mkdir()
+    for cell in [*QUICK.glob("shapes--base--none--s[01]"), *QUICK.glob("shapes--dpo--clip--s[01]")]:
+        shutil.copytree(cell, out / cell.name, ignore=shutil.ignore_patterns("*.safetensors"))
+    return out
 
 
 def test_run_and_validate_take_overrides_the_same_ways(capsys):
@@ -177,7 +213,7 @@ def test_run_and_validate_take_overrides_the_same_ways(capsys):
     for argv in (["validate", str(TOY), "seeds=[0]"], ["validate", str(TOY), "--set", "seeds=[0]"],
                  ["validate", "--set", "seeds=[0]", str(TOY)]):
         assert main(argv) == 0, argv
-        assert "5 cells" in capsys.readouterr().err, argv  # 10 cells with both seeds
+        assert "5 cells" in capsys.readouterr().out, argv  # 10 cells with both seeds; ok lines on stdout
     assert main(["validate", str(TOY), "budget.nope=1"]) == 2
     assert main(["validate", str(TOY), "--set", "budget.nope=1"]) == 2
     assert main(["validate", "seeds=[0]"]) == 2

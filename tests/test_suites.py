@@ -25,7 +25,7 @@ def test_suite_validates(path):
 
 def test_validate_command_accepts_all(capsys):
     assert main(["validate", *map(str, SUITES)]) == 0
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ok ")]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("ok ")]
     assert len(lines) == len(SUITES)
 
 

@@ -22,7 +22,9 @@ from drpo_bench.report.results import (
     load_suite_snapshot,
     missing_cells,
 )
+from drpo_bench.report.paper import paper_table
 from drpo_bench.report.scores import win_rate_table
+from drpo_bench.report.settings import settings_tables
 from drpo_bench.report.table import Table, slugify
 from drpo_bench.report.tuning_tables import tuning_tables
 from drpo_bench.store import write_text
@@ -100,27 +102,6 @@ def _labels(multi: bool) -> int:
 
 def _budget_matched(cells: list[CellResult]) -> bool:
     return all(c.info.budget_matched for c in cells)
-
-
-def settings_table(rows: dict[tuple[str, str, str], list[CellResult]], multi: bool) -> Table | None:
-    """Rows whose method overrides the suite's training settings or budget, and what it changes."""
-    body = []
-    for key, cells in rows.items():
-        info = cells[0].info
-        if not info.overrides:
-            continue
-        changes = "; ".join(f"{what}.{k} = {v}" for what, values in info.overrides.items() for k, v in values.items())
-        budget = info.budget or {}
-        body.append(_row_label(key, multi) + [changes, "yes" if _budget_matched(cells) else "no",
-                                              f"{budget.get('steps')} × {budget.get('candidates_per_prompt')} × "
-                                              f"{budget.get('prompts_per_update')}"])
-    if not body:
-        return None
-    headers = (["generator"] if multi else []) + ["method", "train reward", "overrides", "budget matched",
-                                                  "steps × K × prompts/update"]
-    return Table("Per-method settings that differ from the suite", headers, body, [], slug="settings", label_columns=_labels(multi), note=
-                 ("Overrides come from the suite's `methods[].train` / `methods[].budget` (e.g. a method's public "
-                 "settings) or from a tuning record's chosen setting (the Tuning tables). Learning rate and precision keep the budget matched; steps, K or prompts per update do not."))
 
 
 def metric_definitions(results: list[CellResult]) -> list[str]:
@@ -301,17 +282,25 @@ def _paper_scale_predictions() -> dict[tuple[str, str, str], float]:
     return load_predictions(folder) if folder.is_dir() else {}
 
 
+class Written(dict):
+    """{format: path} of what was written, and ``missing``: {format: one line saying why not}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.missing: dict[str, str] = {}
+
+
 def build_report(folder: str | Path, formats: str | tuple[str, ...] = DEFAULT_FORMATS,
-                 output: str | Path | None = None) -> dict[str, Path]:
-    """Writes the report of the results in ``folder`` into ``output`` (default: ``folder``) and returns {format: path}.
+                 output: str | Path | None = None) -> Written:
+    """Writes the report of the results in ``folder`` into ``output`` (default: ``folder``) and
+    returns {format: path}, with ``.missing`` naming each requested format that could not be written.
 
     md, tex, html: report.md / report.tex / report.html (figures under figures/; the HTML embeds
     them and needs no other file); pdf: report.pdf compiled from the LaTeX with pdflatex (log in
-    report.latex.log); csv, json: tables/<table>.csv and tables/tables.json.
+    report.latex.log); csv, json: tables/<table>.csv and tables/tables.json. Each format is written
+    on its own: a missing tool (pdflatex, a LaTeX package) costs that format only.
     """
     formats = parse_formats(formats)
-    if "pdf" in formats:
-        latex.require_pdflatex()  # before anything is written
     folder = Path(folder)
     results = load_results(folder)
     out = Path(output) if output is not None else folder
@@ -319,26 +308,9 @@ def build_report(folder: str | Path, formats: str | tuple[str, ...] = DEFAULT_FO
     _, problems = load_results_and_problems(folder)
     rows = group_rows(results, load_suite_snapshot(folder))
     multi = len({k[0] for k in rows}) > 1
-    tables = [alignment_table(rows, multi)]
+    tables = report_tables(folder, results, rows, multi)
     marked, code = code_notes(results)  # which code made the cells; ‡ on rows not from a clean commit's code
     mark_rows(tables[0], rows, marked)
-    gains = gain_table(rows, multi)
-    if gains is not None:
-        tables.append(gains)
-    wins = win_rate_table(rows, multi)
-    if wins is not None:
-        tables.append(wins)
-    tables += per_task_tables(rows, multi)
-    settings = settings_table(rows, multi)
-    if settings is not None:
-        tables.append(settings)
-    compute = compute_table(rows, multi)
-    savings = compute_savings_table(results, predictions=_paper_scale_predictions())
-    if savings is not None:
-        tables.append(savings)
-    if compute is not None:
-        tables.append(compute)
-    tables += tuning_tables(folder)  # a tuned method's grid and choice (docs/tuning.md); [] if none
     suite = results[0].info.suite or folder.name
     title = f"{suite}: results"
     figures = _figures(rows, out, multi) if {"md", "tex", "html", "pdf"} & set(formats) else []
@@ -349,7 +321,7 @@ def build_report(folder: str | Path, formats: str | tuple[str, ...] = DEFAULT_FO
     if missing and missing[0]:  # a partial store: say so before any number is read
         provenance = f"partial results: {missing[0]} of {missing[1]} planned cells missing; " + provenance
     definitions = metric_definitions(results)
-    written: dict[str, Path] = {}
+    written = Written()
     if "md" in formats:
         parts = [f"# {md_escape(title)}\n", f"_{md_escape(provenance)}_\n"] + [to_markdown(t) for t in tables]
         parts += ["### Metric definitions\n\n" + "\n".join(f"- {md_escape(d)}" for d in definitions) + "\n"]
@@ -379,7 +351,10 @@ def build_report(folder: str | Path, formats: str | tuple[str, ...] = DEFAULT_FO
             written["tex"] = out / "report.tex"
             write_text(written["tex"], source)
         if "pdf" in formats:
-            written["pdf"] = latex.build_pdf(source, out, [f.path for f in figures]).pdf
+            try:
+                written["pdf"] = latex.build_pdf(source, out, [f.path for f in figures]).pdf
+            except UserError as exc:  # no pdflatex, a missing LaTeX package, a failed compile: the others stand
+                written.missing["pdf"] = str(exc)
     if "html" in formats:
         body_html = "".join(to_html(t) for t in tables)
         body_html += "<h3>Metric definitions</h3><ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in definitions) + "</ul>"
@@ -394,6 +369,31 @@ def build_report(folder: str | Path, formats: str | tuple[str, ...] = DEFAULT_FO
     written.update(export_tables(tables, out, csv_files="csv" in formats, json_file="json" in formats)
                    if {"csv", "json"} & set(formats) else {})
     return written
+
+
+def report_tables(folder: Path, results: list[CellResult], rows: dict[tuple[str, str, str], list[CellResult]],
+                  multi: bool) -> list[Table]:
+    """Every table of the report, in order."""
+    tables = [alignment_table(rows, multi)]
+    published = paper_table(rows, load_suite_snapshot(folder), multi)
+    if published is not None:  # the paper's numbers for these rows (a paper suite's `paper:` block)
+        tables.append(published)
+    gains = gain_table(rows, multi)
+    if gains is not None:
+        tables.append(gains)
+    wins = win_rate_table(rows, multi)
+    if wins is not None:
+        tables.append(wins)
+    tables += per_task_tables(rows, multi)
+    tables += settings_tables(rows, multi, load_suite_snapshot(folder), folder)
+    compute = compute_table(rows, multi)
+    savings = compute_savings_table(results, predictions=_paper_scale_predictions())
+    if savings is not None:
+        tables.append(savings)
+    if compute is not None:
+        tables.append(compute)
+    tables += tuning_tables(folder)  # a tuned method's grid and choice (docs/tuning.md); [] if none
+    return tables
 
 
 def summary_rows(folder: str | Path) -> tuple[list[str], list[list[str]]]:

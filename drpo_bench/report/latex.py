@@ -1,7 +1,8 @@
 """LaTeX for pdflatex: ASCII-only escaping, tables that fit the text width, figures, the PDF.
 
-The document is standalone (``\\documentclass{article}``) and uses booktabs, tabularx, adjustbox,
-graphicx and caption. Every non-ASCII character the report can produce is mapped to a LaTeX
+The document is standalone (``\\documentclass{article}``) and uses only packages of Debian's
+``texlive-latex-base`` and ``texlive-latex-recommended`` (:data:`PACKAGES`): a table too wide for the
+page is shrunk with graphicx's ``\\resizebox``. Every non-ASCII character the report can produce is mapped to a LaTeX
 command; anything else (a user's prompt in another script) is folded to ASCII or written as
 ``[U+XXXX]``, so pdflatex never sees a byte it cannot typeset.
 """
@@ -24,7 +25,7 @@ _ESCAPES = {
     "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
     "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
     "±": r"\ensuremath{\pm}", "↑": r"\ensuremath{\uparrow}", "↓": r"\ensuremath{\downarrow}",
-    "→": r"\ensuremath{\rightarrow}", "×": r"\ensuremath{\times}", "Δ": r"\ensuremath{\Delta}",
+    "→": r"\ensuremath{\rightarrow}", "×": r"\ensuremath{\times}", "÷": r"\ensuremath{\div}", "Δ": r"\ensuremath{\Delta}",
     "−": r"\ensuremath{-}", "≤": r"\ensuremath{\leq}", "≥": r"\ensuremath{\geq}", "≈": r"\ensuremath{\approx}",
     "·": r"\ensuremath{\cdot}", "µ": r"\ensuremath{\mu}", "μ": r"\ensuremath{\mu}", "°": r"\ensuremath{^\circ}",
     "—": "---", "–": "--", "†": r"\textdagger{}", "‡": r"\textdaggerdbl{}", "…": r"\ldots{}",
@@ -54,7 +55,7 @@ def tex(text: object) -> str:
 
 #: characters of cell text that fit one text width at \small with the default column padding
 #: (article, 2 cm margins: 17 cm ~ 130 characters of \small digits; padding costs ~2 characters a column;
-#: adjustbox shrinks what the estimate lets through)
+#: \resizebox shrinks what the estimate lets through)
 WIDTH_CHARS = 120
 #: a cell longer than this wraps in a paragraph (X) column instead of widening the table
 WRAP_CHARS = 40
@@ -88,23 +89,31 @@ def split_columns(table: Table, budget: int = WIDTH_CHARS) -> list[list[int]]:
 
 
 def _tabular(table: Table, columns: list[int]) -> list[str]:
-    wrap = [any(len(row[j]) > WRAP_CHARS for row in table.rows) for j in columns]
+    wrap = [any(len(row[j]) > (WRAP_CHARS if table.split else 32) for row in table.rows) for j in columns]
     spec = "".join(r">{\raggedright\arraybackslash}X" if w else "l" for w in wrap)
     env = "tabularx" if any(wrap) else "tabular"
     head = [rf"\begin{{tabularx}}{{\linewidth}}{{{spec}}}" if any(wrap) else rf"\begin{{tabular}}{{{spec}}}"]
     lines = head + [r"\toprule", " & ".join(tex(table.headers[j]) for j in columns) + r" \\", r"\midrule"]
-    for i, row in enumerate(table.rows):
-        cells = [rf"\textbf{{{tex(row[j])}}}" if table.bold and table.bold[i][j] else tex(row[j]) for j in columns]
-        lines.append(" & ".join(cells) + r" \\")
+    breakable = {j for j, w in zip(columns, wrap) if w}  # paragraph columns: a long path may break after '/'
+
+    def cell(i: int, j: int) -> str:
+        text = tex(table.rows[i][j])
+        if j in breakable:
+            text = text.replace("/", r"/\allowbreak{}")
+        return rf"\textbf{{{text}}}" if table.bold and table.bold[i][j] else text
+
+    for i in range(len(table.rows)):
+        lines.append(" & ".join(cell(i, j) for j in columns) + r" \\")
     lines += [r"\bottomrule", rf"\end{{{env}}}"]
     if env == "tabular":  # shrink (never enlarge) what the width estimate let through
-        lines = [r"\begin{adjustbox}{max width=\linewidth}"] + lines + [r"\end{adjustbox}"]
+        lines = ([r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%"] + lines[:-1]
+                 + [lines[-1] + "}"])
     return lines
 
 
 def table_to_latex(table: Table) -> str:
     """One ``table`` float; a table wider than the page is split into stacked parts."""
-    parts = split_columns(table)
+    parts = split_columns(table) if table.split else [list(range(len(table.headers)))]
     lines = [r"\begin{table}[htbp]", r"\centering", r"\small",
              rf"\caption{{{tex(table.title)}{' (' + str(len(parts)) + ' parts)' if len(parts) > 1 else ''}}}",
              rf"\label{{tab:{table.slug}}}"]
@@ -133,7 +142,6 @@ PREAMBLE = r"""\documentclass[10pt]{article}
 \usepackage{booktabs}
 \usepackage{tabularx}
 \usepackage{array}
-\usepackage{adjustbox}
 \usepackage{graphicx}
 \usepackage[font=small]{caption}
 \usepackage{textcomp}
@@ -158,18 +166,43 @@ class PdfBuild:
     log: Path
 
 
+#: the LaTeX packages the report uses -> the Debian/Ubuntu package that provides each (what
+#: ``apt-get install texlive-latex-recommended`` brings, texlive-latex-base with it)
+PACKAGES = {
+    "fontenc.sty": "texlive-latex-base", "t1enc.def": "texlive-latex-base", "geometry.sty": "texlive-latex-base",
+    "tabularx.sty": "texlive-latex-base", "array.sty": "texlive-latex-base", "graphicx.sty": "texlive-latex-base",
+    "textcomp.sty": "texlive-latex-base", "booktabs.sty": "texlive-latex-recommended",
+    "caption.sty": "texlive-latex-recommended", "float.sty": "texlive-latex-recommended",
+}
+TEX_HINT = "Debian/Ubuntu: apt-get install texlive-latex-recommended"
+
+
 def pdflatex() -> str | None:
     return shutil.which("pdflatex")
 
 
+def missing_tex() -> str | None:
+    """One line naming the first missing tool or LaTeX package the PDF needs and the package that
+    provides it; None when pdflatex and every package in :data:`PACKAGES` are found."""
+    if pdflatex() is None:
+        return f"pdflatex is not on PATH ({TEX_HINT})"
+    kpsewhich = shutil.which("kpsewhich")
+    if kpsewhich is None:
+        return f"kpsewhich is not on PATH, so the LaTeX packages cannot be checked (Debian/Ubuntu: apt-get install texlive-binaries)"
+    found = subprocess.run([kpsewhich, *PACKAGES], capture_output=True, text=True, timeout=60).stdout.split()
+    names = {Path(f).name for f in found}
+    for name, package in PACKAGES.items():
+        if name not in names:
+            return f"LaTeX file {name} not found (Debian/Ubuntu: apt-get install {package})"
+    return None
+
+
 def require_pdflatex() -> str:
-    """The pdflatex executable, or a UserError (exit 2) that says how to get one."""
-    engine = pdflatex()
-    if engine is None:
-        raise UserError("--formats pdf needs pdflatex, which is not on PATH. Install a TeX distribution "
-                        "(Debian/Ubuntu: apt-get install texlive-latex-recommended texlive-latex-extra) or "
-                        "write report.tex and compile it elsewhere (`--formats tex`).")
-    return engine
+    """The pdflatex executable, or a UserError (exit 2) naming what is missing and its package."""
+    problem = missing_tex()
+    if problem is not None:
+        raise UserError(f"{problem}; or write report.tex and compile it elsewhere (`--formats tex`).")
+    return pdflatex()  # type: ignore[return-value]
 
 
 def build_pdf(tex_source: str, folder: Path, assets: list[str], name: str = "report") -> PdfBuild:

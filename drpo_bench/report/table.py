@@ -19,6 +19,9 @@ class Table:
     # numbers behind ``rows`` for the CSV/JSON export: per cell a float, a str, None or an
     # ``Estimate`` (mean, 95% half-width, n); empty means the display text is exported as is
     raw: list[list[Any]] = field(default_factory=list)
+    # False: LaTeX keeps every column in one tabularx (long text wraps) instead of splitting the table
+    # into parts; for tables read row by row (settings), where a split would separate a row's halves
+    split: bool = True
 
     def __post_init__(self) -> None:
         if not self.slug:
