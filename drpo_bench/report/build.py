@@ -337,8 +337,9 @@ def build_report(folder: str | Path, formats: str | tuple[str, ...] = DEFAULT_FO
         body = [to_latex(t) for t in tables]
         body.append("\\paragraph{Metric definitions.}\n\\begin{itemize}\n"
                     + "".join(f"\\item {latex.tex(d)}\n" for d in definitions) + "\\end{itemize}\n")
-        body.append("\\paragraph{Code.}\n\\begin{itemize}\n" + "".join(f"\\item {latex.tex(n)}\n" for n in code)
-                    + "\\end{itemize}\n")
+        # sloppy: a list of 16-digit code hashes has no hyphenation points to break a line at
+        body.append("\\paragraph{Code.}\n{\\sloppy\n\\begin{itemize}\n" + "".join(f"\\item {latex.tex(n)}\n" for n in code)
+                    + "\\end{itemize}\n\\par}\n")
         if problems:
             body.append("\\paragraph{Cells not in the tables.}\n\\begin{itemize}\n"
                         + "".join(f"\\item {latex.tex(k)}: {latex.tex(v)}\n" for k, v in problems.items())
