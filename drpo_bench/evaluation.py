@@ -98,6 +98,10 @@ def write_samples_grid(path: Path, images: torch.Tensor, nrow: int) -> None:
     _atomic_write_bytes(path, buf.getvalue())
 
 
+#: the fields of an eval_history.jsonl row that are not metric means
+HISTORY_FIELDS = ("step", "train_seconds", "n_prompts")
+
+
 def history_row(step: int, record: EvalRecord, ledger: Any) -> dict[str, Any]:
     """One eval_history.jsonl row: the step, training seconds so far (the ledger's updates) and every mean."""
     seconds = sum(u.seconds for u in getattr(ledger, "updates", []) if getattr(u, "seconds", None) is not None)

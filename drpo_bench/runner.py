@@ -9,6 +9,7 @@ shared run lock, data-parallel checks, and whether the report is due.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from drpo_bench.errors import UserError
 from drpo_bench.locks import GATE_NAME, LOCK_NAME, FileLock, describe, holder_info, is_free
 from drpo_bench.planning import Cell, plan_cells, redact
 from drpo_bench.registry import METHODS
+from drpo_bench.shared_eval import CACHE_DIR as EVAL_CACHE
 from drpo_bench.store import CellFolder, CorruptCellError, read_json, write_json
 
 __all__ = ["Cell", "CellRunner", "RunSummary", "check_output_dir", "plan_cells", "run_suite"]
@@ -84,6 +86,8 @@ def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool
     finally:
         run_lock.release()
     summary.report_due = report_due(output, planned)
+    if summary.report_due:  # every cell is finished: the step-0 evaluations shared between them are not needed
+        shutil.rmtree(output / EVAL_CACHE, ignore_errors=True)
     return summary
 
 
