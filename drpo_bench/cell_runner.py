@@ -27,7 +27,7 @@ from drpo_bench.config import ComponentSpec, Suite
 from drpo_bench.distributed import RankZeroFailed, combine_ledgers
 from drpo_bench.distributed import current as data_parallel
 from drpo_bench.errors import NonFiniteError, UserError
-from drpo_bench.evaluation import evaluate, history_row
+from drpo_bench.evaluation import HISTORY_FIELDS, evaluate, history_row
 from drpo_bench.ledger import Ledger
 from drpo_bench.locks import LOCK_NAME, FileLock, LockedError
 from drpo_bench.methods import Method
@@ -36,6 +36,7 @@ from drpo_bench.metrics.reward_metric import RewardMetric
 from drpo_bench.planning import Cell, redact
 from drpo_bench.prompts.base import Prompt, PromptSet
 from drpo_bench.registry import GENERATORS, METHODS, METRICS, PROMPTS, REWARDS
+from drpo_bench.shared_eval import shared_step0, step0_key
 from drpo_bench.store import CellFolder, CellRecord, CorruptCellError, write_text
 from drpo_bench.training import drop_checkpoints, train_cell
 from drpo_bench.yaml_strict import ensure_inside
@@ -140,11 +141,19 @@ class CellRunner:
         if not cell.eval.every:
             return None
 
-        def evaluate_at(step: int) -> tuple[dict[str, float], torch.Tensor]:
+        def compute(step: int) -> tuple[dict[str, Any], torch.Tensor]:
             record, _, images = evaluate(cell, generator, self.prompts(cell.eval.split), self.metrics(generator.device),
                                          max_prompts=cell.eval.every_max_prompts, return_grid=True)
-            folder.append_eval_history(history_row(step, record, ledger))
-            return {name: m.mean for name, m in record.metrics.items()}, images
+            return history_row(step, record, ledger), images
+
+        def evaluate_at(step: int) -> tuple[dict[str, float], torch.Tensor]:
+            if step == 0:  # the same generator for every trained cell of this seed: evaluated once (shared_eval.py)
+                key = step0_key(cell, generator, self.suite.rewards)
+                row, images = shared_step0(self.output, key, lambda: compute(0))
+            else:
+                row, images = compute(step)
+            folder.append_eval_history(row)
+            return {name: value for name, value in row.items() if name not in HISTORY_FIELDS}, images
 
         return evaluate_at
 

@@ -179,10 +179,24 @@ class TuneConfig(_Strict):
     # argument, e.g. args.beta) -> the values tried; every combination is one configuration
     grid: dict[str, list[Any]] = Field(min_length=1)
     metric: str = Field(min_length=1)  # an eval metric label (e.g. checker): the validation score that chooses
-    seed: Seed = 0  # one seed per configuration: tuning is a selection, not an estimate of the gain
+    seed: Seed = 0  # the tuning seed when `seeds` is not given
+    # every configuration trains at each of these seeds and is scored by the mean over them; the
+    # record says whether the same configuration wins at each (docs/tuning.md); None = [seed]
+    seeds: list[Seed] | None = Field(None, min_length=1)
     steps: int | None = Field(None, gt=0)  # a shorter budget for the grid; None = the method's budget.steps
     max_prompts: int | None = Field(None, ge=1)  # validation prompts scored; None = the whole split
     images_per_prompt: int | None = Field(None, ge=1)  # None = the suite's eval.images_per_prompt
+
+    @property
+    def tuning_seeds(self) -> list[int]:
+        return list(self.seeds) if self.seeds else [self.seed]
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and len(set(seeds)) != len(seeds):
+            raise ValueError(f"tune.seeds repeats a seed: {seeds}")
+        return seeds
 
     @field_validator("grid")
     @classmethod

@@ -124,6 +124,10 @@ def _labelled_rows(grid: Any, labels: list[str], row_px: int) -> Any:
     return out
 
 
+#: the fields of an eval_history.jsonl row that are not metric means
+HISTORY_FIELDS = ("step", "train_seconds", "n_prompts")
+
+
 def history_row(step: int, record: EvalRecord, ledger: Any) -> dict[str, Any]:
     """One eval_history.jsonl row: the step, training seconds so far (the ledger's updates) and every mean."""
     seconds = sum(u.seconds for u in getattr(ledger, "updates", []) if getattr(u, "seconds", None) is not None)

@@ -24,6 +24,7 @@ from drpo_bench.errors import UserError
 from drpo_bench.locks import GATE_NAME, LOCK_NAME, FileLock, LockedError, describe, holder_info, is_free
 from drpo_bench.planning import Cell, plan_cells, redact
 from drpo_bench.registry import METHODS
+from drpo_bench.shared_eval import CACHE_DIR as EVAL_CACHE
 from drpo_bench.store import CellFolder, CorruptCellError, read_json, write_json
 
 #: what a run does with cells whose recorded code hash differs from this checkout's (run --rerun-stale / --keep-stale)
@@ -111,6 +112,8 @@ def run_suite(suite: Suite, output: Path | None = None, *, allow_reference: bool
     finally:
         run_lock.release()
     summary.report_due = report_due(output, planned)
+    if summary.report_due:  # every cell is finished: the step-0 evaluations shared between them are not needed
+        shutil.rmtree(output / EVAL_CACHE, ignore_errors=True)
     return summary
 
 

@@ -49,9 +49,9 @@ def tuning_suite(suite: Suite) -> tuple[Suite, dict[str, list[tuple[str, dict[st
     metrics = {m.tune.metric for m in tuned if m.tune}
     if len(metrics) != 1:  # one evaluation config for the whole tuning run
         raise UserError(f"tuned methods choose by different metrics ({sorted(metrics)}); tune by one metric per suite")
-    seeds = {m.tune.seed for m in tuned if m.tune}
+    seeds = {tuple(m.tune.tuning_seeds) for m in tuned if m.tune}
     if len(seeds) != 1:
-        raise UserError(f"tuned methods use different tune.seed values ({sorted(seeds)}); use one per suite")
+        raise UserError(f"tuned methods use different tuning seeds ({sorted(seeds)}); give every `tune:` the same seed(s)")
     first = tuned[0].tune
     assert first is not None
     for m in tuned:
@@ -76,7 +76,7 @@ def tuning_suite(suite: Suite) -> tuple[Suite, dict[str, list[tuple[str, dict[st
               max_prompts=first.max_prompts, images_per_prompt=first.images_per_prompt or suite.eval.images_per_prompt,
               every=None, every_max_prompts=None, keep_images=False)
     data = suite.model_dump(mode="json")
-    data.update(methods=variants, seeds=[first.seed], eval=ev,
+    data.update(methods=variants, seeds=first.tuning_seeds, eval=ev,
                 prompts={**data["prompts"], "args": {**data["prompts"]["args"], "hold_out_validation": True}})
     return Suite.model_validate(data), plan
 
@@ -96,7 +96,9 @@ def tune_suite(suite: Suite, output: Path, *, quiet: bool = False, console: Cons
                         + f"); fix them and rerun the same command (finished cells are kept in {cells_dir})")
     from drpo_bench.planning import plan_cells
 
-    cell_ids = {c.method.id: c.id for c in plan_cells(tsuite)}  # variant id -> its cell (one seed each)
+    cell_ids: dict[str, dict[int, str]] = {}  # variant id -> {tuning seed: its cell}
+    for c in plan_cells(tsuite):
+        cell_ids.setdefault(c.method.id, {})[c.seed] = c.id
     written = {}
     for spec in suite.methods:
         if spec.id not in plan:
@@ -110,41 +112,51 @@ def tune_suite(suite: Suite, output: Path, *, quiet: bool = False, console: Cons
 
 
 def build_record(suite: Suite, spec: MethodSpec, tsuite: Suite, variants: list[tuple[str, dict[str, Any]]],
-                 cells_dir: Path, cell_ids: dict[str, str]) -> dict[str, Any]:
+                 cells_dir: Path, cell_ids: dict[str, dict[int, str]]) -> dict[str, Any]:
+    """Each configuration's validation score: the mean over the tuning seeds of its cells' means
+    (per seed in ``seed_means``), a 95% CI over prompts of the per-prompt scores averaged over seeds;
+    the chosen one, and the stability check (``stability``: the winner at each seed alone)."""
     from drpo_bench.report.results import Estimate
 
     assert spec.tune is not None
     metric = spec.tune.metric
+    seeds = spec.tune.tuning_seeds
     configs, higher = [], None
     for variant_id, setting in variants:
-        cell_id = cell_ids[variant_id]
-        folder = CellFolder(cells_dir / cell_id)
-        try:
-            value = folder.read_eval().metrics[metric]
-            scores = folder.read_scores()
-        except (CorruptCellError, KeyError) as exc:
-            raise UserError(f"tuning cell {folder.path} has no `{metric}` score ({exc}); rerun `drpo-bench tune`") from None
-        higher = value.higher_is_better
+        seed_means: dict[str, float | None] = {}
         per_prompt: dict[int, list[float]] = {}
-        for row in scores:
-            if isinstance(row.get(metric), (int, float)):
-                per_prompt.setdefault(row["prompt_index"], []).append(float(row[metric]))
-        estimate = Estimate.of([sum(v) / len(v) for v in per_prompt.values()]) if per_prompt else None
-        configs.append({"settings": setting, "cell": cell_id, "mean": value.mean,
-                        "ci95": estimate.half_width if estimate else None, "n_prompts": len(per_prompt) or None,
+        for seed in seeds:
+            folder = CellFolder(cells_dir / cell_ids[variant_id][seed])
+            try:
+                value = folder.read_eval().metrics[metric]
+                scores = folder.read_scores()
+            except (CorruptCellError, KeyError) as exc:
+                raise UserError(f"tuning cell {folder.path} has no `{metric}` score ({exc}); rerun `drpo-bench tune`") from None
+            higher = value.higher_is_better
+            seed_means[str(seed)] = value.mean
+            seed_prompts: dict[int, list[float]] = {}
+            for row in scores:
+                if isinstance(row.get(metric), (int, float)):
+                    seed_prompts.setdefault(row["prompt_index"], []).append(float(row[metric]))
+            for index, values in seed_prompts.items():  # a prompt's mean at this seed
+                per_prompt.setdefault(index, []).append(sum(values) / len(values))
+        means = list(seed_means.values())
+        mean = None if any(m is None for m in means) else sum(means) / len(means)  # type: ignore[arg-type]
+        complete = {i: v for i, v in per_prompt.items() if len(v) == len(seeds)}  # prompts scored at every seed
+        estimate = Estimate.of([sum(v) / len(v) for v in complete.values()]) if complete else None
+        ids = [cell_ids[variant_id][seed] for seed in seeds]
+        configs.append({"settings": setting, "cell": ids[0], "cells": ids, "seed_means": seed_means, "mean": mean,
+                        "ci95": estimate.half_width if estimate else None, "n_prompts": len(complete) or None,
                         "chosen": False})
-    scored = [c for c in configs if c["mean"] is not None]
-    if not scored:
+    best = _best(configs, lambda c: c["mean"], bool(higher))
+    if best is None:
         raise UserError(f"no configuration of `{spec.id}` has a `{metric}` score; see the cells in {cells_dir}")
-    best = scored[0]
-    for c in scored[1:]:  # strictly better only: a tie keeps the earlier grid point
-        if (c["mean"] > best["mean"]) if higher else (c["mean"] < best["mean"]):
-            best = c
     best["chosen"] = True
     n_val = tsuite.eval.max_prompts
     steps = spec.tune.steps or suite.budget_for(spec).steps
+    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over seeds {', '.join(map(str, seeds))}"
     rule = (f"{'highest' if higher else 'lowest'} mean `{metric}` on the `{VALIDATION_SPLIT}` prompts"
-            f"{f' (first {n_val})' if n_val else ''}, seed {spec.tune.seed}, {steps} updates; "
+            f"{f' (first {n_val})' if n_val else ''}, {seed_text}, {steps} updates; "
             "a tie keeps the earlier grid point")
     return {
         "version": RECORD_VERSION,
@@ -156,13 +168,43 @@ def build_record(suite: Suite, spec: MethodSpec, tsuite: Suite, variants: list[t
         "metric": metric,
         "higher_is_better": higher,
         "split": VALIDATION_SPLIT,
-        "seed": spec.tune.seed,
+        "seed": seeds[0],
+        "seeds": seeds,
         "steps": steps,
         "images_per_prompt": tsuite.eval.images_per_prompt,
         "rule": rule,
         "configs": configs,
         "chosen": best["settings"],
+        "stability": stability(configs, seeds, bool(higher), best),
     }
+
+
+def _best(configs: list[dict[str, Any]], score: Any, higher: bool) -> dict[str, Any] | None:
+    """The best configuration by ``score`` (None scores skipped); strictly better only: a tie keeps the earlier."""
+    best = None
+    for c in configs:
+        if score(c) is None:
+            continue
+        if best is None or ((score(c) > score(best)) if higher else (score(c) < score(best))):
+            best = c
+    return best
+
+
+def stability(configs: list[dict[str, Any]], seeds: list[int], higher: bool, chosen: dict[str, Any]) -> dict[str, Any]:
+    """Does the chosen configuration also win at each tuning seed alone? Per seed: the winner there
+    and by how much it beats the chosen configuration at that seed (0 where the chosen one wins)."""
+    winners, margins = {}, {}
+    for seed in seeds:
+        key = str(seed)
+        winner = _best(configs, lambda c, key=key: c["seed_means"].get(key), higher)
+        if winner is None or chosen["seed_means"].get(key) is None:
+            winners[key], margins[key] = None, None
+            continue
+        winners[key] = winner["settings"]
+        margin = winner["seed_means"][key] - chosen["seed_means"][key]
+        margins[key] = margin if higher else -margin
+    return {"stable": all(w == chosen["settings"] for w in winners.values()), "winners": winners,
+            "margin_over_chosen": margins}
 
 
 # ---- the command ---------------------------------------------------------------------------

@@ -168,10 +168,38 @@ def apply_tuning(suite: Any, output: Path) -> Any:
 
 def record_markdown(record: dict[str, Any]) -> str:
     keys = list(record["grid"])
+    seeds = record_seeds(record)
+    per_seed = len(seeds) > 1
     head = f"### Tuning: {record['method_id']} ({record['method']})\n\n"
-    lines = ["| " + " | ".join([*keys, f"validation {record['metric']} (mean ± 95% CI over prompts)", "chosen"]) + " |",
-             "|" + "---|" * (len(keys) + 2)]
+    lines = ["| " + " | ".join([*keys, f"validation {record['metric']} (mean ± 95% CI over prompts)",
+                                *([f"per seed ({' / '.join(map(str, seeds))})"] if per_seed else []), "chosen"]) + " |",
+             "|" + "---|" * (len(keys) + 2 + per_seed)]
     for c in record["configs"]:
-        lines.append("| " + " | ".join([*(str(c["settings"][k]) for k in keys), score_text(c), "**yes**" if c["chosen"] else ""]) + " |")
+        lines.append("| " + " | ".join([*(str(c["settings"][k]) for k in keys), score_text(c),
+                                        *([seed_scores_text(c, seeds)] if per_seed else []),
+                                        "**yes**" if c["chosen"] else ""]) + " |")
     chosen = label(record["chosen"])
-    return head + "\n".join(lines) + f"\n\nChosen: {chosen}. Rule: {record['rule']}.\n"
+    return head + "\n".join(lines) + f"\n\nChosen: {chosen}. Rule: {record['rule']}. {stability_text(record)}\n"
+
+
+def record_seeds(record: dict[str, Any]) -> list[int]:
+    """The tuning seeds of a record (records before ``tune.seeds`` name one ``seed``)."""
+    return list(record.get("seeds") or [record["seed"]])
+
+
+def seed_scores_text(config: dict[str, Any], seeds: list[int]) -> str:
+    values = config.get("seed_means") or {}
+    return " / ".join("failed" if values.get(str(s)) is None else f"{values[str(s)]:.4f}" for s in seeds)
+
+
+def stability_text(record: dict[str, Any]) -> str:
+    """Whether the chosen configuration wins at each tuning seed alone, and if not, by how much it loses."""
+    seeds = record_seeds(record)
+    check = record.get("stability")
+    if len(seeds) < 2 or not check:
+        return f"One tuning seed ({seeds[0]}): no stability check."
+    if check["stable"]:
+        return f"Stable: the chosen configuration also wins at each tuning seed alone ({', '.join(map(str, seeds))})."
+    lost = [f"at seed {s} {label(w)} wins by {check['margin_over_chosen'][str(s)]:.4f}"
+            for s in seeds if (w := check["winners"].get(str(s))) is not None and w != record["chosen"]]
+    return f"Not stable: {'; '.join(lost)} over the chosen configuration ({record['metric']})."

@@ -454,3 +454,34 @@ def test_dpo_defaults_are_the_public_trainer_defaults_and_the_paper_suites_set_t
         suite = load_suite(paper / name)
         (row,) = [m for m in suite.methods if m.method == "dpo"]
         assert (row.args["beta"], row.args["n_winners"], row.args["n_losers"]) == (30.0, 8, 8), name
+
+
+# ---- RAFT on a one-step generator (docs/raft.md) -------------------------------------------------
+
+
+def test_raft_self_denoise_regresses_kept_samples_from_their_own_renoised_noise():
+    """The loss is the regression onto the kept samples; it shrinks to nothing as the re-noising does
+    (a deterministic generator is a fixed point of finetuning on its own outputs), and mean_of_top,
+    the collapsing first adaptation, stays reachable as an option."""
+    def loss(args: dict) -> float:
+        ctx = _context(reward=ToyRedness(ToyRedness.Config()))
+        ctx.ledger = Ledger("cpu")
+        with torch.no_grad():  # away from the base, so the generator depends on its noise
+            for n, p in ctx.generator.net.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(std=0.5)
+        method = METHODS.get("raft").cls(METHODS.get("raft").parse_config(args))
+        method.setup(ctx)
+        ctx.noise_rng.manual_seed(0)
+        ctx.ledger.begin_update()
+        out = method.step(["toy prompt 0", "toy prompt 1"], ctx)
+        ctx.ledger.end_update()
+        grads = [p.grad for p in ctx.generator.trainable_parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+        return out.loss
+
+    wide, narrow = loss({"top_n": 2, "noise_sigma": 0.5}), loss({"top_n": 2, "noise_sigma": 1e-4})
+    assert wide > 1e-4 and narrow < wide * 1e-3
+    assert loss({"top_n": 2, "loss": "mean_of_top"}) > 0
+    with pytest.raises(ValueError):
+        METHODS.get("raft").parse_config({"loss": "paired"})

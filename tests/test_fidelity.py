@@ -112,3 +112,47 @@ def test_periodic_eval_history_and_kept_images(tmp_path, capfd):
     record = json.loads((cell / "eval.json").read_text())
     assert len(kept) == record["n_prompts"] * record["images_per_prompt"]
     assert (cell / "eval.json").stat().st_mode & 0o044, "results are readable by the group and others (umask allowing)"
+
+
+def test_kid_from_features_is_torch_fidelitys_kid() -> None:
+    """The whole-kernel KID draws torch-fidelity's subsets and gives its value (float64 summation order aside)."""
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    from drpo_bench.metrics.fidelity import kid_from_features
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(300, 24, generator=gen, dtype=torch.float64)
+    b = torch.randn(260, 24, generator=gen, dtype=torch.float64) * 1.1 + 0.05
+    for subsets, size, seed in ((20, 200, 2020), (7, 260, 3)):
+        ours = kid_from_features(a, b, subsets=subsets, subset_size=size, rng_seed=seed)
+        theirs = kid_features_to_metric(a, b, kid_subsets=subsets, kid_subset_size=size, rng_seed=seed, verbose=False,
+                                        kid_kernel="poly", kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None,
+                                        kid_kernel_poly_coef0=1)["kernel_inception_distance_mean"]
+        assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-12)
+    other_draw = kid_from_features(a, b, subsets=20, subset_size=200, rng_seed=1)
+    assert other_draw != pytest.approx(kid_from_features(a, b, subsets=20, subset_size=200, rng_seed=2020), rel=1e-9)
+
+
+def test_metric_equals_torch_fidelitys_calculate_metrics_and_reuses_reference_features(texts, monkeypatch) -> None:
+    """FID bit for bit and KID to 1e-9 of torch-fidelity's own calculate_metrics on the same inputs;
+    a second evaluation of the same prompts renders and encodes no ground truth again."""
+    import torch_fidelity
+
+    import drpo_bench.metrics.fidelity as fidelity
+    import drpo_bench.shapes.render as render
+
+    images = render_batch(texts, 5).float() / 255.0
+    metric = FrechetDistance(FrechetDistance.Config(kid_scale=1.0, kid_subsets=10))
+    fidelity._REFERENCE_FEATURES.clear()
+    ours = metric.compute(_samples(images, texts))
+    fidelity.register_shapes_extractor()
+    theirs = torch_fidelity.calculate_metrics(
+        input1=fidelity._Uint8Images(images), input2=fidelity._Uint8Images(render_batch(texts, 0)), fid=True, kid=True,
+        feature_extractor=fidelity.SHAPES_EXTRACTOR, kid_subsets=10, kid_subset_size=min(1000, len(texts)), cuda=False,
+        cache=False, verbose=False, save_cpu_ram=True, samples_shuffle=False)
+    assert ours["fid"].mean == theirs["frechet_inception_distance"]
+    assert ours["kid"].mean == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-9)
+    renders = []
+    monkeypatch.setattr(render, "render_batch", lambda *a, **k: renders.append(a) or pytest.fail("rendered again"))
+    again = metric.compute(_samples(images, texts))
+    assert again["fid"].mean == ours["fid"].mean and again["kid"].mean == ours["kid"].mean and not renders

@@ -110,6 +110,12 @@ def test_multiscale_features_shapes_and_gradients() -> None:
     only_deep = entry.cls(entry.parse_config({"stages": [3], "layout": False})).features(images.detach())
     assert set(only_deep) == {"s3.mean_std", "s3.patch2", "s3.patch4"}
 
+    # DrPO's feature_keys: only those sets are computed, bit for bit the same values
+    keys = ["s1.mean_std", "s2.patch2", "s3.layout"]
+    some = enc.features(images.detach(), keys=keys)
+    assert sorted(some) == sorted(keys)
+    assert all(torch.equal(some[k], feats[k].detach()) for k in keys)
+
 
 def test_latent_features_shapes() -> None:
     entry = FEATURES.get("shapes-latent")

@@ -262,3 +262,52 @@ def test_committed_quickstart_tuning_records_match_the_suite_and_their_choice():
         best = max(record["configs"], key=lambda c: c["mean"])
         assert record["chosen"] == best["settings"] and [c["chosen"] for c in record["configs"]].count(True) == 1
         assert best["chosen"]
+
+
+def test_two_tuning_seeds_score_by_the_mean_and_check_stability(tmp_path):
+    """tune.seeds: every configuration at each seed; the score is the mean over seeds (computed here
+    from each cell's eval.json) and the stability check names each seed's own winner and margin."""
+    suite_dict = _with_tune(grid={"train.lr": [0.001, 0.05, 0.2]}, metric="redness", steps=2, seeds=[0, 3])
+    suite = load_suite(_write(tmp_path, suite_dict))
+    written = tune_suite(suite, tmp_path / "out", quiet=True)
+    record = json.loads(written["draft"].read_text())
+    assert record["seeds"] == [0, 3] and "mean over seeds 0, 3" in record["rule"]
+    per_seed = {}
+    for c in record["configs"]:
+        assert len(c["cells"]) == 2
+        means = {}
+        for cell_id in c["cells"]:
+            cell = tmp_path / "out" / "tuning" / "cells" / cell_id
+            info = json.loads((cell / "cell.json").read_text())
+            means[str(info["seed"])] = json.loads((cell / "eval.json").read_text())["metrics"]["redness"]["mean"]
+        assert c["seed_means"] == means and c["mean"] == pytest.approx((means["0"] + means["3"]) / 2, abs=1e-12)
+        per_seed[json.dumps(c["settings"])] = means
+    best = max(per_seed, key=lambda k: per_seed[k]["0"] + per_seed[k]["3"])
+    assert record["chosen"] == json.loads(best)
+    check = record["stability"]
+    for seed in ("0", "3"):
+        winner = max(per_seed, key=lambda k: per_seed[k][seed])
+        assert check["winners"][seed] == json.loads(winner)
+        assert check["margin_over_chosen"][seed] == pytest.approx(per_seed[winner][seed] - per_seed[best][seed], abs=1e-12)
+    assert check["stable"] == all(check["winners"][s] == record["chosen"] for s in ("0", "3"))
+    text = (tmp_path / "out" / "tuning" / "draft.md").read_text()
+    assert ("Stable: the chosen configuration also wins" in text) == check["stable"]
+    assert ("Not stable: at seed" in text) == (not check["stable"])
+    assert "per seed (0 / 3)" in text
+
+
+def test_stability_text_says_who_wins_where_and_by_how_much():
+    from drpo_bench.tuning_records import stability_text
+
+    record = {"seeds": [0, 1], "seed": 0, "metric": "checker", "chosen": {"train.lr": 0.005},
+              "stability": {"stable": False, "winners": {"0": {"train.lr": 0.005}, "1": {"train.lr": 0.001}},
+                            "margin_over_chosen": {"0": 0.0, "1": 0.0123}}}
+    assert stability_text(record) == "Not stable: at seed 1 train.lr = 0.001 wins by 0.0123 over the chosen configuration (checker)."
+    assert stability_text({"seed": 0, "configs": []}) == "One tuning seed (0): no stability check."
+
+
+@pytest.mark.parametrize("tune, expected", [({"grid": {"train.lr": [0.001]}, "metric": "redness", "seeds": [1, 1]}, "repeats a seed"),
+                                            ({"grid": {"train.lr": [0.001]}, "metric": "redness", "seeds": []}, "at least 1")])
+def test_bad_tuning_seeds_are_config_errors(tmp_path, tune, expected):
+    with pytest.raises(UserError, match=expected):
+        load_suite(_write(tmp_path, _with_tune(**tune)))

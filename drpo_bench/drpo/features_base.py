@@ -25,6 +25,9 @@ class FeatureEncoder(abc.ABC):
     #: encoder that is a model forward the public code runs under autocast (the frozen-UNet
     #: teacher) sets this True. Its outputs are cast to float32 either way.
     autocast_features: ClassVar[bool] = False
+    #: True when ``features(x, keys=...)`` computes only the named sets (DrPO passes its
+    #: ``feature_keys``, so sets the loss never reads are not computed)
+    selects_keys: ClassVar[bool] = False
 
     @abc.abstractmethod
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]: ...

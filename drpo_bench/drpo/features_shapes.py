@@ -17,6 +17,7 @@ Gradients flow to the input; encoder weights are frozen (requires_grad False).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ class ShapesMultiscaleFeatures(FeatureEncoder):
     """Frozen shapes image encoder: per-stage mean/std and 2x2 / 4x4 patch means (B, L, D)."""
 
     input_space = "images"
+    selects_keys = True
 
     class Config(StrictConfig):
         weights: str = ""  # "" = the shipped drpo_bench/assets/shapes_encoder.safetensors
@@ -70,15 +72,16 @@ class ShapesMultiscaleFeatures(FeatureEncoder):
         self.net.to(device)
         return self
 
-    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Images (B, 3, 32, 32) in [0, 1] -> {name: (B, L, D)}; see the module docstring."""
+    def features(self, x: torch.Tensor, keys: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+        """Images (B, 3, 32, 32) in [0, 1] -> {name: (B, L, D)}; see the module docstring. ``keys``:
+        compute only these sets (DrPO's ``feature_keys``); the others are not pooled at all."""
         from drpo_bench.shapes.encoder_model import multiscale_features
 
         device = next(self.net.parameters()).device
         maps = self.net(x.to(device=device, dtype=torch.float32))  # [(B, 24, 16, 16), (B, 48, 8, 8), (B, 96, 4, 4)]
-        feats = multiscale_features(maps)
+        feats = multiscale_features(maps, keys)
         out = {k: v for k, v in feats.items() if int(k[1]) in self.config.stages}
-        if self.config.layout:
+        if self.config.layout and (keys is None or "s3.layout" in keys):
             out["s3.layout"] = maps[2].flatten(1)[:, None, :]  # (B, 1, 96*16)
         return out
 

@@ -144,7 +144,9 @@ class DrPO(Method):
     def features(self, generated: Generated) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[str]]:
         """The candidates' features (grad) and the reference's (no grad), {key: (P*K, L, D)} in float32,
         and the keys the loss uses. Call inside the "features" phase and ``feature_precision``."""
-        extra = {"cond": generated.candidates.cond} if self.encoder.uses_conditioning else {}
+        extra: dict[str, Any] = {"cond": generated.candidates.cond} if self.encoder.uses_conditioning else {}
+        if self.encoder.selects_keys and self.config.feature_keys:
+            extra["keys"] = self.config.feature_keys  # the sets the loss reads, no others
         feats = _float32(self.encoder.features(generated.encoder_input, **extra))
         with torch.no_grad():
             ref_feats = _float32(self.encoder.features(generated.reference_input, **extra))

@@ -41,6 +41,24 @@ class _Uint8Images(torch.utils.data.Dataset):
         return self.images[i]
 
 
+class _RenderedReference(torch.utils.data.Dataset):
+    """The shapes world's ground truth of ``texts`` (layouts from ``seed``), rendered on first access."""
+
+    def __init__(self, texts: list[str], seed: int) -> None:
+        self.texts, self.seed = texts, seed
+        self._images: _Uint8Images | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self._images is None:
+            from drpo_bench.shapes.render import render_batch
+
+            self._images = _Uint8Images(render_batch(self.texts, self.seed))
+        return self._images[i]
+
+
 def register_shapes_extractor() -> None:
     """Register ``drpo-shapes-encoder`` with torch-fidelity (once per process)."""
     from torch_fidelity.feature_extractor_base import FeatureExtractorBase
@@ -135,12 +153,16 @@ class FrechetDistance(Metric):
         }
 
     def compute(self, samples: EvalSamples) -> dict[str, MetricValue]:
-        import torch_fidelity
-
         c = self.config
         if c.feature_extractor == SHAPES_EXTRACTOR:
             register_shapes_extractor()
         reference, n_reference = self._reference(samples)
+        reference_key = None
+        if c.reference == SHAPES_GROUND_TRUTH:  # a function of the prompts and reference_seed: its features
+            # are extracted once per process and reused by every evaluation of the same prompts
+            reference_key = (c.feature_extractor, c.feature_layer, c.feature_extractor_weights_path, c.reference_seed,
+                             tuple(reference))
+            reference = _RenderedReference(list(reference), c.reference_seed)
         n = min(samples.images.shape[0], n_reference)
         if n < 2:
             raise ValueError(f"fid: need at least 2 eval and 2 reference images, have {samples.images.shape[0]} and "
@@ -158,7 +180,7 @@ class FrechetDistance(Metric):
         if not isinstance(reference, torch.utils.data.Dataset):  # a folder: resize to the eval images' size
             kwargs.update(samples_resize_and_crop=int(samples.images.shape[-1]), samples_find_deep=True)
         try:
-            out = torch_fidelity.calculate_metrics(**kwargs)
+            out = _fid_and_kid(kwargs, reference_key)
         except (ValueError, RuntimeError, OSError) as exc:  # e.g. Inception weights not downloadable offline
             raise UserError(f"fid: torch-fidelity could not compute FID/KID with {c.feature_extractor}: {exc}. "
                             "Offline, point feature_extractor_weights_path at a local copy of its weights.") from exc
@@ -173,21 +195,89 @@ class FrechetDistance(Metric):
     def _reference(self, samples: EvalSamples) -> tuple[Any, int]:
         c = self.config
         if c.reference == SHAPES_GROUND_TRUTH:
-            from drpo_bench.shapes.render import render_batch
-
             if samples.images.shape[-1] != 32:
                 raise UserError("fid: reference 'shapes-ground-truth' is for the shapes world; point `reference` at a "
                                 "folder of reference images for other generators")
             per_prompt = c.reference_per_prompt
             texts = list(samples.prompts) if per_prompt is None else [
                 t for t in dict.fromkeys(samples.prompts) for _ in range(per_prompt)]
-            return _Uint8Images(render_batch(texts, c.reference_seed)), len(texts)
+            return texts, len(texts)  # rendered only when their features are not cached
         folder = Path(c.reference).expanduser()
         files = [p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"}] if folder.is_dir() else []
         if not files:
             raise UserError(f"fid: reference {c.reference!r} is neither '{SHAPES_GROUND_TRUTH}' nor a folder of "
                             ".png/.jpg images; point it at the reference image folder")
         return str(folder), len(files)
+
+
+#: ground-truth reference features by (extractor, layer, weights, seed, reference texts); ~2 MiB each
+_REFERENCE_FEATURES: dict[Any, dict[str, torch.Tensor]] = {}
+_REFERENCE_CACHE_SIZE = 8
+
+
+def _fid_and_kid(kwargs: dict[str, Any], reference_key: Any) -> dict[str, float]:
+    """torch-fidelity's own feature extraction and FID (``calculate_metrics``' steps, in its order),
+    with KID by ``kid_from_features``: the same subsets and estimator as torch-fidelity's KID, without
+    recomputing a kernel matrix per subset. ``reference_key``: cache input2's features under it."""
+    from torch_fidelity.helpers import get_kwarg
+    from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.utils import (
+        create_feature_extractor,
+        extract_featuresdict_from_input_id_cached,
+        resolve_feature_extractor,
+        resolve_feature_layer_for_metric,
+    )
+
+    layer_fid = resolve_feature_layer_for_metric("fid", **kwargs)
+    layer_kid = resolve_feature_layer_for_metric("kid", **kwargs)
+    extractor = create_feature_extractor(resolve_feature_extractor(**kwargs), list({layer_fid, layer_kid}), **kwargs)
+    features_1 = extract_featuresdict_from_input_id_cached(1, extractor, **kwargs)
+    features_2 = _REFERENCE_FEATURES.get(reference_key) if reference_key is not None else None
+    if features_2 is None:
+        features_2 = extract_featuresdict_from_input_id_cached(2, extractor, **kwargs)
+        if reference_key is not None:
+            if len(_REFERENCE_FEATURES) >= _REFERENCE_CACHE_SIZE:
+                _REFERENCE_FEATURES.pop(next(iter(_REFERENCE_FEATURES)))
+            _REFERENCE_FEATURES[reference_key] = features_2
+    out = fid_statistics_to_metric(fid_featuresdict_to_statistics(features_1, layer_fid),
+                                   fid_featuresdict_to_statistics(features_2, layer_fid), False)
+    kid = kid_from_features(features_1[layer_kid], features_2[layer_kid], subsets=get_kwarg("kid_subsets", kwargs),
+                            subset_size=get_kwarg("kid_subset_size", kwargs), rng_seed=get_kwarg("rng_seed", kwargs),
+                            degree=get_kwarg("kid_kernel_poly_degree", kwargs),
+                            gamma=get_kwarg("kid_kernel_poly_gamma", kwargs), coef0=get_kwarg("kid_kernel_poly_coef0", kwargs))
+    return {**out, "kernel_inception_distance_mean": kid}
+
+
+def kid_from_features(features_1: torch.Tensor, features_2: torch.Tensor, *, subsets: int, subset_size: int,
+                      rng_seed: int, degree: int = 3, gamma: float | None = None, coef0: float = 1.0) -> float:
+    """torch-fidelity's KID (``metric_kid.kid_features_to_metric``, polynomial kernel, unbiased MMD²)
+    from the same random subsets (``RandomState(rng_seed)``, one draw per input per subset, without
+    replacement), computed from the three whole kernel matrices: a subset's kernel sums are
+    w_aᵀ K w_b for 0/1 subset indicators w. torch-fidelity builds three m×m kernels per subset
+    (300 for the default 100 subsets, 85% of an evaluation here); this builds three once. Equal to
+    torch-fidelity's value up to float64 summation order (tests/test_fid_metric.py)."""
+    import numpy as np
+
+    x, y = features_1.cpu().numpy(), features_2.cpu().numpy()  # (N1, D), (N2, D) float64
+    n1, n2, m = x.shape[0], y.shape[0], subset_size
+    if n1 < m or n2 < m:
+        raise ValueError(f"KID subset size {m} exceeds the number of samples ({n1}, {n2})")
+    g = 1.0 / x.shape[1] if gamma is None else gamma
+
+    def kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (np.matmul(a, b.T) * g + coef0) ** degree
+
+    rng = np.random.RandomState(rng_seed)
+    w1, w2 = np.zeros((n1, subsets)), np.zeros((n2, subsets))  # subset indicators, one column per subset
+    for i in range(subsets):  # the draws torch-fidelity makes, in its order
+        w1[rng.choice(n1, m, replace=False), i] = 1.0
+        w2[rng.choice(n2, m, replace=False), i] = 1.0
+    k11, k22 = kernel(x, x), kernel(y, y)
+    xx = np.einsum("is,is->s", w1, k11 @ w1) - w1.T @ np.diagonal(k11)  # off-diagonal sums per subset
+    yy = np.einsum("is,is->s", w2, k22 @ w2) - w2.T @ np.diagonal(k22)
+    xy = np.einsum("is,is->s", w1, kernel(x, y) @ w2)
+    mmd2 = (xx + yy) / (m * (m - 1)) - 2 * xy / (m * m)
+    return float(np.mean(mmd2))
 
 
 def _fidelity_version() -> str:

@@ -27,6 +27,7 @@ from drpo_bench.report.scores import win_rate_table
 from drpo_bench.report.settings import settings_tables
 from drpo_bench.report.table import Table, slugify
 from drpo_bench.report.tuning_tables import tuning_tables
+from drpo_bench.report.verdicts import verdict_tables
 from drpo_bench.store import write_text
 
 #: what ``--formats`` may name; ``pdf`` compiles the LaTeX with pdflatex, csv/json export the tables
@@ -382,6 +383,7 @@ def report_tables(folder: Path, results: list[CellResult], rows: dict[tuple[str,
     gains = gain_table(rows, multi)
     if gains is not None:
         tables.append(gains)
+    tables += verdict_tables(rows, multi)  # method against method, paired by seed (report/verdicts.py)
     wins = win_rate_table(rows, multi)
     if wins is not None:
         tables.append(wins)

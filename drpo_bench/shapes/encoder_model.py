@@ -11,6 +11,7 @@ feature sets DrPO's drift field uses.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -79,8 +80,8 @@ class ReconstructionHead(nn.Module):
         return torch.sigmoid(F.pixel_shuffle(self.to_32(h), 2))
 
 
-def multiscale_features(maps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Stage maps -> named feature sets, each (B, L, D).
+def multiscale_features(maps: list[torch.Tensor], keys: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+    """Stage maps -> named feature sets, each (B, L, D); ``keys``: only these (None = all).
 
     Per stage s (1..3), with C_s channels:
       ``s{s}.mean_std``  (B, 1, 2*C_s)  global channel mean and std
@@ -89,12 +90,14 @@ def multiscale_features(maps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """
     out: dict[str, torch.Tensor] = {}
     for s, m in enumerate(maps, start=1):
-        flat = m.flatten(2)  # (B, C, H*W)
-        mean, std = flat.mean(-1), (flat.var(-1, unbiased=False) + 1e-6).sqrt()
-        out[f"s{s}.mean_std"] = torch.cat([mean, std], dim=-1)[:, None, :]  # (B, 1, 2C)
+        if keys is None or f"s{s}.mean_std" in keys:
+            flat = m.flatten(2)  # (B, C, H*W)
+            mean, std = flat.mean(-1), (flat.var(-1, unbiased=False) + 1e-6).sqrt()
+            out[f"s{s}.mean_std"] = torch.cat([mean, std], dim=-1)[:, None, :]  # (B, 1, 2C)
         for grid in (2, 4):
-            pooled = F.adaptive_avg_pool2d(m, grid)  # (B, C, grid, grid)
-            out[f"s{s}.patch{grid}"] = pooled.flatten(2).transpose(1, 2)  # (B, grid*grid, C)
+            if keys is None or f"s{s}.patch{grid}" in keys:
+                pooled = F.adaptive_avg_pool2d(m, grid)  # (B, C, grid, grid)
+                out[f"s{s}.patch{grid}"] = pooled.flatten(2).transpose(1, 2)  # (B, grid*grid, C)
     return out
 
 

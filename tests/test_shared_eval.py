@@ -1,0 +1,76 @@
+"""The step-0 evaluation is computed once per seed and shared by the trained cells of that seed
+(drpo_bench/shared_eval.py); every cell's eval_history.jsonl is what it computed alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+import drpo_bench.cell_runner as cell_runner
+from drpo_bench.config import load_suite
+from drpo_bench.planning import plan_cells
+from drpo_bench.registry import GENERATORS
+from drpo_bench.runner import run_suite
+from drpo_bench.shared_eval import CACHE_DIR, step0_key
+
+ROOT = Path(__file__).resolve().parents[1]
+OVERRIDES = ["seeds=[0, 1]", "budget.steps=4", "eval.every=2",
+             "methods=[{id: base, method: base}, {id: raft, method: raft}, {id: draft, method: draft}, "
+             "{id: drpo, method: drpo, args: {n_pos: 2, n_neg: 2, features: toy-pixels}}]"]
+
+
+def _histories(out: Path) -> dict[str, list[dict]]:
+    return {cell.name: [json.loads(line) for line in (cell / "eval_history.jsonl").read_text().splitlines()]
+            for cell in sorted(out.iterdir()) if (cell / "eval_history.jsonl").is_file()}
+
+
+def test_step0_is_evaluated_once_per_seed_and_each_cell_keeps_its_own_numbers(tmp_path: Path, monkeypatch) -> None:
+    suite = load_suite(ROOT / "suites" / "toy" / "harness.yaml", OVERRIDES)
+    computed: list[str] = []
+    real = cell_runner.shared_step0
+
+    def counting(output, key, compute):
+        def wrapped():
+            computed.append(key)
+            return compute()
+        return real(output, key, wrapped)
+
+    monkeypatch.setattr(cell_runner, "shared_step0", counting)
+    shared = tmp_path / "shared"
+    run_suite(suite, shared, quiet=True)
+    assert len(computed) == 2 and len(set(computed)) == 2, "one step-0 evaluation per seed, for three trained rows"
+    assert not (shared / CACHE_DIR).exists(), "the cache goes once every cell is finished"
+
+    monkeypatch.setattr(cell_runner, "shared_step0", lambda output, key, compute: compute())  # each cell alone
+    alone = tmp_path / "alone"
+    run_suite(suite, alone, quiet=True)
+    a, b = _histories(shared), _histories(alone)
+    assert sorted(a) == sorted(b) and len(a) == 6
+    for cell in a:
+        assert [r["step"] for r in a[cell]] == [0, 2, 4]
+        for x, y in zip(a[cell], b[cell]):
+            x.pop("train_seconds"), y.pop("train_seconds")
+            assert x == y, f"{cell}: {x} != {y}"  # bit for bit: JSON floats round-trip exactly
+    seeds = {cell: cell.rsplit("--s", 1)[1] for cell in a}
+    for cell in a:  # and the shared rows are one value per seed
+        for other in a:
+            if seeds[cell] == seeds[other]:
+                assert a[cell][0] == a[other][0]
+
+
+def test_key_follows_the_adapter_and_the_seed() -> None:
+    suite = load_suite(ROOT / "suites" / "toy" / "harness.yaml", OVERRIDES)
+    cells = [c for c in plan_cells(suite) if c.trains]
+    entry = GENERATORS.get(cells[0].generator.name)
+    generator = entry.cls(entry.parse_config(cells[0].generator.args))
+    key = step0_key(cells[0], generator, suite.rewards)
+    same_seed = next(c for c in cells[1:] if c.seed == cells[0].seed)
+    other_seed = next(c for c in cells if c.seed != cells[0].seed)
+    assert step0_key(same_seed, generator, suite.rewards) == key
+    assert step0_key(other_seed, generator, suite.rewards) != key
+    with torch.no_grad():
+        next(iter(generator.adapter_state_dict().values()))  # the adapter as a method's prepare_generator might change it
+        generator.trainable_parameters()[0].add_(1e-3)
+    assert step0_key(cells[0], generator, suite.rewards) != key
