@@ -77,7 +77,7 @@ def cells_of(text: str, method: str) -> bool:
 
 def test_editing_raft_stops_the_rerun_then_rerun_stale_retrains_raft_only(store):
     before = snapshot(store / "out")
-    edit(store / "baselines" / "raft.py", "loss = (latents", "loss = 3 * (latents")  # the edit
+    edit(store / "baselines" / "raft.py", "loss = (out.float()", "loss = 3 * (out.float()")  # the edit, on the default (self_denoise) loss
 
     stopped = run(store)
     assert stopped.returncode == 2, stopped.stderr
@@ -222,7 +222,7 @@ def test_references_come_from_a_clean_tree_and_report_honours_the_guard(store):
     assert "drpo_bench/training.py" not in code["files"], "a cell that does not train does not run the loop"
     shutil.rmtree(store / "results" / "toy")
 
-    edit(store / "baselines" / "raft.py", "loss = (latents", "loss = 3 * (latents")
+    edit(store / "baselines" / "raft.py", "loss = (out.float()", "loss = 3 * (out.float()")
     dirty = cli(store, "run", SUITE, *FAST, "--output", "results/toy", "--update-reference", "--quiet")
     assert dirty.returncode == 2 and "baselines/raft.py" in dirty.stderr, dirty.stderr  # `run` has the same guard
     assert not (store / "results" / "toy").exists()
