@@ -156,3 +156,47 @@ def test_summary_orders_canonical_phases_first(clock: FakeClock) -> None:
             with led.phase(name):
                 clock.advance(1.0)
     assert list(led.summary()["phase_seconds"]) == ["sample", "optimizer", "custom", OTHER]
+
+
+def _timed_updates(led: Ledger, clock: FakeClock, seconds: list[float]) -> None:
+    """One update per entry, its time spent inside the "sample" phase."""
+    for s in seconds:
+        with led.update(), led.phase("sample"):
+            clock.advance(s)
+
+
+def test_seconds_per_update_leaves_out_each_processes_warm_up_update(clock: FakeClock) -> None:
+    """A process's first update (allocator and caches warming up) is left out of the timing means."""
+    led = Ledger("cpu")
+    _timed_updates(led, clock, [10.0, 1.0, 3.0])  # warm-up 10 s, then 1 s and 3 s
+    s = led.summary()
+    assert s["seconds_per_update"] == pytest.approx(2.0), (
+        f"seconds_per_update {s['seconds_per_update']} != mean of the post-warm-up updates (1 + 3) / 2 = 2; "
+        "(10 + 1 + 3) / 3 = 4.67 would count the warm-up update")
+    assert (s["updates"], s["updates_averaged"], s["processes"]) == (3, 2, 1), "3 updates, the warm-up not averaged"
+    assert s["seconds_per_update_min"] == pytest.approx(1.0)
+    assert s["phase_seconds"]["sample"] == pytest.approx(2.0), "phase means leave the warm-up out too"
+    # a resumed cell: the next process's first update is its own warm-up
+    resumed = Ledger("cpu")
+    resumed.restore(led.to_json()["updates"])
+    _timed_updates(resumed, clock, [20.0, 5.0])
+    s = resumed.summary()
+    assert s["processes"] == 2 and s["updates"] == 5 and s["updates_averaged"] == 3
+    assert s["seconds_per_update"] == pytest.approx((1.0 + 3.0 + 5.0) / 3)
+
+
+def test_a_single_update_is_its_own_timing(clock: FakeClock) -> None:
+    led = Ledger("cpu")
+    _timed_updates(led, clock, [7.0])
+    s = led.summary()
+    assert s["updates_averaged"] == 1 and s["seconds_per_update"] == pytest.approx(7.0)
+
+
+def test_flop_counted_update_is_left_out_of_the_timing(clock: FakeClock) -> None:
+    """Updates whose FLOPs were counted run slower (the counter): timing means skip them when others exist."""
+    led = Ledger("cpu", count_flops=True)
+    _timed_updates(led, clock, [10.0, 1.0, 3.0])  # the first is both warm-up and counted
+    led2 = Ledger("cpu", count_flops=True)
+    led2.restore([{**u, "warmup": False} for u in led.to_json()["updates"]])  # pretend none was warm-up
+    s = led2.summary()
+    assert s["updates_averaged"] == 2 and s["seconds_per_update"] == pytest.approx(2.0)
