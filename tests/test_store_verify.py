@@ -62,6 +62,15 @@ def test_a_recorded_file_changed_since_is_refused(tmp_path, name):
     assert info.value.path == path
 
 
+def test_a_file_without_a_recorded_checksum_is_refused(tmp_path):
+    """A checked file that cell.json does not vouch for (added or swapped in after the cell finished)."""
+    folder, record = _finished(tmp_path)
+    unvouched = record.model_copy(update={"checksums": {k: v for k, v in record.checksums.items() if k != CellFolder.SCORES}})
+    with pytest.raises(CorruptCellError, match="no checksum") as info:
+        folder.verify(unvouched)
+    assert info.value.path == folder.file(CellFolder.SCORES)
+
+
 def test_a_written_cell_json_round_trips_its_checksums(tmp_path):
     folder, record = _finished(tmp_path)
     assert json.loads(folder.file(CellFolder.CELL).read_text())["checksums"] == record.checksums
