@@ -200,3 +200,73 @@ def test_flop_counted_update_is_left_out_of_the_timing(clock: FakeClock) -> None
     led2.restore([{**u, "warmup": False} for u in led.to_json()["updates"]])  # pretend none was warm-up
     s = led2.summary()
     assert s["updates_averaged"] == 2 and s["seconds_per_update"] == pytest.approx(2.0)
+
+
+def test_summary_and_json_are_the_hand_computed_means(clock: FakeClock) -> None:
+    """Three updates on a fake clock (started at 100 s), FLOPs added by hand: every number in the
+    summary and in to_json, worked out here."""
+    import resource
+    import sys
+
+    clock.advance(100.0)
+    led = Ledger()  # defaults: the CPU, enabled, no FLOP counter
+    assert led.device == torch.device("cpu") and not led.count_flops
+    with led.update():  # warm-up: 4 s of sampling, 100 FLOPs
+        with led.phase("sample"):
+            clock.advance(4.0)
+        led.add_flops("sample", 100)
+    with led.update():  # 1 s other, 1 s sample, 2 s features (in two calls); 30 + 20 sample FLOPs, 50 loss FLOPs
+        clock.advance(1.0)
+        with led.phase("sample"):
+            clock.advance(1.0)
+        for _ in range(2):
+            with led.phase("features"):
+                clock.advance(1.0)
+        led.add_flops("sample", 30)
+        led.add_flops("sample", 20)
+        led.add_flops("loss", 50)
+    with led.update(), led.phase("sample"):  # 3 s of sampling, no FLOPs
+        clock.advance(3.0)
+    led.add_flops("sample", 1e9)  # outside an update: ignored
+    s = led.summary()
+    flops = {"sample": (100 + 50) / 2, "loss": 50 / 2}  # mean over the updates that have FLOPs (1 and 2)
+    assert s["seconds_per_update"] == pytest.approx((4.0 + 3.0) / 2) and s["seconds_per_update_min"] == pytest.approx(3.0)
+    assert s["phase_seconds"] == pytest.approx({"sample": (1.0 + 3.0) / 2, "features": 1.0, OTHER: 0.5})
+    assert s["phase_flops"] == pytest.approx(flops) and s["flops_per_update"] == pytest.approx(100.0)
+    assert s["achieved_flops_per_second"] == pytest.approx(100.0 / 3.5)
+    assert (s["updates"], s["processes"], s["updates_averaged"]) == (3, 1, 2)
+    assert s["device"] == "cpu" and s["peak_memory_kind"] == "process_peak_rss"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    assert 0 < s["peak_memory_bytes"] <= rss and s["peak_memory_bytes"] > rss // 2, "bytes, not KiB"
+    assert set(s["phase_peak_memory_bytes"]) == {"sample", "features", OTHER}
+    assert all(0 < v <= s["peak_memory_bytes"] for v in s["phase_peak_memory_bytes"].values())
+    dumped = led.to_json()
+    assert dumped["summary"] == s
+    rows = dumped["updates"]
+    assert [r["seconds"] for r in rows] == pytest.approx([4.0, 4.0, 3.0])
+    assert [r["warmup"] for r in rows] == [True, False, False] and not any(r["flops_counted"] for r in rows)
+    assert rows[1]["phase_seconds"] == pytest.approx({OTHER: 1.0, "sample": 1.0, "features": 2.0})
+    assert rows[1]["phase_flops"] == {"sample": 50.0, "loss": 50.0} and rows[2]["phase_flops"] == {}
+    assert rows[1]["phase_calls"] == {"sample": 1, "features": 2}
+    assert all(r["peak_memory_bytes"] >= max(r["phase_peak_memory_bytes"].values()) for r in rows)
+    restored = Ledger()
+    restored.restore(json.loads(json.dumps(rows)))
+    assert restored.summary() == {**s, "peak_memory_bytes": s["peak_memory_bytes"]}
+
+
+def test_a_non_finite_error_is_labelled_with_its_innermost_phase() -> None:
+    from drpo_bench.errors import NonFiniteError
+
+    led = Ledger("cpu")
+    led.begin_update()
+    with pytest.raises(NonFiniteError) as info:
+        with led.phase("loss"), led.phase("features"):
+            raise NonFiniteError("loss", "nan")
+    assert info.value.phase == "features"
+    labelled = NonFiniteError("loss", "nan")
+    labelled.phase = "reward_forward"
+    with pytest.raises(NonFiniteError) as info:
+        with led.phase("loss"):
+            raise labelled
+    assert info.value.phase == "reward_forward", "an error already labelled keeps its phase"
+    led.end_update()
