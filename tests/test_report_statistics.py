@@ -8,6 +8,7 @@ the win rate's bootstrap interval against the normal approximation on a world wi
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -152,3 +153,150 @@ def test_win_rate_table_says_95_percent_and_the_percentiles_it_uses():
     cells = [_score_cells("base", 0, [(p, 0.5) for p in prompts]), _score_cells("m", 0, [(p, 0.7) for p in prompts])]
     table = win_rate_table(group_rows(cells), multi=False)
     assert "95% bootstrap" in table.title and "2.5 and 97.5 percentiles" in table.note
+
+
+# ---- reading a results folder: which cells make the tables, and why the others do not ------------
+
+
+def _write_cell(folder: Path, name: str, method: str, seed: int, status: str = "complete", reward: float = 0.5,
+                generator: str = "g") -> Path:
+    from drpo_bench.store import CellFolder, EvalRecord
+
+    cell = CellFolder(folder / name)
+    cell.path.mkdir(parents=True)
+    cell.write_eval(EvalRecord(n_prompts=1, images_per_prompt=1, split="eval",
+                               metrics={"reward": MetricRecord(mean=reward, higher_is_better=True)}))
+    cell.write_ledger({"summary": {"updates": 4, "seconds_per_update": 0.25}, "updates": []})
+    (cell.file(CellFolder.TRAIN_LOG)).write_text('{"step": 1, "loss": 0.5}\n')
+    cell.write_scores([{"image": 0, "prompt_index": 0, "score": reward}])
+    (cell.file(CellFolder.EVAL_HISTORY)).write_text('{"step": 2, "reward": 0.4}\n{"step": 1, "reward": 0.3}\n')
+    cell.write_cell(CellRecord(status=status, cell_id=name, fingerprint="f", suite="s", generator={"name": generator},
+                               seed=seed, method={"id": method, "method": method}, trains=method != "base", eval={},
+                               train_reward=None if method == "base" else {"alias": "r"}))
+    return cell.path
+
+
+def test_load_results_reads_complete_cells_and_names_the_rest(tmp_path):
+    from drpo_bench.report.results import load_results, load_results_and_problems, missing_cells
+
+    ok = _write_cell(tmp_path, "g--m--r--s0", "m", 0, reward=0.7)
+    _write_cell(tmp_path, "g--base--none--s0", "base", 0)
+    unfinished = _write_cell(tmp_path, "g--m--r--s1", "m", 1, status="running")
+    failed = tmp_path / "g--m--r--s2"
+    failed.mkdir()
+    (failed / "error.txt").write_text("non-finite loss at update 3\nmore\n")
+    traced = tmp_path / "g--m--r--s3"
+    traced.mkdir()
+    (traced / "error.txt").write_text("Traceback (most recent call last):\n  File x\nValueError: boom\n")
+    checkpointed = tmp_path / "g--m--r--s4"
+    checkpointed.mkdir()
+    (checkpointed / "checkpoint.json").write_text("{}")
+    corrupt = _write_cell(tmp_path, "g--m--r--s5", "m", 5)
+    (corrupt / "eval.json").write_text("{broken")
+    (tmp_path / "empty-dir").mkdir()  # neither cell.json, nor an error, nor a checkpoint: not a cell
+    (tmp_path / "notes.txt").write_text("a file, not a cell")
+    results, problems = load_results_and_problems(tmp_path)
+    assert sorted(r.cell_id for r in results) == ["g--base--none--s0", "g--m--r--s0"]
+    assert problems == {
+        "g--m--r--s1": "unfinished (rerun the suite to resume it)",
+        "g--m--r--s2": "failed: non-finite loss at update 3",
+        "g--m--r--s3": "failed: ValueError: boom",
+        "g--m--r--s4": "unfinished (rerun the suite to resume it)",
+        "g--m--r--s5": problems["g--m--r--s5"],
+    } and problems["g--m--r--s5"].startswith("corrupt: ") and "eval.json" in problems["g--m--r--s5"]
+    cell = next(r for r in results if r.cell_id == "g--m--r--s0")
+    assert cell.metrics["reward"].mean == 0.7 and cell.folder == ok
+    assert cell.ledger == {"updates": 4, "seconds_per_update": 0.25} and cell.train_log == [{"step": 1, "loss": 0.5}]
+    assert cell.scores == [{"image": 0, "prompt_index": 0, "score": 0.7}]
+    assert [row["step"] for row in cell.eval_history] == [1, 2]
+    assert cell.row_key == ("g", "m", "r")
+    assert next(r for r in results if r.cell_id.startswith("g--base")).row_key == ("g", "base", "—")
+    assert len(load_results(tmp_path)) == 2
+    assert missing_cells(tmp_path, results) is None, "no record of the plan: say nothing"
+    (tmp_path / ".drpo-bench.settings.json").write_text(json.dumps({"cells": ["g--m--r--s0", "g--m--r--s1", "x"]}))
+    assert missing_cells(tmp_path, results) == (2, 3)
+    assert unfinished.exists()
+
+
+def test_load_results_refuses_a_missing_or_empty_folder(tmp_path):
+    from drpo_bench.errors import UserError
+    from drpo_bench.report.results import load_results, load_suite_snapshot
+
+    with pytest.raises(UserError, match="does not exist; run a suite first"):
+        load_results(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="no complete cells in"):
+        load_results(tmp_path)
+    assert load_suite_snapshot(tmp_path) is None
+    (tmp_path / "suite.json").write_text('{"name": "s"}')
+    assert load_suite_snapshot(tmp_path) == {"name": "s"}
+
+
+def test_rows_follow_the_suites_order_else_alphabetical_and_cells_the_seeds():
+    cells = [_cell(m, s, {"reward": (0.5, True)}) for m in ("zeta", "alpha", "base") for s in (2, 0, 1)]
+    for c in cells[:3]:
+        c.info.generator = {"name": "h"}  # zeta on another generator
+    plain = group_rows(cells)
+    assert list(plain) == [("g", "alpha", "r"), ("g", "base", "—"), ("h", "zeta", "r")]
+    assert [c.info.seed for c in plain[("g", "alpha", "r")]] == [0, 1, 2]
+    suite = {"generators": [{"name": "h"}, {"id": "g", "name": "other"}],
+             "methods": [{"id": "zeta"}, {"id": "base"}, {"id": "alpha"}]}
+    assert list(group_rows(cells, suite)) == [("h", "zeta", "r"), ("g", "base", "—"), ("g", "alpha", "r")]
+    partial = {"generators": [{"name": "g"}], "methods": [{"id": "base"}]}  # rows it does not name come after
+    assert list(group_rows(cells, partial)) == [("g", "base", "—"), ("g", "alpha", "r"), ("h", "zeta", "r")]
+
+
+def test_win_rate_table_every_cell_of_a_small_world():
+    """Two generators, a higher- and a lower-is-better per-image metric, a NaN score left out."""
+    def cells_for(generator, method, seed, values, cost):
+        rows = [{"image": i, "prompt_index": i // 2, "prompt": "p", "task": "t", "score": v, "cost": c, "note": "x"}
+                for i, (v, c) in enumerate(zip(values, cost))]
+        cell = _cell(method, seed, {"score": (sum(values) / 4, True), "cost": (sum(cost) / 4, False)}, rows)
+        cell.info.generator = {"name": generator}
+        return cell
+
+    cells = [cells_for("g", "base", 0, [0.5, 0.5, 0.5, 0.5], [1.0, 1.0, 1.0, 1.0]),
+             cells_for("g", "m", 0, [0.9, 0.9, 0.1, float("nan")], [0.5, 0.5, 2.0, 1.0]),
+             cells_for("h", "base", 0, [0.5] * 4, [1.0] * 4),
+             cells_for("h", "m", 0, [0.6] * 4, [0.5] * 4)]
+    table = win_rate_table(group_rows(cells), multi=True)
+    assert table.headers == ["generator", "method", "train reward", "pairs", "win rate score", "win rate cost"]
+    assert table.slug == "win-rate" and table.label_columns == 3
+    by = {tuple(row[:2]): (row, bold, raw) for row, bold, raw in zip(table.rows, table.bold, table.raw)}
+    assert set(by) == {("g", "m"), ("h", "m")}, "base rows are the reference, not rows"
+    row, bold, raw = by[("g", "m")]
+    # score: images 0, 1 win, 2 loses, 3 is NaN (left out): 2 / 3; cost (lower is better): 0, 1 win, 2 loses, 3 ties
+    assert row[3] == "4" and raw[3] == 4, "pairs: the most pairs of any metric"
+    assert row[4].startswith("0.667 [") and raw[4]["win_rate"] == pytest.approx(2 / 3) and raw[4]["pairs"] == 3
+    assert raw[5]["win_rate"] == pytest.approx(2.5 / 4) and raw[5]["prompts"] == 2
+    assert row[5] == f"0.625 [{raw[5]['ci_low']:.3f}, {raw[5]['ci_high']:.3f}]"
+    assert bold == [False, False, False, False, raw[4]["ci_low"] > 0.5, raw[5]["ci_low"] > 0.5]
+    row, bold, raw = by[("h", "m")]
+    assert row[4] == "1.000 [1.000, 1.000]" and row[5] == "1.000 [1.000, 1.000]" and bold[4:] == [True, True]
+    assert raw[:3] == ["h", "m", "r"]
+
+
+def test_win_rate_table_is_none_without_a_base_or_per_image_scores():
+    only_base = [_cell("base", 0, {"score": (0.5, True)}, [{"image": 0, "prompt_index": 0, "score": 0.5}])]
+    assert win_rate_table(group_rows(only_base), multi=False) is None
+    no_scores = [_cell("base", 0, {"score": (0.5, True)}), _cell("m", 0, {"score": (0.6, True)})]
+    assert win_rate_table(group_rows(no_scores), multi=False) is None
+
+
+def test_gain_table_text_headers_and_unpaired_seeds():
+    cells = [_cell("base", s, {"reward": (v, True), "fid": (30.0, False)}) for s, v in ((0, 0.5), (1, 0.6))]
+    cells += [_cell("m", s, {"reward": (v, True)}) for s, v in ((0, 0.7), (1, 0.7), (2, 0.9))]  # seed 2 has no base
+    cells += [_cell("one", 0, {"reward": (0.4, True), "fid": (31.5, False)})]
+    table = gain_table(group_rows(cells), multi=False)
+    assert table.headers == ["method", "train reward", "paired seeds", "Δ reward", "Δ fid"]
+    assert table.slug == "gain-over-base" and table.label_columns == 2
+    rows = {row[0]: (row, raw) for row, raw in zip(table.rows, table.raw)}
+    row, raw = rows["m"]
+    mean, half = plain_t_interval([0.2, 0.1])
+    assert row[2] == "2" and raw[2] == 2, "seed 2 has no base at its seed: not paired"
+    assert row[3] == f"+{mean:.3f} ± {half:.3f}" and row[4] == "n/a" and raw[4] is None
+    row, raw = rows["one"]
+    assert row[3] == "-0.100" and row[4] == "+1.500", "one seed: the difference alone, signed"
+    assert raw[3].half_width is None and raw[3].mean == pytest.approx(-0.1)
+    assert gain_table(group_rows([c for c in cells if c.info.method_name != "base"]), multi=False) is None
+    multi = gain_table(group_rows(cells), multi=True)
+    assert multi.headers[0] == "generator" and multi.rows[0][0] == "g" and multi.label_columns == 3
