@@ -260,6 +260,8 @@ def test_per_set_and_per_anchor_weights_equal_separate_calls_with_scalar_weights
         torch.testing.assert_close(batched.goal[i : i + 1], alone.goal, rtol=1e-5, atol=1e-6)
     per_anchor = drift_loss(gen, pos, neg, positive_weight=torch.full((6,), 7.0), negative_weight=torch.full((4,), 0.5))
     torch.testing.assert_close(per_anchor.loss, drift_loss(gen, pos, neg, positive_weight=7.0, negative_weight=0.5).loss)
+    as_double = drift_loss(gen, pos, neg, positive_weight=torch.full((6,), 7.0, dtype=torch.float64), negative_weight=0.5)
+    assert as_double.loss.dtype == torch.float32, "weights are cast to the features' float32"
     with pytest.raises(ValueError, match=r"anchor weights must be scalar, \(6,\) or \(2, 6\); got \(2, 3\)"):
         drift_loss(gen, pos, neg, positive_weight=torch.ones(3))
 
@@ -278,9 +280,11 @@ def test_small_weights_and_small_scales_match_the_spec(scale):
 
 @pytest.mark.parametrize("bad, match", [
     ("rank", r"generated must be \(B, N, D\); got \(8, 8\)"),
-    ("sets", "the same number of sets B"),
-    ("dim", "the same feature dimension D"),
-    ("empty", "at least one positive and one negative"),
+    ("rank_pos", r"positive must be \(B, N, D\); got \(4, 8\)"),
+    ("rank_neg", r"negative must be \(B, N, D\); got \(3, 8\)"),
+    ("sets", "generated, positive and negative must have the same number of sets B"),
+    ("dim", "generated, positive and negative must have the same feature dimension D"),
+    ("empty", "the drift field needs at least one positive and one negative vector"),
     ("radii", "radii must not be empty"),
     ("pairs", "mask_positive_pairs needs as many positives as generated vectors"),
     ("self", "mask_negative_self needs as many negatives as generated vectors"),
@@ -291,6 +295,8 @@ def test_each_bad_argument_is_named(bad, match):
     pos, neg = torch.randn(1, 4, 8, generator=g), torch.randn(1, 3, 8, generator=g)
     call = {
         "rank": lambda: drift_loss(gen[0], pos, neg),
+        "rank_pos": lambda: drift_loss(gen, pos[0], neg),
+        "rank_neg": lambda: drift_loss(gen, pos, neg[0]),
         "sets": lambda: drift_loss(gen, pos, torch.cat([neg, neg])),
         "dim": lambda: drift_loss(gen, pos, neg[..., :4]),
         "empty": lambda: drift_loss(gen, pos, neg[:, :0]),
@@ -299,5 +305,5 @@ def test_each_bad_argument_is_named(bad, match):
         "self": lambda: drift_loss(gen, pos, neg, mask_negative_self=True),
         "anchor_mask": lambda: drift_loss(gen, pos, neg, anchor_mask=torch.zeros(1, 8, 5, dtype=torch.bool)),
     }[bad]
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=f"^{match}$"):  # the whole message, as the user reads it
         call()
