@@ -222,3 +222,85 @@ def test_vggflow_threshold_becomes_the_paper_quantile_of_the_updates_norms():
     pos = 0.8 * (len(s) - 1)
     want = s[int(pos)] + (pos - int(pos)) * (s[int(pos) + 1] - s[int(pos)])
     assert method.clip_threshold == pytest.approx(want), f"tau {method.clip_threshold} != 0.8 quantile {want}"
+
+
+# ---- DPO: the objective's logs, distances, ref_l2 term, budget, step logs ---------------------------
+
+
+def test_dpo_objective_logs_and_ref_l2_term_equal_plain_computations():
+    from baselines.dpo import dpo_objective
+
+    policy, ref, winners, losers = _dpo_world(2, p=3, k=6, f=4)
+    policy[2] = ref[2]  # prompt 2 at the base: logit exactly 0, not a won pair
+    cfg = METHODS.get("dpo").parse_config({"beta": BETA_PAPER, "n_winners": 2, "n_losers": 2, "ref_l2_weight": 0.5})
+    winners, losers = winners[:, :2], losers[:, :2]
+    loss, logs = dpo_objective(cfg, policy, ref, winners, losers)
+    per_prompt = plain_dpo(policy, ref, winners, losers, BETA_PAPER)
+    mse = float(((policy.double() - ref.double()) ** 2).mean())
+    assert float(loss) == pytest.approx(sum(per_prompt) / 3 + 0.5 * mse, rel=1e-5)
+    assert logs["loss_dpo"] == pytest.approx(sum(per_prompt) / 3, rel=1e-5)
+    assert logs["ref_l2"] == pytest.approx(mse, rel=1e-5)
+    logits = [math.log(math.expm1(v)) if v > 1e-12 else float("inf") for v in per_prompt]  # softplus^-1(loss) = -logit
+    logits = [-z for z in logits]
+    assert logs["dpo_logit"] == pytest.approx(sum(logits) / 3, rel=1e-4, abs=1e-6)
+    assert logs["pair_accuracy"] == pytest.approx(sum(z > 0 for z in logits) / 3)
+    assert logs["policy_gap"] - logs["reference_gap"] == pytest.approx(logs["dpo_logit"] / BETA_PAPER, rel=1e-4, abs=1e-7)
+    assert set(logs) == {"loss_dpo", "ref_l2", "dpo_logit", "policy_gap", "reference_gap", "pair_accuracy"}
+    free = METHODS.get("dpo").parse_config({"beta": 2.0, "reference_free": True})
+    loss, logs = dpo_objective(free, policy, ref, winners, losers)
+    assert logs["reference_gap"] == 0.0 and logs["ref_l2"] == 0.0
+    assert float(loss) == pytest.approx(sum(plain_dpo(policy, None, winners, losers, 2.0)) / 3, rel=1e-5)
+
+
+def test_dpo_pair_accuracy_counts_positive_logits_only():
+    ref = torch.zeros(3, 1, 1)
+    win, lose = torch.ones(3, 1, 1), -torch.ones(3, 1, 1)
+    policy = torch.tensor([0.0, 0.01, -0.3]).view(3, 1, 1)  # logits 0, 0.04 (inside (0, 1)), -1.2
+    _, stats = one_step_dpo_loss(policy, ref, win, lose, beta=1.0)
+    assert float(stats["pair_accuracy"]) == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("distance", ["l1", "cosine"])
+def test_dpo_distances_equal_plain_formulas(distance):
+    policy, ref, winners, losers = _dpo_world(3, p=2, k=4, f=3)
+
+    def d(a, b):
+        a, b = [float(v) for v in a], [float(v) for v in b]
+        if distance == "l1":
+            return sum(abs(x - y) for x, y in zip(a, b)) / len(a)
+        na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(y * y for y in b))
+        return 1 - sum(x * y for x, y in zip(a, b)) / (na * nb)
+
+    def gap(x, i):
+        to_l = sum(d(x[i, k], l) for k in range(x.shape[1]) for l in losers[i]) / (x.shape[1] * losers.shape[1])
+        return to_l - sum(d(x[i, k], w) for k in range(x.shape[1]) for w in winners[i]) / (x.shape[1] * winners.shape[1])
+
+    loss, _ = one_step_dpo_loss(policy, ref, winners, losers, beta=BETA_PAPER, distance=distance)
+    want = [-log_sigmoid(BETA_PAPER * (gap(policy, i) - gap(ref, i))) for i in range(2)]
+    torch.testing.assert_close(loss.double(), torch.tensor(want, dtype=torch.double), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="^unknown distance 'l3'; use l2, l1 or cosine$"):
+        one_step_dpo_loss(policy, ref, winners, losers, beta=1.0, distance="l3")
+
+
+def test_dpo_budget_and_reference_needs():
+    cls = METHODS.get("dpo").cls
+    cfg = METHODS.get("dpo").parse_config({"n_winners": 8, "n_losers": 8})
+    cls.check_budget(cfg, 16)  # 8 + 8 of 16: disjoint, allowed
+    with pytest.raises(ValueError, match=r"^dpo: n_winners \+ n_losers = 16 exceeds the 15 candidates per prompt; "
+                                         r"winners and losers must be disjoint\. Lower them or raise "
+                                         r"budget\.candidates_per_prompt\.$"):
+        cls.check_budget(cfg, 15)
+    needs = {args: cls(METHODS.get("dpo").parse_config(dict(args))).needs_reference()
+             for args in ((), (("reference_free", True),), (("reference_free", True), ("ref_l2_weight", 0.1)))}
+    assert list(needs.values()) == [True, False, True]
+    assert "reference" not in cls(METHODS.get("dpo").parse_config({"reference_free": True})).phases()
+
+
+def test_dpo_step_logs_the_reward_gap_between_its_winners_and_losers():
+    _, seen, out = _dpo_step({"beta": BETA_PAPER, "n_winners": 8, "n_losers": 8})
+    images = torch.sigmoid(seen[0]).view(-1, 3, 8, 8)
+    score = (images[:, 0] - (images[:, 1] + images[:, 2]) / 2).flatten(1).mean(1).view(2, 24)
+    ordered = score.sort(dim=1, descending=True).values
+    want = float(ordered[:, :8].mean() - ordered[:, -8:].mean())
+    assert out.logs["reward_winner_minus_loser"] == pytest.approx(want, rel=1e-5)
+    assert out.loss == pytest.approx(out.logs["loss_dpo"], rel=1e-6), "ref_l2_weight 0: the loss is DPO's"
