@@ -31,7 +31,7 @@ WORK = ROOT / ".mutation"
 #: module (relative to the checkout) -> the test files that cover it (the fast, default-run ones)
 PAIRS: dict[str, list[str]] = {
     "drpo_bench/drpo/field.py": ["tests/test_field.py", "tests/test_drpo_options.py"],
-    "drpo_bench/drpo/method.py": ["tests/test_field.py", "tests/test_drpo_options.py"],
+    "drpo_bench/drpo/method.py": ["tests/test_field.py", "tests/test_drpo_options.py", "tests/test_method_contract.py"],
     "baselines/dpo.py": ["tests/test_baselines.py", "tests/test_baseline_values.py"],
     "baselines/dpo_offline.py": ["tests/test_offline.py", "tests/test_baseline_values.py"],
     "baselines/grpo.py": ["tests/test_baselines.py", "tests/test_baseline_values.py"],
@@ -43,8 +43,8 @@ PAIRS: dict[str, list[str]] = {
     "drpo_bench/report/results.py": ["tests/test_report_units.py", "tests/test_report_statistics.py"],
     "drpo_bench/report/build.py": ["tests/test_report_units.py", "tests/test_report_statistics.py"],
     "drpo_bench/ledger.py": ["tests/test_ledger.py"],
-    "drpo_bench/store.py": ["tests/test_store_verify.py", "tests/test_robustness.py"],
-    "drpo_bench/planning.py": ["tests/test_suites.py", "tests/test_overrides.py", "tests/test_store_verify.py"],
+    "drpo_bench/store.py": ["tests/test_store_verify.py", "tests/test_report_units.py"],
+    "drpo_bench/planning.py": ["tests/test_store_verify.py", "tests/test_overrides.py"],
 }
 
 #: functions of a module that the mutation run covers (others are not on a headline number's path)

@@ -54,7 +54,41 @@ class SpyPatches(FeatureEncoder):
         return out
 
 
-def run_step(args: dict, k: int, fresh: bool = False):
+class SpyLatentPatches(SpyPatches):
+    """The same features read from the generator's latents (viewed as 3x8x8), as latent-mae does."""
+
+    input_space = "latents"
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return super().features(x.view(-1, 3, 8, 8))
+
+
+class SpyConditioned(SpyPatches):
+    """Features that also read the prompt's conditioning (as the UNet teacher does): an offset per
+    prompt id. Remembers the conditioning of each forward, to check the anchors get their own rows."""
+
+    uses_conditioning = True
+
+    def __init__(self, fresh: bool = False) -> None:
+        super().__init__(fresh)
+        self.conds: list[torch.Tensor] = []
+
+    def features(self, x: torch.Tensor, cond: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.conds.append(cond.clone())
+        out = super().features(x)
+        shifted = {k: v + 0.01 * cond.float()[:, None, None] / 64 for k, v in out.items()}
+        self.calls[-1] = (self.calls[-1][0], {k: v.detach().clone() for k, v in shifted.items()})
+        if x.requires_grad:
+            for v in shifted.values():
+                v.retain_grad()
+            self.with_grad = shifted
+        return shifted
+
+
+SPIES = {"images": SpyPatches, "latents": SpyLatentPatches, "conditioned": SpyConditioned}
+
+
+def run_step(args: dict, k: int, fresh: bool = False, spy_kind: str = "images"):
     """One DrPO step away from the base (theta != 0): the output and the spy's record."""
     torch.manual_seed(0)
     gen = ShiftGenerator(noise_scale=1.0)
@@ -65,10 +99,20 @@ def run_step(args: dict, k: int, fresh: bool = False):
     entry = METHODS.get("drpo")
     method = entry.cls(entry.parse_config({"features": "toy-pixels", **args}))
     method.setup(ctx)
-    spy = SpyPatches(fresh)
+    spy = SPIES[spy_kind](fresh)
     method.encoder = spy
     out = method.step(PROMPTS, ctx)
     grads = {key: v.grad for key, v in spy.with_grad.items()}  # d loss / d generated features (P*K, L, D)
+    if spy_kind == "latents":  # the reference ranks by the images: decode the latents it saw
+        spy.calls = [(torch.sigmoid(x).view(-1, 3, 8, 8), out_) for x, out_ in spy.calls]
+    if spy_kind == "conditioned":
+        ids = gen.encode(PROMPTS)  # (P,) one id per prompt
+        want = ids.repeat_interleave(k)  # (P*K,) rows prompt-major
+        assert torch.equal(spy.conds[0], want) and torch.equal(spy.conds[1], want), "generated/reference conditioning"
+        for (inputs, _), cond in zip(spy.calls[2:], spy.conds[2:]):
+            n = inputs.shape[0] // len(PROMPTS)
+            assert torch.equal(cond, ids.repeat_interleave(n)), (
+                f"an anchor forward read conditioning {cond.tolist()}, not its candidates' prompts' {ids.repeat_interleave(n).tolist()}")
     return method.config, out, spy.calls, grads
 
 
@@ -180,13 +224,20 @@ def norm_ratio(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
                  / torch.cat([b[k].double().flatten() for k in sorted(a)]).norm())
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+#: the same check with latent-space features and with features that read the prompts' conditioning
+ENCODER_CASES = [("latent-features-recompute", {"n_pos": 3, "n_neg": 3, "anchor_features": "recompute"}, 8, True, "latents"),
+                 ("latent-features-reuse", {"n_pos": 3, "n_neg": 2, "lambda_ref": 0.5}, 8, False, "latents"),
+                 ("conditioned-features-recompute", {"n_pos": 2, "n_neg": 3, "anchor_features": "recompute",
+                                                     "key_reduction": "mean"}, 8, True, "conditioned")]
+
+
+@pytest.mark.parametrize("case", CASES + ENCODER_CASES, ids=[c[0] for c in CASES + ENCODER_CASES])
 def test_drpo_loss_and_its_gradient_equal_the_plain_reference_under_each_option(case):
     """The values a user reads (loss_preference, loss_reference, loss) and the gradient that trains:
     the loss's value alone cannot tell positives from negatives (swapping them flips the field, and
     the loss is its squared norm), so the gradient on the generated features is compared too."""
-    _, args, k, fresh = case
-    cfg, out, calls, got_grads = run_step(args, k, fresh)
+    _, args, k, fresh, *spy_kind = case
+    cfg, out, calls, got_grads = run_step(args, k, fresh, *spy_kind)
     pref, ref, grads = reference_losses(cfg, calls, k)
     unused = set(got_grads) - set(cfg.feature_keys or got_grads)
     assert all(got_grads[key] is None or not got_grads[key].any() for key in unused), f"keys {unused} must not train"
