@@ -300,3 +300,54 @@ def test_gain_table_text_headers_and_unpaired_seeds():
     assert gain_table(group_rows([c for c in cells if c.info.method_name != "base"]), multi=False) is None
     multi = gain_table(group_rows(cells), multi=True)
     assert multi.headers[0] == "generator" and multi.rows[0][0] == "g" and multi.label_columns == 3
+
+
+def test_win_rate_bootstrap_equals_a_plain_resampling_of_prompts():
+    """The interval, recomputed by hand: 1000 draws of prompts with replacement from numpy's PCG64
+    seeded 0 (BOOTSTRAP_SEED), each draw's pooled rate, then the 2.5th and 97.5th percentiles with
+    linear interpolation between order statistics."""
+    import numpy as np
+
+    wins = {0: [1, 1, 0], 1: [0, 0], 2: [1], 3: [1, 0, 0, 0], 4: [1, 1]}  # per prompt: 1 = the method's image wins
+    base_rows, method_rows = [], []
+    for p, outcomes in wins.items():
+        for o in outcomes:
+            base_rows.append((p, 0.5))
+            method_rows.append((p, 0.9 if o else 0.1))
+    result = win_rate([_score_cells("m", 0, method_rows)], [_score_cells("base", 0, base_rows)], "score", True)
+    prompts = list(wins)
+    draws = np.random.default_rng(0).integers(0, len(prompts), size=(1000, len(prompts)))
+    rates = sorted(sum(sum(wins[prompts[j]]) for j in row) / sum(len(wins[prompts[j]]) for j in row) for row in draws)
+
+    def percentile(q):
+        pos = q / 100 * (len(rates) - 1)
+        lo = int(pos)
+        return rates[lo] + (pos - lo) * (rates[min(lo + 1, len(rates) - 1)] - rates[lo])
+
+    assert result.rate == pytest.approx(6 / 12)
+    assert (result.low, result.high) == pytest.approx((percentile(2.5), percentile(97.5)), abs=1e-12)
+
+
+def test_win_rate_skips_each_unpaired_row_and_goes_on():
+    """A seed without a base, an image showing another prompt, a NaN score: each is skipped, and the
+    rows after it still count."""
+    base = [_score_cells("base", 0, [(0, 0.5), (1, 0.5), (2, 0.5), (3, 0.5)])]
+    method = [_score_cells("m", 7, [(0, 0.9)] * 4),  # no base at seed 7
+              _score_cells("m", 0, [(1, 0.9), (1, float("nan")), (2, 0.9), (3, 0.1)])]  # image 0 shows prompt 1
+    result = win_rate(method, base, "score", True)
+    assert (result.pairs, result.prompts, result.rate) == (2, 2, 0.5)
+
+
+def test_win_rate_table_single_generator_headers_title_and_missing_metrics():
+    rows = lambda vals: [{"image": i, "prompt_index": i, "prompt": "p", "task": "t", "score": v, "extra": v}  # noqa: E731
+                         for i, v in enumerate(vals)]
+    base = _cell("base", 0, {"score": (0.5, True)}, rows([0.5, 0.5]))
+    m = _cell("m", 0, {"score": (0.7, True)}, rows([0.7, 0.7]))
+    partial = _cell("p", 0, {"score": (0.7, True)}, [{"image": i, "prompt_index": i, "score": 0.2} for i in range(2)])
+    table = win_rate_table(group_rows([base, m, partial]), multi=False)
+    assert table.title == "Win rate against base (per image, paired by seed and image; 95% bootstrap CI over prompts)"
+    assert table.headers == ["method", "train reward", "pairs", "win rate score", "win rate extra"]
+    assert table.label_columns == 2
+    by = {row[0]: (row, raw) for row, raw in zip(table.rows, table.raw)}
+    assert by["m"][0][3:] == ["1.000 [1.000, 1.000]", "1.000 [1.000, 1.000]"], "extra: no aggregate, higher is better"
+    assert by["p"][0][3:] == ["0.000 [0.000, 0.000]", "n/a"] and by["p"][1][4] is None
