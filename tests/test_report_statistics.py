@@ -40,8 +40,10 @@ def test_estimate_is_the_95_percent_student_t_interval(values):
         f"half-width {est.half_width} != t(0.975, {len(values) - 1}) x sd / sqrt(n) = {half}")
 
 
-def test_estimate_of_one_seed_has_no_interval():
-    assert Estimate.of([0.7]).half_width is None
+def test_estimate_of_one_seed_has_no_interval_and_keeps_the_values():
+    one, two = Estimate.of([0.7]), Estimate.of([0.7, 0.9])
+    assert (one.mean, one.half_width, one.n, one.values) == (0.7, None, 1, [0.7])
+    assert (two.n, two.values) == (2, [0.7, 0.9])
 
 
 def _cell(method: str, seed: int, metrics: dict[str, tuple[float, bool]], scores=None) -> CellResult:
@@ -193,6 +195,12 @@ def test_load_results_reads_complete_cells_and_names_the_rest(tmp_path):
     (checkpointed / "checkpoint.json").write_text("{}")
     corrupt = _write_cell(tmp_path, "g--m--r--s5", "m", 5)
     (corrupt / "eval.json").write_text("{broken")
+    undecodable = tmp_path / "g--m--r--s6"
+    undecodable.mkdir()
+    (undecodable / "error.txt").write_bytes(b"bad byte \xff in the message\n")
+    blank = tmp_path / "g--m--r--s7"
+    blank.mkdir()
+    (blank / "error.txt").write_text("\n")
     (tmp_path / "empty-dir").mkdir()  # neither cell.json, nor an error, nor a checkpoint: not a cell
     (tmp_path / "notes.txt").write_text("a file, not a cell")
     results, problems = load_results_and_problems(tmp_path)
@@ -203,6 +211,8 @@ def test_load_results_reads_complete_cells_and_names_the_rest(tmp_path):
         "g--m--r--s3": "failed: ValueError: boom",
         "g--m--r--s4": "unfinished (rerun the suite to resume it)",
         "g--m--r--s5": problems["g--m--r--s5"],
+        "g--m--r--s6": "failed: bad byte \ufffd in the message",
+        "g--m--r--s7": "failed: ?",
     } and problems["g--m--r--s5"].startswith("corrupt: ") and "eval.json" in problems["g--m--r--s5"]
     cell = next(r for r in results if r.cell_id == "g--m--r--s0")
     assert cell.metrics["reward"].mean == 0.7 and cell.folder == ok
@@ -243,6 +253,9 @@ def test_rows_follow_the_suites_order_else_alphabetical_and_cells_the_seeds():
     assert list(group_rows(cells, suite)) == [("h", "zeta", "r"), ("g", "base", "—"), ("g", "alpha", "r")]
     partial = {"generators": [{"name": "g"}], "methods": [{"id": "base"}]}  # rows it does not name come after
     assert list(group_rows(cells, partial)) == [("g", "base", "—"), ("g", "alpha", "r"), ("h", "zeta", "r")]
+    by_id = {"generators": [{"id": "h", "name": "sd-turbo"}, {"id": "g", "name": "x"}]}  # a generator's row is its id
+    assert list(group_rows(cells, by_id)) == [("h", "zeta", "r"), ("g", "alpha", "r"), ("g", "base", "—")]
+    assert list(group_rows(cells, {"methods": [{"id": "zeta"}]}))[0] == ("g", "alpha", "r"), "no generators listed"
 
 
 def test_win_rate_table_every_cell_of_a_small_world():
