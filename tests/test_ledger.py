@@ -270,3 +270,76 @@ def test_a_non_finite_error_is_labelled_with_its_innermost_phase() -> None:
             raise labelled
     assert info.value.phase == "reward_forward", "an error already labelled keeps its phase"
     led.end_update()
+
+
+def test_edges_of_the_summary(clock: FakeClock) -> None:
+    """No FLOPs: None, not 0; sub-second and zero-second updates; restored updates without warm-up."""
+    led = Ledger("cpu")
+    _timed_updates(led, clock, [1.0, 0.5])
+    s = led.summary()
+    assert s["flops_per_update"] is None and s["achieved_flops_per_second"] is None and s["phase_flops"] == {}
+    with led.update():
+        clock.advance(0.5)
+        led.add_flops("loss", 10)
+    assert led.summary()["achieved_flops_per_second"] == pytest.approx(10 / 0.5), "FLOP/s over a sub-second mean"
+    instant = Ledger("cpu")
+    _timed_updates(instant, clock, [0.0, 0.0])
+    instant.add_flops("loss", 1)  # outside an update: nothing
+    with instant.update():
+        instant.add_flops("loss", 5)
+    assert instant.summary()["achieved_flops_per_second"] is None, "no time measured: no rate"
+    restored = Ledger("cpu")
+    restored.restore([{**u, "warmup": False} for u in led.to_json()["updates"]])
+    assert restored.summary()["processes"] == 1
+    assert Ledger("cpu").end_update() is None, "ending an update never begun records nothing"
+
+
+def test_a_resumed_process_does_not_count_flops_again() -> None:
+    led = Ledger("cpu", count_flops=True)
+    with led.update(), led.phase("sample"):
+        _matmul(8)
+    resumed = Ledger("cpu", count_flops=True)
+    resumed.restore(led.to_json()["updates"])
+    with resumed.update(), resumed.phase("sample"):
+        _matmul(8)
+    assert [u.flops_counted for u in resumed.updates] == [True, False]
+
+
+def test_flops_of_a_phase_entered_twice_add_up() -> None:
+    led = Ledger("cpu", count_flops=True)
+    with led.update():
+        with led.phase("sample"):
+            _matmul(8)
+        with led.phase("loss"):
+            _matmul(4)
+        with led.phase("sample"):
+            _matmul(16)
+    assert led.updates[0].phase_flops == {"sample": 2 * 8**3 + 2 * 16**3, "loss": 2 * 4**3}
+
+
+def test_cuda_memory_is_the_allocator_peak_per_phase_and_update(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CUDA device the ledger reads torch.cuda's peak allocation per interval (reset after each):
+    faked here, so the bookkeeping is checked without a GPU."""
+    device = torch.device("cuda", 0)
+    peaks = iter([100, 300, 50, 40, 7, 200, 10, 20, 30])  # one per read, in the order the ledger reads them
+    calls: list[tuple[str, object]] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: calls.append(("sync", d)))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d=None: calls.append(("reset", d)))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: calls.append(("peak", d)) or next(peaks))
+    led = Ledger(device)
+    with led.update():
+        with led.phase("sample"):  # entering closes "other": peak 100
+            clock.advance(1.0)
+        with led.phase("loss"):  # 300 for sample, then 50 for other between them
+            clock.advance(1.0)
+        with led.phase("sample"):  # 40 for loss, 7 for other
+            clock.advance(1.0)
+    # leaving the last sample: 200 for it; end_update: 10 for other, then the update's own peak 20
+    record = led.updates[0]
+    assert record.phase_peak_memory_bytes == {OTHER: 100, "sample": 300, "loss": 40}, "the max over a phase's intervals"
+    assert record.peak_memory_bytes == 300
+    assert all(d == device for _, d in calls), "every CUDA call names the ledger's device"
+    assert ("reset", device) in calls and ("sync", device) in calls
+    s = led.summary()
+    assert s["peak_memory_kind"] == "cuda_max_allocated" and s["device"] == "cuda:0"
+    assert s["phase_peak_memory_bytes"] == {"sample": 300, "loss": 40, OTHER: 100}
