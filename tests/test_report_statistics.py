@@ -321,7 +321,8 @@ def test_win_rate_bootstrap_equals_a_plain_resampling_of_prompts():
     linear interpolation between order statistics."""
     import numpy as np
 
-    wins = {0: [1, 1, 0], 1: [0, 0], 2: [1], 3: [1, 0, 0, 0], 4: [1, 1]}  # per prompt: 1 = the method's image wins
+    pattern = random.Random(3)
+    wins = {p: [pattern.randint(0, 1) for _ in range(1 + p % 4)] for p in range(30)}  # 1 = the method's image wins
     base_rows, method_rows = [], []
     for p, outcomes in wins.items():
         for o in outcomes:
@@ -337,7 +338,7 @@ def test_win_rate_bootstrap_equals_a_plain_resampling_of_prompts():
         lo = int(pos)
         return rates[lo] + (pos - lo) * (rates[min(lo + 1, len(rates) - 1)] - rates[lo])
 
-    assert result.rate == pytest.approx(6 / 12)
+    assert result.rate == pytest.approx(sum(map(sum, wins.values())) / sum(map(len, wins.values())))
     assert (result.low, result.high) == pytest.approx((percentile(2.5), percentile(97.5)), abs=1e-12)
 
 
@@ -357,10 +358,12 @@ def test_win_rate_table_single_generator_headers_title_and_missing_metrics():
     base = _cell("base", 0, {"score": (0.5, True)}, rows([0.5, 0.5]))
     m = _cell("m", 0, {"score": (0.7, True)}, rows([0.7, 0.7]))
     partial = _cell("p", 0, {"score": (0.7, True)}, [{"image": i, "prompt_index": i, "score": 0.2} for i in range(2)])
-    table = win_rate_table(group_rows([base, m, partial]), multi=False)
+    empty = _cell("empty", 0, {"score": (0.7, True)}, [])  # no per-image scores: no row, and the rows after it stay
+    table = win_rate_table(group_rows([base, empty, m, partial]), multi=False)
     assert table.title == "Win rate against base (per image, paired by seed and image; 95% bootstrap CI over prompts)"
     assert table.headers == ["method", "train reward", "pairs", "win rate score", "win rate extra"]
     assert table.label_columns == 2
     by = {row[0]: (row, raw) for row, raw in zip(table.rows, table.raw)}
+    assert list(by) == ["m", "p"]
     assert by["m"][0][3:] == ["1.000 [1.000, 1.000]", "1.000 [1.000, 1.000]"], "extra: no aggregate, higher is better"
     assert by["p"][0][3:] == ["0.000 [0.000, 0.000]", "n/a"] and by["p"][1][4] is None
