@@ -249,6 +249,9 @@ class CellFolder:
                 raise CorruptCellError(path, "missing, though the finished cell recorded it")
             if sha256_file(path) != expected:
                 raise CorruptCellError(path, "its checksum differs from the one recorded in cell.json")
+        for name in self.CHECKED:  # a run file cell.json does not vouch for was added or swapped in since
+            if name not in record.checksums and self.file(name).exists():
+                raise CorruptCellError(self.file(name), "cell.json records no checksum for it")
         self.read_eval()
 
     def remove_leftovers(self) -> None:

@@ -161,7 +161,7 @@ def _spec_one_set(gen, pos, neg, w_pos, w_neg, radii, mask_negative_self, mask_p
     assert b == 1
     targets = torch.cat([gen, neg, pos], dim=1)
     w = torch.cat([torch.ones(n), torch.full((neg.shape[1],), w_neg), torch.full((pos.shape[1],), w_pos)])
-    dist = torch.cdist(gen, targets)
+    dist = torch.cdist(gen, targets).clamp_min(1e-4)  # distances below 1e-4 (squared 1e-8) are clamped
     s = ((dist * w).mean() / w.mean()).clamp_min(1e-3)
     unit = s / d**0.5
     x, t = gen / unit, targets / unit
@@ -230,3 +230,80 @@ def test_field_is_float32_under_autocast(dtype):
         mixed = drift_loss(gen, pos, neg)
     assert mixed.loss.dtype == torch.float32 and torch.isfinite(mixed.loss).all()
     torch.testing.assert_close(mixed.loss, reference.loss)
+
+
+# ---- the arguments' edges: per-set weights, small scales, one negative, defaults, errors ----------
+
+
+def test_defaults_are_the_papers_weights_and_radii():
+    import inspect
+
+    params = inspect.signature(__import__("drpo_bench.drpo.field", fromlist=["_drift_loss"])._drift_loss).parameters
+    assert params["positive_weight"].default == 3000.0 and params["negative_weight"].default == 3000.0
+    assert tuple(params["radii"].default) == (0.02, 0.05, 0.2)
+    gen, g = _sets(seed=6, b=2, n=10, d=4)
+    pos, neg = torch.randn(2, 5, 4, generator=g) + 1, torch.randn(2, 5, 4, generator=g) - 1
+    torch.testing.assert_close(drift_loss(gen, pos, neg).loss, drift_loss(
+        gen, pos, neg, positive_weight=3000.0, negative_weight=3000.0, radii=(0.02, 0.05, 0.2)).loss)
+
+
+def test_per_set_and_per_anchor_weights_equal_separate_calls_with_scalar_weights():
+    """Weights as (B, count) tensors: each set uses its own row (its distance scale included)."""
+    gen, g = _sets(seed=7, b=2, n=12, d=5)
+    pos, neg = torch.randn(2, 6, 5, generator=g) + 0.5, torch.randn(2, 4, 5, generator=g) - 0.5
+    w_pos, w_neg = torch.tensor([[0.3] * 6, [2000.0] * 6]), torch.tensor([[0.2] * 4, [50.0] * 4])
+    batched = drift_loss(gen, pos, neg, positive_weight=w_pos, negative_weight=w_neg)
+    for i in range(2):
+        alone = drift_loss(gen[i : i + 1], pos[i : i + 1], neg[i : i + 1], positive_weight=float(w_pos[i, 0]),
+                           negative_weight=float(w_neg[i, 0]))
+        torch.testing.assert_close(batched.loss[i : i + 1], alone.loss, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(batched.goal[i : i + 1], alone.goal, rtol=1e-5, atol=1e-6)
+    per_anchor = drift_loss(gen, pos, neg, positive_weight=torch.full((6,), 7.0), negative_weight=torch.full((4,), 0.5))
+    torch.testing.assert_close(per_anchor.loss, drift_loss(gen, pos, neg, positive_weight=7.0, negative_weight=0.5).loss)
+    as_double = drift_loss(gen, pos, neg, positive_weight=torch.full((6,), 7.0, dtype=torch.float64), negative_weight=0.5)
+    assert as_double.loss.dtype == torch.float32, "weights are cast to the features' float32"
+    with pytest.raises(ValueError, match=r"anchor weights must be scalar, \(6,\) or \(2, 6\); got \(2, 3\)"):
+        drift_loss(gen, pos, neg, positive_weight=torch.ones(3))
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0])
+def test_small_weights_and_small_scales_match_the_spec(scale):
+    """Weights below 1 and features far below unit scale, where no clamp may bite: the spec written out."""
+    gen, g = _sets(seed=8, b=2, n=10, d=4)
+    gen = gen * scale
+    pos, neg = scale * (torch.randn(2, 6, 4, generator=g) + 0.5), scale * (torch.randn(2, 1, 4, generator=g) - 0.5)
+    loss, goal = _spec_drift_loss(gen, pos, neg, 0.4, 0.2, (0.05, 0.2))
+    result = drift_loss(gen, pos, neg, positive_weight=0.4, negative_weight=0.2, radii=(0.05, 0.2))
+    torch.testing.assert_close(result.loss, loss, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(result.goal, goal, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("rank", r"generated must be \(B, N, D\); got \(8, 8\)"),
+    ("rank_pos", r"positive must be \(B, N, D\); got \(4, 8\)"),
+    ("rank_neg", r"negative must be \(B, N, D\); got \(3, 8\)"),
+    ("sets", "generated, positive and negative must have the same number of sets B"),
+    ("dim", "generated, positive and negative must have the same feature dimension D"),
+    ("empty", "the drift field needs at least one positive and one negative vector"),
+    ("radii", "radii must not be empty"),
+    ("pairs", "mask_positive_pairs needs as many positives as generated vectors"),
+    ("self", "mask_negative_self needs as many negatives as generated vectors"),
+    ("anchor_mask", r"anchor_mask must be \(1, 8, 7\); got \(1, 8, 5\)"),
+])
+def test_each_bad_argument_is_named(bad, match):
+    gen, g = _sets(seed=9, b=1, n=8, d=8)
+    pos, neg = torch.randn(1, 4, 8, generator=g), torch.randn(1, 3, 8, generator=g)
+    call = {
+        "rank": lambda: drift_loss(gen[0], pos, neg),
+        "rank_pos": lambda: drift_loss(gen, pos[0], neg),
+        "rank_neg": lambda: drift_loss(gen, pos, neg[0]),
+        "sets": lambda: drift_loss(gen, pos, torch.cat([neg, neg])),
+        "dim": lambda: drift_loss(gen, pos, neg[..., :4]),
+        "empty": lambda: drift_loss(gen, pos, neg[:, :0]),
+        "radii": lambda: drift_loss(gen, pos, neg, radii=()),
+        "pairs": lambda: drift_loss(gen, pos, neg, mask_positive_pairs=True),
+        "self": lambda: drift_loss(gen, pos, neg, mask_negative_self=True),
+        "anchor_mask": lambda: drift_loss(gen, pos, neg, anchor_mask=torch.zeros(1, 8, 5, dtype=torch.bool)),
+    }[bad]
+    with pytest.raises(ValueError, match=f"^{match}$"):  # the whole message, as the user reads it
+        call()

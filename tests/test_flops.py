@@ -197,3 +197,40 @@ def test_gpu_benchmark_script_is_the_bench_command() -> None:
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     assert module.bench_argv(["--reward", "hpsv3"])[:1] == ["bench"]
+
+
+# ---- closed forms written by hand, independent of the counter's own numbers ------------------------
+
+
+def test_conv_stack_is_the_closed_form() -> None:
+    """A Conv2d is 2 x B x C_out x H_out x W_out x C_in x k x k FLOPs (multiply-adds x 2)."""
+    with torch.device("meta"):
+        net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Conv2d(8, 4, 3, stride=2, padding=1, bias=False))
+        x = torch.empty(2, 3, 16, 16)
+    fwd, _ = flops.count_callable(lambda: net(x), backward=False)
+    assert fwd == 2 * 2 * 8 * 16 * 16 * 3 * 3 * 3 + 2 * 2 * 4 * 8 * 8 * 8 * 3 * 3
+
+
+def transformer_flops(tokens: int, width: int, ff: int, layers: int) -> float:
+    """Forward FLOPs of a pre-norm transformer encoder: per layer the q, k, v and output projections
+    (4 d^2 per token), the MLP (2 d f per token), and attention's QK^T and AV (2 N^2 d), x 2 per MAC."""
+    return layers * (2 * tokens * (4 * width**2 + 2 * width * ff) + 2 * 2 * tokens**2 * width)
+
+
+def test_sd_turbo_text_encoder_is_the_closed_form(cache: flops.FlopCache) -> None:
+    """OpenCLIP ViT-H/14 text tower, 23 layers, width 1024, MLP 4096, 77 tokens: 45.1 GFLOP."""
+    want = transformer_flops(77, 1024, 4096, 23)
+    got = flops.count("sd-turbo-text-encoder", cache=cache).forward
+    assert got == pytest.approx(want, rel=1e-3), f"{got / 1e9:.2f} GFLOP counted, {want / 1e9:.2f} by hand"
+
+
+def test_pickscore_is_the_closed_form(cache: flops.FlopCache) -> None:
+    """CLIP ViT-H/14 at 224: 256 patches + CLS through 32 layers of width 1280 (MLP 5120), the 14x14x3
+    patch embedding, and the text tower (24 layers, width 1024, MLP 4096, 77 tokens); projections to
+    1024 for one pooled token each: 381.7 GFLOP (the table's 382)."""
+    vision = transformer_flops(257, 1280, 5120, 32) + 2 * 256 * (3 * 14 * 14) * 1280 + 2 * 1280 * 1024
+    text = transformer_flops(77, 1024, 4096, 24) + 2 * 1024 * 1024
+    want = vision + text
+    got = flops.count("pickscore", cache=cache).forward
+    assert got == pytest.approx(want, rel=1e-3), f"{got / 1e9:.2f} GFLOP counted, {want / 1e9:.2f} by hand"
+    assert want / 1e9 == pytest.approx(REFERENCE_FORWARD["pickscore"], rel=2e-3)

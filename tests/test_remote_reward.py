@@ -215,18 +215,16 @@ def test_png_bomb_is_rejected_from_its_header_before_decoding(monkeypatch):
     body = png_body([base64.b64encode(bomb_png()).decode()])
     with in_process() as (url, _):
         tracemalloc.start()
-        start = time.perf_counter()
         try:
             with pytest.raises(urllib.error.HTTPError) as info:
                 post(url, body)
-            elapsed = time.perf_counter() - start
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
     error = json.loads(info.value.read())["error"]
     assert info.value.code == 413 and "6000x6000" in error and "pixels" in error
     assert not opened, "PIL opened the bomb: the header check must come first"
-    assert elapsed < 1.0 and peak < 8 * 1024 * 1024, (elapsed, peak)  # 36 MB decoded would show
+    assert peak < 8 * 1024 * 1024, peak  # the work is bounded by the bytes held: 36 MB decoded would show
 
 
 def test_identity_is_reported_and_stable(monkeypatch):

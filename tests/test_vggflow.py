@@ -8,7 +8,6 @@ import inspect
 import json
 import math
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -250,7 +249,6 @@ def test_one_bf16_step_on_the_tiny_sd_turbo_twin():
     from drpo_bench.registry import GENERATORS
     from drpo_bench.registry import REWARDS
 
-    start = time.perf_counter()
     gen = GENERATORS.build("sd-turbo-tiny")
     with torch.no_grad():  # LoRA B starts at zero, which blocks the gradient to A: make B non-zero
         for name, p in gen.unet.named_parameters():
@@ -267,4 +265,5 @@ def test_one_bf16_step_on_the_tiny_sd_turbo_twin():
     assert sum(float(g.abs().sum()) for g in grads) > 0
     assert out.logs["rgrad_norm"] > 0, "the reward gradient reached the latents"
     assert PHASES <= set(record.phase_seconds)
-    assert time.perf_counter() - start < 60
+    # a bound on work, not on time: one sampling, reference, decode and reward pass each for the K = 2 candidates
+    assert all(record.phase_calls[p] == 1 for p in PHASES if p in record.phase_calls), dict(record.phase_calls)

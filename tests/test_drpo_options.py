@@ -1,0 +1,284 @@
+"""DrPO's loss, value by value, under every option a shipped suite sets, against a plain restatement.
+
+One DrPO step runs on a small world (tests/worlds.py's ShiftGenerator, the toy redness reward and
+a spying patch encoder); the test recomputes the step's loss from what the encoder saw, with its
+own ranking and tests/reference_drift.py's one-set-at-a-time field (float64, no code shared
+with drpo_bench), and compares loss_preference, loss_reference and the total. Settings: each
+DrPO row of suites/paper/*.yaml and suites/quickstart*.yaml (weights, lambda_ref, key_reduction,
+anchor_features, masks, feature_keys), plus lambda_ref 0 and 0.7 and a single radius.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference_drift import drift_loss_one_set
+from worlds import ShiftGenerator
+
+from drpo_bench.drpo.features_base import FeatureEncoder
+from drpo_bench.ledger import Ledger
+from drpo_bench.methods import TrainContext
+from drpo_bench.registry import METHODS
+from drpo_bench.toy import ToyRedness
+
+PROMPTS = ["toy prompt 0", "toy prompt 1"]
+
+
+class SpyPatches(FeatureEncoder):
+    """2x2 patches and the channel means of 8x8 images; remembers every forward's input and output.
+
+    ``fresh``: each forward adds its own offset (call number x a fixed direction), standing in for
+    an encoder with a fresh random mask per forward (vit-mae ``mask: fresh``, the teacher's noise):
+    then "recompute" anchors differ from the detached generated features, as in the SDXL suite.
+    """
+
+    input_space = "images"
+
+    def __init__(self, fresh: bool = False) -> None:
+        self.fresh = fresh
+        self.calls: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+        self.with_grad: dict[str, torch.Tensor] = {}  # the generated features, whose .grad the step fills
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        b = x.shape[0]
+        patches = x.unfold(2, 2, 2).unfold(3, 2, 2).permute(0, 2, 3, 1, 4, 5).reshape(b, 16, 12)  # (B, 16, 12)
+        out = {"patches": patches, "mean": x.mean(dim=(2, 3))[:, None, :]}  # and (B, 1, 3)
+        if self.fresh:
+            g = torch.Generator().manual_seed(100 + len(self.calls))
+            out = {k: v + 0.05 * torch.randn(v.shape[1:], generator=g) for k, v in out.items()}
+        self.calls.append((x.detach().clone(), {k: v.detach().clone() for k, v in out.items()}))
+        if x.requires_grad:
+            for v in out.values():
+                v.retain_grad()
+            self.with_grad = out
+        return out
+
+
+class SpyLatentPatches(SpyPatches):
+    """The same features read from the generator's latents (viewed as 3x8x8), as latent-mae does."""
+
+    input_space = "latents"
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return super().features(x.view(-1, 3, 8, 8))
+
+
+class SpyConditioned(SpyPatches):
+    """Features that also read the prompt's conditioning (as the UNet teacher does): an offset per
+    prompt id. Remembers the conditioning of each forward, to check the anchors get their own rows."""
+
+    uses_conditioning = True
+
+    def __init__(self, fresh: bool = False) -> None:
+        super().__init__(fresh)
+        self.conds: list[torch.Tensor] = []
+
+    def features(self, x: torch.Tensor, cond: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.conds.append(cond.clone())
+        out = super().features(x)
+        shifted = {k: v + 0.01 * cond.float()[:, None, None] / 64 for k, v in out.items()}
+        self.calls[-1] = (self.calls[-1][0], {k: v.detach().clone() for k, v in shifted.items()})
+        if x.requires_grad:
+            for v in shifted.values():
+                v.retain_grad()
+            self.with_grad = shifted
+        return shifted
+
+
+SPIES = {"images": SpyPatches, "latents": SpyLatentPatches, "conditioned": SpyConditioned}
+
+
+def run_step(args: dict, k: int, fresh: bool = False, spy_kind: str = "images"):
+    """One DrPO step away from the base (theta != 0): the output and the spy's record."""
+    torch.manual_seed(0)
+    gen = ShiftGenerator(noise_scale=1.0)
+    with torch.no_grad():
+        gen.theta.copy_(0.4 * torch.randn(gen.theta.shape, generator=torch.Generator().manual_seed(1)))
+    ctx = TrainContext(generator=gen, reward=ToyRedness(ToyRedness.Config()), ledger=Ledger("cpu", enabled=False),
+                       candidates_per_prompt=k, noise_rng=torch.Generator().manual_seed(2))
+    entry = METHODS.get("drpo")
+    method = entry.cls(entry.parse_config({"features": "toy-pixels", **args}))
+    method.setup(ctx)
+    spy = SPIES[spy_kind](fresh)
+    method.encoder = spy
+    out = method.step(PROMPTS, ctx)
+    grads = {key: v.grad for key, v in spy.with_grad.items()}  # d loss / d generated features (P*K, L, D)
+    if spy_kind == "latents":  # the reference ranks by the images: decode the latents it saw
+        spy.calls = [(torch.sigmoid(x).view(-1, 3, 8, 8), out_) for x, out_ in spy.calls]
+    if spy_kind == "conditioned":
+        ids = gen.encode(PROMPTS)  # (P,) one id per prompt
+        want = ids.repeat_interleave(k)  # (P*K,) rows prompt-major
+        assert torch.equal(spy.conds[0], want) and torch.equal(spy.conds[1], want), "generated/reference conditioning"
+        for (inputs, _), cond in zip(spy.calls[2:], spy.conds[2:]):
+            n = inputs.shape[0] // len(PROMPTS)
+            assert torch.equal(cond, ids.repeat_interleave(n)), (
+                f"an anchor forward read conditioning {cond.tolist()}, not its candidates' prompts' {ids.repeat_interleave(n).tolist()}")
+    return method.config, out, spy.calls, grads
+
+
+def redness(images: torch.Tensor) -> torch.Tensor:
+    """ToyRedness written out: mean over pixels of R - (G + B) / 2."""
+    return (images[:, 0] - (images[:, 1] + images[:, 2]) / 2).flatten(1).mean(1)
+
+
+def reference_losses(cfg, calls, k: int, swap: bool = False) -> tuple[float, float, dict[str, torch.Tensor]]:
+    """(preference term, reference term, d loss / d generated features per key) of DrPO's loss from
+    what the encoder saw, computed plainly.
+
+    ``swap`` exchanges positives and negatives (what a bug would do), to name that bug if seen."""
+    (images, feats), (_, ref_feats) = calls[0], calls[1]
+    p = len(PROMPTS)
+    scores = redness(images).view(p, k)
+    keys = cfg.feature_keys or list(feats)
+    w_neg = cfg.anchor_weight if cfg.negative_weight is None else cfg.negative_weight
+    w_ref_neg = cfg.reference_weight if cfg.reference_negative_weight is None else cfg.reference_negative_weight
+    pref_total = ref_total = 0.0
+    key_share = 1 / len(keys) if cfg.key_reduction == "mean" else 1.0
+    grads = {key: torch.zeros_like(feats[key], dtype=torch.double) for key in feats}
+    for key in keys:
+        pref_sum = ref_sum = 0.0
+        for i in range(p):
+            order = sorted(range(k), key=lambda c: -float(scores[i, c]))  # best first
+            top, bottom = order[: cfg.n_pos], order[k - cfg.n_neg :]
+            if swap:
+                top, bottom = bottom, top
+            z = feats[key][i * k : (i + 1) * k]  # (K, L, D)
+            n_loc, dim = z.shape[1], z.shape[2]
+            anchors = {"pos": z[top], "neg": z[bottom]}
+            if cfg.anchor_features == "recompute":  # the anchors' own forwards, found by the images they read
+                for which, chosen in (("pos", top), ("neg", bottom)):
+                    anchors[which] = anchor_forward(calls[2:], images, [c + i * k for c in chosen], key, k, i, p)
+            cand = [c for c in range(k) for _ in range(n_loc)]  # candidate of each generated vector
+            loc = [l for _ in range(k) for l in range(n_loc)]
+            anchor_ids = [(c, l) for c in bottom for l in range(n_loc)] + [(c, l) for c in top for l in range(n_loc)]
+            masked = torch.zeros(k * n_loc, k * n_loc + len(anchor_ids), dtype=torch.bool)
+            if cfg.mask_anchor_self:
+                for g_row in range(k * n_loc):
+                    for a_col, (c, l) in enumerate(anchor_ids):
+                        masked[g_row, k * n_loc + a_col] = (c, l) == (cand[g_row], loc[g_row])
+            pref, pref_grad = drift_loss_one_set(
+                z.reshape(-1, dim), anchors["pos"].reshape(-1, dim), anchors["neg"].reshape(-1, dim),
+                w_pos=cfg.anchor_weight, w_neg=w_neg, radii=tuple(cfg.radii), masked=masked)
+            n = k * n_loc
+            ref_masked = torch.zeros(n, 3 * n, dtype=torch.bool)
+            ref_masked[:, n : 2 * n] = torch.eye(n, dtype=torch.bool)  # the negatives are the generated set itself
+            if cfg.mask_reference_pairs:
+                ref_masked[:, 2 * n :] = torch.eye(n, dtype=torch.bool)  # each vector's own reference counterpart
+            ref, ref_grad = drift_loss_one_set(
+                z.reshape(-1, dim), ref_feats[key][i * k : (i + 1) * k].reshape(-1, dim), z.reshape(-1, dim),
+                w_pos=cfg.reference_weight, w_neg=w_ref_neg, radii=tuple(cfg.radii), masked=ref_masked)
+            pref_sum, ref_sum = pref_sum + float(pref), ref_sum + float(ref)
+            # the step's loss: per key, the mean over prompts of pref + lambda_ref x ref (x 1/keys for "mean")
+            grads[key][i * k : (i + 1) * k] = (key_share / p * (pref_grad + cfg.lambda_ref * ref_grad)).view(k, n_loc, dim)
+        pref_total += pref_sum / p
+        ref_total += ref_sum / p
+    if cfg.key_reduction == "mean":
+        pref_total, ref_total = pref_total / len(keys), ref_total / len(keys)
+    return pref_total, ref_total, grads
+
+
+def anchor_forward(anchor_calls, images, rows, key, k, prompt, prompts):
+    """The features of candidates ``rows`` from the anchor forward that encoded exactly them."""
+    n = len(rows)
+    for inputs, out in anchor_calls:
+        block = inputs.view(prompts, -1, *inputs.shape[1:])[prompt] if inputs.shape[0] == n * prompts else None
+        if block is not None and block.shape[0] == n and all(
+                any(torch.equal(block[j], images[r]) for j in range(n)) for r in rows):
+            order = [next(j for j in range(n) if torch.equal(block[j], images[r])) for r in rows]
+            return out[key].view(prompts, n, *out[key].shape[1:])[prompt][order]
+    raise AssertionError(f"no anchor forward encoded the candidates {rows}: anchor_features=recompute must encode "
+                         "the chosen positives and negatives in their own forwards")
+
+
+def close(a: float, b: float, rtol: float = 2e-3) -> bool:
+    return abs(a - b) <= rtol * max(abs(a), abs(b), 1e-6)
+
+
+#: (id, DrPO args, K, fresh encoder): the DrPO rows of the shipped suites, and options around them
+CASES = [
+    ("sd-turbo-paper", {"n_pos": 8, "n_neg": 8, "anchor_weight": 3000.0, "negative_weight": 3000.0,
+                        "reference_weight": 3000.0, "reference_negative_weight": 3000.0, "lambda_ref": 0.2,
+                        "radii": [0.02, 0.05, 0.2], "key_reduction": "sum", "anchor_features": "reuse"}, 24, False),
+    ("sdxl-vit-mae-paper", {"n_pos": 8, "n_neg": 8, "anchor_weight": 3000.0, "negative_weight": 3000.0,
+                            "reference_weight": 3000.0, "reference_negative_weight": 3000.0, "lambda_ref": 0.2,
+                            "key_reduction": "mean", "anchor_features": "recompute"}, 24, True),
+    ("sdxl-teacher-paper", {"n_pos": 8, "n_neg": 8, "anchor_weight": 3000.0, "negative_weight": 2000.0,
+                            "reference_weight": 3500.0, "reference_negative_weight": 5000.0, "lambda_ref": 0.25,
+                            "key_reduction": "mean", "anchor_features": "recompute"}, 24, True),
+    ("recompute-deterministic-encoder", {"n_pos": 3, "n_neg": 3, "anchor_features": "recompute"}, 8, False),
+    ("quickstart-masks-and-keys", {"n_pos": 3, "n_neg": 3, "mask_anchor_self": True, "mask_reference_pairs": True,
+                                   "feature_keys": ["patches"]}, 8, False),
+    ("lambda-ref-0", {"n_pos": 3, "n_neg": 3, "lambda_ref": 0.0}, 8, False),
+    ("lambda-ref-0.7-one-radius", {"n_pos": 2, "n_neg": 3, "lambda_ref": 0.7, "radii": [0.05]}, 8, False),
+]
+
+
+def cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    x = torch.cat([a[k].double().flatten() for k in sorted(a)])
+    y = torch.cat([b[k].double().flatten() for k in sorted(a)])
+    return float(torch.nn.functional.cosine_similarity(x, y, dim=0))
+
+
+def norm_ratio(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return float(torch.cat([a[k].double().flatten() for k in sorted(a)]).norm()
+                 / torch.cat([b[k].double().flatten() for k in sorted(a)]).norm())
+
+
+#: the same check with latent-space features and with features that read the prompts' conditioning
+ENCODER_CASES = [("latent-features-recompute", {"n_pos": 3, "n_neg": 3, "anchor_features": "recompute"}, 8, True, "latents"),
+                 ("latent-features-reuse", {"n_pos": 3, "n_neg": 2, "lambda_ref": 0.5}, 8, False, "latents"),
+                 ("conditioned-features-recompute", {"n_pos": 2, "n_neg": 3, "anchor_features": "recompute",
+                                                     "key_reduction": "mean"}, 8, True, "conditioned")]
+
+
+@pytest.mark.parametrize("case", CASES + ENCODER_CASES, ids=[c[0] for c in CASES + ENCODER_CASES])
+def test_drpo_loss_and_its_gradient_equal_the_plain_reference_under_each_option(case):
+    """The values a user reads (loss_preference, loss_reference, loss) and the gradient that trains:
+    the loss's value alone cannot tell positives from negatives (swapping them flips the field, and
+    the loss is its squared norm), so the gradient on the generated features is compared too."""
+    _, args, k, fresh, *spy_kind = case
+    cfg, out, calls, got_grads = run_step(args, k, fresh, *spy_kind)
+    pref, ref, grads = reference_losses(cfg, calls, k)
+    unused = set(got_grads) - set(cfg.feature_keys or got_grads)
+    assert all(got_grads[key] is None or not got_grads[key].any() for key in unused), f"keys {unused} must not train"
+    got_grads = {key: g for key, g in got_grads.items() if key not in unused}
+    got_pref, got_ref = out.logs["loss_preference"], out.logs["loss_reference"]
+    assert close(got_pref, pref), f"DrPO's preference term {got_pref:.6g} != plain reference {pref:.6g} (options {args})"
+    assert close(got_ref, ref), (f"DrPO's reference-drift term {got_ref:.6g} != plain reference {ref:.6g}: the "
+                                 f"reference weights {cfg.reference_weight}/{cfg.reference_negative_weight}, "
+                                 f"mask_reference_pairs or key_reduction={cfg.key_reduction} not applied")
+    want = pref + cfg.lambda_ref * ref
+    assert close(out.loss, want), (
+        f"DrPO's loss {out.loss:.6g} != preference + lambda_ref x reference = {pref:.6g} + {cfg.lambda_ref} x "
+        f"{ref:.6g} = {want:.6g}: lambda_ref={cfg.lambda_ref} is not applied as configured "
+        f"(preference + reference would be {pref + ref:.6g}, preference + 0.2 x reference {pref + 0.2 * ref:.6g})")
+    cos = cosine(got_grads, grads)
+    if cos < 0.999:
+        _, _, swapped = reference_losses(cfg, calls, k, swap=True)
+        assert cosine(got_grads, swapped) < 0.99, (
+            f"DrPO's gradient on the generated features matches the reference with positives and negatives "
+            f"SWAPPED (cosine {cosine(got_grads, swapped):.4f}; with the right ones {cos:.4f}; "
+            f"anchor_features={cfg.anchor_features}): training pushes away from the preferred candidates")
+        raise AssertionError(f"DrPO's gradient on the generated features is off the plain reference's: cosine "
+                             f"{cos:.4f} (options {args})")
+    assert abs(norm_ratio(got_grads, grads) - 1) < 2e-3, (
+        f"DrPO's gradient has {norm_ratio(got_grads, grads):.4f} x the reference's norm: lambda_ref, key_reduction or "
+        f"a weight scales it wrongly (options {args})")
+
+
+def test_recompute_encodes_the_top_ranked_as_positives_in_their_own_forwards():
+    """anchor_features=recompute: two extra forwards, one over exactly the top n+ candidates of each
+    prompt and one over the bottom n-, without grad; their outputs are the anchors (checked above)."""
+    cfg, _, calls, _ = run_step({"n_pos": 3, "n_neg": 2, "anchor_features": "recompute"}, 8, fresh=True)
+    assert len(calls) == 4, "generated, reference, positives and negatives: one forward each"
+    images = calls[0][0]
+    scores = redness(images).view(2, 8)
+    for i in range(2):
+        order = sorted(range(8), key=lambda c: -float(scores[i, c]))
+        encoded = []
+        for inputs, _ in calls[2:]:
+            block = inputs.view(2, -1, 3, 8, 8)[i]
+            encoded.append(sorted(next(c for c in range(8) if torch.equal(images[i * 8 + c], row)) for row in block))
+        assert sorted(encoded) == sorted([sorted(order[:3]), sorted(order[-2:])]), (
+            f"prompt {i}: the anchor forwards encoded {encoded}; want the top 3 {sorted(order[:3])} and the bottom 2 "
+            f"{sorted(order[-2:])}")
