@@ -175,26 +175,20 @@ AUTOCAST_OPS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 
 
 class EmulatedAutocast(TorchFunctionMode):
-    """``torch.autocast(dtype=...)`` for meta tensors: casts the inputs of CUDA autocast's op lists.
+    """``torch.autocast(dtype=...)`` for meta tensors: casts the inputs of autocast's op lists.
 
     The casts run above autograd, as autocast's do, so what autograd saves (e.g. the fp16 copy of
-    an fp32 frozen weight a matmul needs for its input gradient) is what a GPU run saves.
-    ``torch.autocast(device, enabled=False)`` blocks inside the step switch it off, as on a GPU.
+    an fp32 frozen weight a matmul needs for its input gradient) is what a GPU run saves. On or off
+    is the CPU autocast state: ``torch.autocast("meta", enabled=False)`` blocks inside the step
+    switch CPU autocast off (see :func:`emulated_autocast`), and gradient checkpointing saves and
+    restores that state for its recompute, as it does a GPU's (meta tensors are no CPU tensors:
+    CPU autocast itself leaves them alone).
     """
 
     def __init__(self, dtype: torch.dtype, device_type: str = "cuda") -> None:
         super().__init__()
         self.dtype = dtype
         self.low_ops, self.fp32_ops = AUTOCAST_OPS[device_type]
-        self.enabled = [True]
-
-    @contextlib.contextmanager
-    def region(self, enabled: bool = True, dtype: torch.dtype | None = None) -> Iterator[None]:
-        self.enabled.append(enabled)
-        try:
-            yield
-        finally:
-            self.enabled.pop()
 
     def _cast(self, value: Any, source: tuple[torch.dtype, ...], target: torch.dtype) -> Any:
         if isinstance(value, torch.Tensor) and value.dtype in source and value.device.type == "meta":
@@ -203,9 +197,36 @@ class EmulatedAutocast(TorchFunctionMode):
             return type(value)(self._cast(v, source, target) for v in value)
         return value
 
+    def _backward(self, func: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        """``Tensor.backward`` / ``torch.autograd.backward`` with this mode on the stack: a checkpointed
+        block's recompute runs in the backward and must cast as its forward did (calling ``func`` from
+        here would run it with the mode popped, as every function a mode intercepts)."""
+        from torch.autograd import _make_grads, _tensor_or_tensors_to_tuple
+        from torch.autograd.graph import _engine_run_backward
+
+        if func is torch.Tensor.backward:
+            names = ("gradient", "retain_graph", "create_graph", "inputs")
+            tensor, rest = args[0], dict(zip(names, args[1:])) | kwargs
+            tensors, grads = (tensor,), rest.get("gradient")
+        else:
+            names = ("grad_tensors", "retain_graph", "create_graph", "grad_variables", "inputs")
+            tensors, rest = args[0], dict(zip(names, args[1:])) | kwargs
+            tensors = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
+            grads = rest.get("grad_tensors")
+        inputs = rest.get("inputs")
+        inputs = () if inputs is None else ((inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs))
+        create_graph = bool(rest.get("create_graph") or False)
+        retain_graph = rest.get("retain_graph")
+        grads = _make_grads(tensors, _tensor_or_tensors_to_tuple(grads, len(tensors)), is_grads_batched=False)
+        with self:
+            _engine_run_backward(tensors, grads, create_graph if retain_graph is None else retain_graph, create_graph,
+                                 inputs, allow_unreachable=True, accumulate_grad=True)
+
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        if self.enabled[-1]:
+        if func is torch.Tensor.backward or func is torch.autograd.backward:
+            return self._backward(func, args, kwargs)
+        if torch.is_autocast_enabled("cpu"):
             name = getattr(func, "__name__", "")
             if name in self.low_ops:
                 args = self._cast(args, (torch.float32,), self.dtype)
@@ -218,7 +239,8 @@ class EmulatedAutocast(TorchFunctionMode):
 @contextlib.contextmanager
 def emulated_autocast(precision: str, device_type: str = "cuda") -> Iterator[EmulatedAutocast | None]:
     """The training loop's ``autocast(precision)`` on the meta device, as ``device_type``'s autocast casts
-    (fp32: nothing)."""
+    (fp32: nothing). ``torch.autocast("meta", ...)`` becomes ``torch.autocast("cpu", ...)``: its state is
+    the emulation's on/off switch."""
     if precision == "fp32":
         yield None
         return
@@ -226,13 +248,11 @@ def emulated_autocast(precision: str, device_type: str = "cuda") -> Iterator[Emu
     original = torch.autocast
 
     def autocast(device_type: str, *args: Any, **kwargs: Any) -> Any:
-        if device_type != "meta":
-            return original(device_type, *args, **kwargs)
-        return mode.region(kwargs.get("enabled", args[1] if len(args) > 1 else True))
+        return original("cpu" if device_type == "meta" else device_type, *args, **kwargs)
 
     torch.autocast = autocast  # type: ignore[assignment]
     try:
-        with mode:
+        with original("cpu", dtype=DTYPES[precision]), mode:
             yield mode
     finally:
         torch.autocast = original  # type: ignore[misc]
@@ -449,8 +469,8 @@ def measure_memory(method: str, setting: Any, *, micro: int = 1, precision: Prec
                    generator_args: dict[str, Any] | None = None, device: str = "cpu", seed: int = 0,
                    lr: float = 1e-4) -> MemoryMeasurement:
     """Run the micro-batch :func:`predict_memory` predicts with real random weights on ``device`` (CPU) and
-    measure it: one warm-up micro-batch and an AdamW step first (gradients and optimizer state exist, as in
-    the prediction), then the measured one under the profiler's memory events."""
+    measure it under the profiler's memory events, LoRA gradients and AdamW state allocated before (as in
+    the prediction); then an AdamW step, to check the LoRA moved."""
     import resource
 
     from torch.profiler import ProfilerActivity, profile
@@ -464,8 +484,7 @@ def measure_memory(method: str, setting: Any, *, micro: int = 1, precision: Prec
     ledger = Ledger("cpu")
     stack, prepared = _prepared(method, setting, device, precision, generator_args, ledger)
     frozen, trainable = _persistent(stack, prepared)
-    before = [p.detach().clone() for p in trainable]
-    optimizer = torch.optim.AdamW(trainable, lr=lr)
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)  # decay would move LoRA without a gradient
     ctx = prepared.ctx
     ctx.loss_scale = micro / setting.prompts if setting.prompts >= micro else 1.0
     prompts = _micro_prompts(setting, micro)
@@ -480,14 +499,15 @@ def measure_memory(method: str, setting: Any, *, micro: int = 1, precision: Prec
         finally:
             ledger.end_update()
 
-    one_step()  # warm-up: gradients
-    optimizer.step()  # AdamW state
-    optimizer.zero_grad(set_to_none=False)  # gradients stay allocated, as between micro-batches
+    for p in trainable:  # gradients and AdamW state exist before the measured step, as in the prediction
+        p.grad = torch.zeros_like(p)
+    optimizer.step()  # zero gradients, no weight decay: creates the state, moves nothing
     state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
     persistent = _unique_bytes([*frozen, *trainable, *(p.grad for p in trainable if p.grad is not None), *state])
     tracker = LiveTensors(device)
     tracker.track([*frozen, *trainable, *(p.grad for p in trainable if p.grad is not None), *state])
     tracker.overall_peak = tracker.live = 0  # the step's rise above what stays
+    before = [p.detach().clone() for p in trainable]
     rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         with tracker:
