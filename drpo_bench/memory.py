@@ -39,6 +39,7 @@ import math
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -331,13 +332,30 @@ def _unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(seen.values())
 
 
+#: the last meta stacks built (networks on the meta device hold no memory; building one takes seconds)
+_META_STACKS: dict[tuple[Any, ...], Any] = {}
+
+
 def _prepared(method: str, setting: Any, device: str, precision: Precision, generator_args: dict[str, Any] | None,
               ledger: Ledger) -> tuple[Any, Any]:
+    """Build the stack (meta stacks are reused across methods and micro-batches, as ``count_methods`` shares
+    one) and run the method's ``setup`` on it."""
     from drpo_bench import bench
 
-    stack = bench.build_stack(setting, device, DTYPES[precision.weights],
-                              reward_dtype=DTYPES[precision.reward or precision.weights],
-                              generator_args=generator_args)
+    def build() -> Any:
+        return bench.build_stack(setting, device, DTYPES[precision.weights],
+                                 reward_dtype=DTYPES[precision.reward or precision.weights],
+                                 generator_args=generator_args)
+
+    if device == "meta":
+        key = (setting.generator, setting.reward, setting.checkpointing, setting.lora_rank, setting.tiny, precision,
+               repr(sorted((generator_args or {}).items())))
+        if key not in _META_STACKS:
+            _META_STACKS.clear()  # one at a time: a plan walks its rows setting by setting
+            _META_STACKS[key] = build()
+        stack = _META_STACKS[key]
+    else:
+        stack = build()
     prepared = bench.prepare(method, setting, stack, ledger)
     return stack, prepared
 
@@ -441,6 +459,14 @@ class MemoryMeasurement:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self) | {"peak_bytes": self.peak_bytes}
+
+
+def available_bytes() -> int:
+    """The kernel's estimate of memory available to a new process (MemAvailable, Linux)."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise UserError("no MemAvailable in /proc/meminfo: full-size CPU runs check free memory on Linux only")
 
 
 def allocator_peak(events: Sequence[Any]) -> int:

@@ -35,19 +35,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from drpo_bench.bench import ALL_METHODS, make_setting, versions  # noqa: E402
-from drpo_bench.memory import GiB, Precision, measure_memory, predict_memory  # noqa: E402
+from drpo_bench.memory import GiB, Precision, available_bytes, measure_memory, predict_memory  # noqa: E402
 from drpo_bench.store import write_json  # noqa: E402
 
 #: K = 2 leaves one positive and one negative (DrPO), one winner and one loser (DPO), two anchors (GRPO)
 K2_ARGS = {"drpo": {"n_pos": 1, "n_neg": 1}, "dpo": {"n_winners": 1, "n_losers": 1}, "grpo": {"anchors": 2}}
 OUT = Path("results/compute/cpu-fullsize.json")
-
-
-def available_bytes() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no MemAvailable in /proc/meminfo")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -82,3 +82,20 @@ def test_mixed_precision_emulation_matches_cpu_autocast() -> None:
     assert predicted.activation_peak_bytes < 0.8 * full.activation_peak_bytes  # bf16 activations
     cuda = memory.predict_memory("draft", tiny(), precision=precision, autocast_like="cuda")
     assert cuda.activation_peak_bytes > predicted.activation_peak_bytes
+
+
+@pytest.mark.slow
+def test_full_size_sd_turbo_one_method() -> None:
+    """Full-size SD-Turbo × PickScore CLIP-H, random weights, bf16, K 2, 512 px: RAFT's update (about 7 GiB,
+    minutes on 2 cores); scripts/fullsize_cpu_memory.py runs every method."""
+    from drpo_bench.memory import available_bytes
+
+    setting = bench.make_setting("sd-turbo", "pickscore", k=2, effective_batch=2)
+    precision = Precision(weights="bf16")
+    predicted = memory.predict_memory("raft", setting, precision=precision)
+    if available_bytes() < predicted.peak_bytes + 4 * memory.GiB:
+        pytest.skip(f"needs {predicted.peak_bytes / memory.GiB + 4:.1f} GiB available")
+    measured = memory.measure_memory("raft", setting, precision=precision)
+    assert measured.loss_finite and measured.lora_moved
+    assert measured.persistent_bytes == predicted.persistent_bytes
+    assert measured.allocator_peak_bytes == pytest.approx(predicted.activation_peak_bytes, rel=TOLERANCE)
