@@ -72,7 +72,8 @@ def test_plan_and_validate_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str
     rows = json.loads((tmp_path / "p.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["draft"] and rows[0]["fits"] and rows[0]["largest_micro"] == 2
     assert cli_main(["validate", str(path), "--gpu-memory", "1GiB", "--reserve", "0"]) == 0
-    assert "ok" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "2 cells" in captured.err and "largest micro" in captured.out  # validated (on stderr), then planned
     assert cli_main(["plan", str(path), "--gpu-memory", "lots"]) == 2
     assert cli_main(["plan", str(path), "--gpu-memory", "1GiB", "--gpus", "3"]) == 2  # 2 prompts over 3 GPUs
 
