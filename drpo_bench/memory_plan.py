@@ -71,7 +71,7 @@ class PlanRow:
     persistent_bytes: int | None = None
     fits: bool | None = None
     largest_micro: int | None = None  # prompts per forward that fit (suite's checkpointing, or with it if needed)
-    checkpointing_needed: str = ""  # "no", "on in the suite", "yes (N GiB with it)", "does not fit even with it"
+    checkpointing_needed: str = ""  # "no", "on in the suite", "yes, N GiB with it", "does not fit even with it (...)"
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -189,22 +189,24 @@ class Planner:
         row.extra["phase_peak_bytes"] = at_suite.phase_peak_bytes
         row.extra["phase_saved_bytes"] = at_suite.phase_saved_bytes
         planned = setting
-        if setting.checkpointing:
-            row.checkpointing_needed = "on in the suite"
-        elif row.fits:
-            row.checkpointing_needed = "no"
+        roles = ["generator"] + (["reward"] if bench.reward_can_checkpoint(setting.reward) else [])
+        missing = [r for r in roles if r not in setting.checkpointing]
+        if row.fits:
+            row.checkpointing_needed = "no" if not setting.checkpointing else "on in the suite"
+        elif not missing:
+            row.checkpointing_needed = "on in the suite; does not fit even with it"
         else:
-            roles = ["generator"] + (["reward"] if bench.reward_can_checkpoint(setting.reward) else [])
             ckpt = bench.make_setting(setting.generator, setting.reward, k=setting.k,
                                       effective_batch=setting.effective_batch, checkpointing=roles,
                                       method_args=setting.method_args, features=setting.features, tiny=setting.tiny)
             with_ckpt = self.predict(method, ckpt, precision, gen_args, micro)
             row.extra["peak_bytes_with_checkpointing"] = with_ckpt.peak_bytes
+            what = "" if not setting.checkpointing else f"also the {', '.join(missing)}: "
             if self.fits(with_ckpt.peak_bytes):
-                row.checkpointing_needed = f"yes ({_gib(with_ckpt.peak_bytes)} GiB with it)"
+                row.checkpointing_needed = f"yes, {what}{_gib(with_ckpt.peak_bytes)} GiB with it"
                 planned = ckpt
             else:
-                row.checkpointing_needed = f"does not fit even with it ({_gib(with_ckpt.peak_bytes)} GiB)"
+                row.checkpointing_needed = f"does not fit even with it ({what}{_gib(with_ckpt.peak_bytes)} GiB)"
         one = self.predict(method, planned, precision, gen_args, 1).peak_bytes
         two = self.predict(method, planned, precision, gen_args, 2).peak_bytes if per_gpu > 1 else one
         row.largest_micro = self.largest_micro(method, planned, precision, gen_args, per_gpu, {1: one, 2: two})
