@@ -298,19 +298,24 @@ class Stack:
     reward: ArchitectureReward
 
 
-def build_stack(setting: Setting, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Stack:
-    """The setting's generator and reward with random weights on ``device`` (``meta``: shapes only)."""
+def build_stack(setting: Setting, device: torch.device | str, dtype: torch.dtype = torch.float32, *,
+                reward_dtype: torch.dtype | None = None, generator_args: dict[str, Any] | None = None) -> Stack:
+    """The setting's generator and reward with random weights on ``device`` (``meta``: shapes only).
+
+    ``reward_dtype``: the reward's weights when they differ from the generator's (e.g. HPSv3 in bf16);
+    ``generator_args``: the generator's config fields as a suite sets them (e.g. ``vae_slicing``), over
+    this function's compute defaults."""
     cls = GENERATOR_CLASSES[setting.generator]
     names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
     config = cls.Config.model_validate(dict(
         device=str(device), dtype=names[dtype], lora_rank=setting.lora_rank, lora_alpha=setting.lora_rank,
         gradient_checkpointing="generator" in setting.checkpointing, resolution=64 if setting.tiny else 512,
         vae_slicing=False,  # slicing splits the decode into per-image calls: same FLOPs, slower
-    ) | ({"pretrained": "-"} if "pretrained" in cls.Config.model_fields else {}))
+    ) | ({"pretrained": "-"} if "pretrained" in cls.Config.model_fields else {}) | dict(generator_args or {}))
     gen_cls = type(cls.__name__ + ("Tiny" if setting.tiny else ""), (cls,), {"tiny": setting.tiny})
     generator = gen_cls(config)
     component, shape, _ = REWARDS[setting.reward]
-    reward = ArchitectureReward(component, device=device, dtype=dtype, tiny=setting.tiny,
+    reward = ArchitectureReward(component, device=device, dtype=reward_dtype or dtype, tiny=setting.tiny,
                                 shape=None if setting.tiny else shape,
                                 gradient_checkpointing="reward" in setting.checkpointing)
     return Stack(generator, reward)
