@@ -149,6 +149,39 @@ def test_the_serve_side_adapter_equals_the_package(official):
     assert rel < 1e-5
 
 
+def test_serve_reward_imagereward_package_through_remote_equals_the_package(official):
+    """The users' path: `drpo-bench serve-reward imagereward-package` in the package's environment, the
+    `remote` reward here; PNG carries the 8-bit images exactly, so the scores are the package's."""
+    work, images, _, result = official
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.Popen(
+        [str(PYTHON), "-m", "drpo_bench.serve", "imagereward-package", "--port", "0", "--host", "127.0.0.1",
+         "--arg", f"checkpoint={work / 'ImageReward.pt'}", "--arg", f"med_config={work / 'med_config.json'}",
+         "--arg", "device=cpu"],
+        cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        for line in proc.stdout:  # the package prints its own loading lines first
+            seen.append(line)
+            if line.startswith("serving"):
+                break
+        else:
+            raise AssertionError(f"server did not start: {seen} {proc.stderr.read()[-3000:]}")
+        url = line.split(" at ")[1].strip()
+        assert url.startswith("http://127.0.0.1:")
+        remote = REWARDS.build("remote", {"url": url, "expected_name": "imagereward-package"})
+        assert remote.report_scale == 10.0 and not remote.differentiable
+        served = torch.stack([remote(images[f.removesuffix(".png")].expand(len(PROMPTS), -1, -1, -1), PROMPTS)
+                              for f in result["files"]])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    theirs = torch.tensor(result["scores"])
+    rel = float(((served - theirs).abs() / theirs.abs()).max())
+    print(f"\nserve-reward imagereward-package through remote vs package score(): worst relative difference {rel:.2e}")
+    assert rel < 1e-5
+
+
 def test_gradient_equals_the_packages_and_a_finite_difference(official, ours):
     _, images, pixels, _ = official
     theirs = torch.load(official[0] / "official_grad.pt")
