@@ -51,7 +51,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from drpo_bench.errors import MissingWeightsError
-from drpo_bench.rewards.clip_common import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+#: ImageReward.py ``_transform``'s Normalize (OpenAI CLIP's); kept here: tiny.py imports this module
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 #: ImageReward.__init__'s published standardization of the MLP output
 IMAGEREWARD_MEAN = 0.16717362830052426
