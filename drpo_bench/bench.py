@@ -122,7 +122,8 @@ class ArchitectureReward(Reward):
     """A reward network from the architectures, scored through its canonical forward.
 
     Images (B, 3, H, W) in [0, 1] are resized (bilinear, differentiable) to the network's input;
-    HPSv3's are cut into Qwen2-VL patches as the in-process ``hpsv3`` reward does. Text tokens are
+    HPSv3's are cut into Qwen2-VL patches as the in-process ``hpsv3`` reward does, ImageReward's
+    resized, cropped and normalized as the in-process ``imagereward`` does (its network is that reward's). Text tokens are
     fixed ids of the architecture's caption length (their values cost no FLOPs).
     """
 
@@ -159,6 +160,10 @@ class ArchitectureReward(Reward):
                                  temporal_patch_size=vc.temporal_patch_size, image_tokens=side * side, resample="bilinear")
             patches, _grid = qwen2vl_pixel_values(images, prep)  # (B·N, 1176)
             inputs["pixel_patches"] = patches.to(param.dtype)
+        elif self.component == "imagereward":  # the in-process reward's resize, crop and normalization
+            from drpo_bench.rewards.imagereward_model import imagereward_pixels
+
+            inputs["pixel_values"] = imagereward_pixels(images, self.shape["image_size"]).to(param.dtype)
         else:
             size = self.shape["image_size"]
             inputs[spec.grad_input] = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).to(param.dtype)
