@@ -15,8 +15,9 @@ Real weights are never loaded here: other modules load checkpoints into these sk
 the real ``config.json`` against ``config`` when it is present). Approximations are flagged in
 ``Architecture.approximate``:
 
-- ImageReward: BLIP ViT-L/16 + BERT-base with cross-attention, built from transformers' BLIP
-  classes (the original uses BLIP's own ``med`` BERT; same shapes, same FLOPs).
+- ImageReward: not an approximation since the reward runs in process: the ``imagereward`` reward's
+  own network (``drpo_bench/rewards/imagereward_model.py``, transformers' BLIP classes, checked
+  equal to the authors' package), built from the configs below instead of a checkpoint.
 - HPSv3: Qwen2-VL-7B backbone; the reward head (a special token's hidden state to mean and
   sigma) is one Linear here (the real head is a small MLP: negligible FLOPs).
 - latent-MAE ResNet (DrPO's SD-Turbo features): the authors' checkpoint fixes the widths; we
@@ -170,14 +171,14 @@ IMAGEREWARD: dict[str, Any] = dict(  # THUDM/ImageReward: BLIP ViT-L/16 at 224 +
                 image_size=224, patch_size=16, layer_norm_eps=1e-6),
     text=dict(vocab_size=30524, hidden_size=768, encoder_hidden_size=1024, intermediate_size=3072,
               num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=512),
-    head=(768, 1024, 128, 64, 16, 1),  # ImageReward's MLP
+    head=(768, 1024, 128, 64, 16, 1),  # ImageReward's MLP (five Linears, no activations)
 )
 IMAGEREWARD_TINY: dict[str, Any] = dict(
     vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                 image_size=32, patch_size=8, layer_norm_eps=1e-6),
     text=dict(vocab_size=30524, hidden_size=32, encoder_hidden_size=32, intermediate_size=64,
               num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64),
-    head=(32, 16, 1),
+    head=(32, 16, 16, 8, 8, 1),
 )
 
 QWEN2_VL_7B: dict[str, Any] = dict(  # Qwen/Qwen2-VL-7B-Instruct (HPSv3's backbone)
@@ -233,26 +234,12 @@ def latent_mae_resnet(in_channels: int = 4, width: int = 256, layers: tuple[int,
 
 
 
-class ImageRewardModel(nn.Module):
-    """BLIP ViT-L/16 image tower → BERT-base with cross-attention over it → MLP on [CLS]."""
+def imagereward_network(vision: Mapping[str, Any], text: Mapping[str, Any], head: tuple[int, ...]) -> nn.Module:
+    """The in-process ``imagereward`` reward's network (BLIP ViT-L/16 → BERT cross-attending to it → MLP
+    on [CLS]), built from configs: the class that scores and backpropagates in training."""
+    from drpo_bench.rewards.imagereward_model import build_network
 
-    def __init__(self, vision: Mapping[str, Any], text: Mapping[str, Any], head: tuple[int, ...]) -> None:
-        super().__init__()
-        from transformers import BlipTextConfig, BlipVisionConfig, BlipVisionModel
-        from transformers.models.blip.modeling_blip_text import BlipTextModel
-
-        self.vision = BlipVisionModel(BlipVisionConfig(**vision))
-        self.text = BlipTextModel(BlipTextConfig(**text), add_pooling_layer=False)
-        layers: list[nn.Module] = []
-        for a, b in zip(head[:-1], head[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU()]
-        self.head = nn.Sequential(*layers[:-1])
-
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        image_tokens = self.vision(pixel_values=pixel_values).last_hidden_state  # (B, 197, 1024)
-        # No attention masks: prompts are padded to full length, and a mask would need .item() on meta.
-        text = self.text(input_ids=input_ids, encoder_hidden_states=image_tokens).last_hidden_state  # (B, T, 768)
-        return self.head(text[:, 0]).squeeze(-1)  # (B,)
+    return build_network(dict(vision), dict(text, is_decoder=True), head)  # is_decoder: cross-attention layers
 
 
 class HPSv3Model(nn.Module):
@@ -585,9 +572,8 @@ ARCHITECTURES: dict[str, Architecture] = {
         ),
         Architecture(
             "imagereward", "ImageReward: BLIP ViT-L/16 + BERT-base cross-attention + MLP", IMAGEREWARD,
-            IMAGEREWARD_TINY, lambda c: ImageRewardModel(**c), _image_text_inputs, _imagereward_run,
+            IMAGEREWARD_TINY, lambda c: imagereward_network(**c), _image_text_inputs, _imagereward_run,
             {"image_size": 224, "text_tokens": 35}, {"image_size": 32, "text_tokens": 8}, grad_input="pixel_values",
-            approximate="built from transformers' BLIP classes (same shapes as ImageReward's med BERT)",
             enable_checkpointing=None, tags=("reward",),
         ),
         Architecture(

@@ -122,7 +122,8 @@ class ArchitectureReward(Reward):
     """A reward network from the architectures, scored through its canonical forward.
 
     Images (B, 3, H, W) in [0, 1] are resized (bilinear, differentiable) to the network's input;
-    HPSv3's are cut into Qwen2-VL patches as the in-process ``hpsv3`` reward does. Text tokens are
+    HPSv3's are cut into Qwen2-VL patches as the in-process ``hpsv3`` reward does, ImageReward's
+    resized, cropped and normalized as the in-process ``imagereward`` does (its network is that reward's). Text tokens are
     fixed ids of the architecture's caption length (their values cost no FLOPs).
     """
 
@@ -159,6 +160,10 @@ class ArchitectureReward(Reward):
                                  temporal_patch_size=vc.temporal_patch_size, image_tokens=side * side, resample="bilinear")
             patches, _grid = qwen2vl_pixel_values(images, prep)  # (B·N, 1176)
             inputs["pixel_patches"] = patches.to(param.dtype)
+        elif self.component == "imagereward":  # the in-process reward's resize, crop and normalization
+            from drpo_bench.rewards.imagereward_model import imagereward_pixels
+
+            inputs["pixel_values"] = imagereward_pixels(images, self.shape["image_size"]).to(param.dtype)
         else:
             size = self.shape["image_size"]
             inputs[spec.grad_input] = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).to(param.dtype)
@@ -298,19 +303,24 @@ class Stack:
     reward: ArchitectureReward
 
 
-def build_stack(setting: Setting, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Stack:
-    """The setting's generator and reward with random weights on ``device`` (``meta``: shapes only)."""
+def build_stack(setting: Setting, device: torch.device | str, dtype: torch.dtype = torch.float32, *,
+                reward_dtype: torch.dtype | None = None, generator_args: dict[str, Any] | None = None) -> Stack:
+    """The setting's generator and reward with random weights on ``device`` (``meta``: shapes only).
+
+    ``reward_dtype``: the reward's weights when they differ from the generator's (e.g. HPSv3 in bf16);
+    ``generator_args``: the generator's config fields as a suite sets them (e.g. ``vae_slicing``), over
+    this function's compute defaults."""
     cls = GENERATOR_CLASSES[setting.generator]
     names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
     config = cls.Config.model_validate(dict(
         device=str(device), dtype=names[dtype], lora_rank=setting.lora_rank, lora_alpha=setting.lora_rank,
         gradient_checkpointing="generator" in setting.checkpointing, resolution=64 if setting.tiny else 512,
         vae_slicing=False,  # slicing splits the decode into per-image calls: same FLOPs, slower
-    ) | ({"pretrained": "-"} if "pretrained" in cls.Config.model_fields else {}))
+    ) | ({"pretrained": "-"} if "pretrained" in cls.Config.model_fields else {}) | dict(generator_args or {}))
     gen_cls = type(cls.__name__ + ("Tiny" if setting.tiny else ""), (cls,), {"tiny": setting.tiny})
     generator = gen_cls(config)
     component, shape, _ = REWARDS[setting.reward]
-    reward = ArchitectureReward(component, device=device, dtype=dtype, tiny=setting.tiny,
+    reward = ArchitectureReward(component, device=device, dtype=reward_dtype or dtype, tiny=setting.tiny,
                                 shape=None if setting.tiny else shape,
                                 gradient_checkpointing="reward" in setting.checkpointing)
     return Stack(generator, reward)

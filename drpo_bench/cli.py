@@ -131,6 +131,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         cells = plan_cells(suite)
         console.print(f"[green]ok[/] {path}: {len(cells)} cells, effective batch {suite.budget.effective}, output {suite.output_dir}",
                       soft_wrap=True)
+        if args.gpu_memory:  # --gpu-memory: also the predicted GPU memory of each training cell (drpo-bench plan)
+            from drpo_bench.memory_plan import plan_rows, planner_from_args, print_plan
+
+            planner = planner_from_args(args)
+            print_plan(path, plan_rows(suite, planner), planner)
     return 0
 
 
@@ -228,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="suite YAML files, then optional key=value overrides as with run (e.g. budget.steps=4)")
     val.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="key=value",
                      help="an override given as an option (same as a positional key=value); repeatable")
+    from drpo_bench.memory_plan import add_memory_arguments
+
+    add_memory_arguments(val, required=False)  # validate --gpu-memory 80GB: plan the suite's memory too
     val.set_defaults(func=cmd_validate, overrides=[])
 
     ls = sub.add_parser("ls", help="list registered components or suites")
@@ -261,6 +269,9 @@ def _optional_commands(sub: argparse._SubParsersAction) -> None:
     else:
         add_flops_parser(sub)
         add_bench_parser(sub)
+    from drpo_bench.memory_plan import add_plan_parser
+
+    add_plan_parser(sub)
     try:
         from drpo_bench.serve import add_serve_reward_parser
     except ImportError:

@@ -61,6 +61,12 @@ def _common(p: argparse.ArgumentParser, default_methods: str) -> None:
 
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     _common(p, "drpo,draft,vggflow,dpo,grpo,pso,raft")
+    m = p.add_argument_group("memory (--memory: predicted GPU memory of one micro-batch, drpo_bench/memory.py)")
+    m.add_argument("--memory", action="store_true", help="also predict each method's peak memory per micro-batch")
+    m.add_argument("--micro", type=int, default=1, help="prompts per micro-batch for --memory (default 1: K candidates)")
+    m.add_argument("--weights", default="fp32", choices=["fp32", "fp16", "bf16"], help="generator's frozen weights (default fp32)")
+    m.add_argument("--autocast", default="fp32", choices=["fp32", "fp16", "bf16"], help="the loop's autocast (default fp32: none)")
+    m.add_argument("--reward-dtype", default=None, choices=["fp32", "fp16", "bf16"], help="reward weights (default: as --weights)")
     p.set_defaults(func=flops_command)
     return p
 
@@ -188,6 +194,44 @@ def print_tables(setting: Any, results: dict[str, Any]) -> None:
                   f"{PAPER_WALL_CLOCK['drpo_seconds_per_update']} s = {PAPER_WALL_CLOCK['ratio']}×.[/dim]")
 
 
+def memory_table(setting: Any, estimates: dict[str, Any], flops: dict[str, Any]) -> None:
+    """Predicted memory per micro-batch beside the FLOPs: persistent bytes, the step's peak, ratios to DRaFT."""
+    from rich.table import Table
+
+    first = next(iter(estimates.values()))
+    unit, gib = ("GiB", 2**30) if max(e.peak_bytes for e in estimates.values()) >= 2**30 else ("MiB", 2**20)
+    console = _console()
+    console.print(_title(setting, f"predicted {unit} per micro-batch of {first.micro_prompts} prompt(s) "
+                                  f"({first.candidates} candidates), {first.precision}"), style="bold")
+    table = Table()
+    table.add_column("")
+    for name in estimates:
+        table.add_column(name, justify="right")
+    seen = {p for e in estimates.values() for p in e.phase_peak_bytes}
+    for phase in [p for p in PHASES if p in seen] + sorted(seen - set(PHASES)):
+        table.add_row(f"peak in {phase}", *(f"{e.phase_peak_bytes[phase] / gib:,.1f}" if phase in e.phase_peak_bytes
+                                            else "–" for e in estimates.values()))
+    table.add_section()
+    table.add_row("saved for backward", *(f"{sum(e.phase_saved_bytes.values()) / gib:,.1f}" for e in estimates.values()))
+    table.add_row("weights", *(f"{e.weights_bytes / gib:,.1f}" for e in estimates.values()))
+    table.add_row("LoRA + grads + AdamW", *(f"{(e.trainable_bytes + e.grad_bytes + e.optimizer_bytes) / gib:,.2f}"
+                                            for e in estimates.values()))
+    table.add_row("step peak above those", *(f"{e.activation_peak_bytes / gib:,.1f}" for e in estimates.values()))
+    table.add_row("peak", *(f"{e.peak_bytes / gib:,.1f}" for e in estimates.values()), style="bold")
+    console.print(table)
+    if "draft" in estimates:
+        base = estimates["draft"]
+        for name, e in estimates.items():
+            if name != "draft":
+                line = f"DRaFT peak ÷ {name} peak: {base.peak_bytes / e.peak_bytes:.2f}× (step peak " \
+                       f"{base.activation_peak_bytes / max(e.activation_peak_bytes, 1):.2f}×)"
+                if name in flops and "draft" in flops and flops[name].total:
+                    line += f"; FLOPs {flops['draft'].total / flops[name].total:.2f}×"
+                console.print(line)
+    console.print("[dim]allocated bytes, as torch.cuda.max_memory_allocated counts them; the CUDA context and the "
+                  "allocator's fragmentation come on top (drpo-bench plan keeps room for them).[/dim]")
+
+
 def flops_command(args: argparse.Namespace) -> int:
     """Run ``drpo-bench flops``; returns the exit code (bad input raises UserError: exit 2)."""
     from drpo_bench.bench import count_methods
@@ -196,8 +240,21 @@ def flops_command(args: argparse.Namespace) -> int:
     setting = setting_from_args(args)
     results = count_methods(setting, _methods(args))
     print_tables(setting, results)
+    data = result_json(setting, results)
+    if getattr(args, "memory", False):
+        from drpo_bench.memory import Precision, predict_memory
+
+        precision = Precision(weights=args.weights, autocast=args.autocast, reward=args.reward_dtype)
+        estimates = {m: predict_memory(m, setting, micro=args.micro, precision=precision) for m in results}
+        memory_table(setting, estimates, results)
+        data["memory"] = {"precision": precision.label(), "micro_prompts": args.micro,
+                          "source": "Method.step on meta-device networks, live storages counted (drpo_bench/memory.py)",
+                          "methods": {m: e.to_json() for m, e in estimates.items()}}
+        if "draft" in estimates:
+            data["memory"]["ratios"] = {f"draft/{m}": estimates["draft"].peak_bytes / e.peak_bytes
+                                        for m, e in estimates.items() if m != "draft"}
     if args.json is not None:
-        write_json(args.json, result_json(setting, results))
+        write_json(args.json, data)
         print(f"wrote {args.json}")
     return 0
 

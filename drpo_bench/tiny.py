@@ -562,6 +562,79 @@ def make_tiny_hpsv3(root: Path | None = None) -> Path:
     return cached_build("hpsv3", build_tiny_hpsv3, root)
 
 
+# ---- ImageReward --------------------------------------------------------------------------------
+
+#: BERT WordPiece specials first, then single characters and their "##" continuations (every lower-case
+#: word tokenizes, many into several pieces: prompts reach the 35-token truncation), then whole words
+TINY_BERT_WORDS = (
+    "a an the of on in with and at to is photo painting picture portrait cat cats dog dogs red blue green "
+    "yellow black white two three big small beach city street house tree forest mountain sky sunset car "
+    "man woman person child bird horse flower flowers table chair apple banana cake pizza water river "
+    "snow night day light dark old new happy style detailed high quality art oil digital cinematic"
+).split()
+TINY_IMAGEREWARD_VISION: dict[str, int] = dict(  # real ViT-L/16: 1024 wide, 24 blocks, 4096 MLP, 224 px
+    hidden_size=128, num_hidden_layers=2, intermediate_size=256, patch_size=16, image_size=48,
+)
+TINY_IMAGEREWARD_TEXT: dict[str, Any] = dict(  # med_config.json's BERT keys; real: 768 wide, 12 layers, 12 heads
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    max_position_embeddings=64, hidden_act="gelu", layer_norm_eps=1e-12, pad_token_id=0,
+    architectures=["BertModel"], model_type="bert", type_vocab_size=2, initializer_range=0.02,
+    hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, add_cross_attention=True,
+)
+TINY_IMAGEREWARD_HEAD = (32, 64, 16, 16, 8, 1)  # real (768, 1024, 128, 64, 16, 1)
+
+
+def write_tiny_bert_tokenizer(folder: Path) -> int:
+    """``vocab.txt`` + ``tokenizer_config.json`` of an uncased BERT WordPiece tokenizer; returns the vocab size."""
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789") + list(".,!?'\"-:;()&/")
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *("##" + c for c in chars[:36]), *TINY_BERT_WORDS]
+    vocab = list(dict.fromkeys(pieces))  # once each ("a" is a character and a word)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"do_lower_case": True, "model_max_length": 512, "tokenizer_class": "BertTokenizer"}, indent=2))
+    return len(vocab)
+
+
+def build_tiny_imagereward(folder: Path, seed: int = 0) -> None:
+    """ImageReward's public layout, tiny: ``ImageReward.pt`` (``ImageReward.state_dict()``'s keys:
+    ``blip.visual_encoder.*`` in timm's names, ``blip.text_encoder.*``, ``blip.vision_proj``/``text_proj``,
+    ``mlp.layers.*``), ``med_config.json`` (BERT keys, ``add_cross_attention``) and ``bert-base-uncased/``
+    (a tiny uncased WordPiece vocabulary standing in for bert-base-uncased's)."""
+    from drpo_bench.rewards.imagereward_model import build_network, official_key, text_config
+
+    vocab = write_tiny_bert_tokenizer(folder / "bert-base-uncased")
+    med = dict(TINY_IMAGEREWARD_TEXT, vocab_size=vocab + 2, encoder_width=768)  # + [DEC], [ENC]; encoder_width
+    (folder / "med_config.json").write_text(json.dumps(med, indent=2))  # is overwritten at load, as BLIP does
+    v = TINY_IMAGEREWARD_VISION
+    vision = dict(v, num_attention_heads=v["hidden_size"] // 64, hidden_act="gelu", layer_norm_eps=1e-6)
+    _seeded(seed)
+    network = build_network(vision, text_config(med, v["hidden_size"]), TINY_IMAGEREWARD_HEAD)
+    gen = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for key, value in network.state_dict().items():
+        if key.endswith("position_ids"):
+            continue
+        if "norm" in key.lower():  # LayerNorms: weight 1, bias 0 as initialized
+            fresh = value.clone()
+        elif key.startswith("mlp."):  # the head: unit-variance through five Linears
+            fresh = torch.randn(value.shape, generator=gen) / (value.shape[-1] ** 0.5 if value.ndim == 2 else 10)
+        else:  # BERT/ViT's own 0.02 init (BLIP's vision config default would be 1e-10)
+            fresh = torch.randn(value.shape, generator=gen) * 0.02
+        state[official_key(key)] = fresh.contiguous()
+    width, text_width = v["hidden_size"], med["hidden_size"]
+    state["blip.text_encoder.embeddings.position_ids"] = torch.arange(med["max_position_embeddings"]).expand((1, -1))
+    for name, d in (("vision_proj", width), ("text_proj", text_width)):  # in the file, unused by the score
+        state[f"blip.{name}.weight"] = torch.randn(256, d, generator=gen) * 0.02
+        state[f"blip.{name}.bias"] = torch.zeros(256)
+    torch.save(state, folder / "ImageReward.pt")
+
+
+def make_tiny_imagereward(root: Path | None = None) -> Path:
+    """Folder with ``ImageReward.pt``, ``med_config.json`` and ``bert-base-uncased/`` (tiny, official layout)."""
+    return cached_build("imagereward", build_tiny_imagereward, root)
+
+
 #: every tiny twin by name: the one table ``tiny:<twin>`` locations resolve through
 TWINS: dict[str, Callable[..., Path]] = {
     "sd-turbo": make_tiny_sd_turbo,
@@ -573,6 +646,7 @@ TWINS: dict[str, Callable[..., Path]] = {
     "vit-mae": make_tiny_vit_mae,
     "mae-latent": make_tiny_mae_latent,
     "hpsv3": make_tiny_hpsv3,
+    "imagereward": make_tiny_imagereward,
 }
 
 

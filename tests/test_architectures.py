@@ -58,5 +58,17 @@ def test_unknown_names_list_nearest() -> None:
 
 
 def test_approximations_are_declared() -> None:
-    for name in ("imagereward", "hpsv3", "latent-mae-resnet", "inception-v3"):
+    for name in ("hpsv3", "latent-mae-resnet", "inception-v3"):
         assert arch.get(name).approximate
+
+
+def test_imagereward_is_priced_on_the_in_process_rewards_own_class() -> None:
+    from drpo_bench.rewards.imagereward_model import ImageRewardNetwork
+
+    entry = arch.get("imagereward")
+    assert not entry.approximate
+    model = arch.build("imagereward")  # meta device
+    assert type(model) is ImageRewardNetwork
+    assert len(model.vision.encoder.layers) == 24 and len(model.text.encoder.layer) == 12
+    assert all(hasattr(layer, "crossattention") for layer in model.text.encoder.layer)
+    assert [m.out_features for m in model.mlp.layers if isinstance(m, torch.nn.Linear)] == [1024, 128, 64, 16, 1]

@@ -21,7 +21,7 @@ from drpo_bench.methods import TrainContext
 from drpo_bench.registry import METHODS
 from drpo_bench.toy import ToyRedness
 
-PROMPTS = ["toy prompt 0", "toy prompt 1"]
+PROMPTS = ["toy prompt 0", "toy prompt 1", "toy prompt 2"]  # three: a row offset error cannot wrap around
 
 
 class SpyPatches(FeatureEncoder):
@@ -209,7 +209,8 @@ CASES = [
     ("quickstart-masks-and-keys", {"n_pos": 3, "n_neg": 3, "mask_anchor_self": True, "mask_reference_pairs": True,
                                    "feature_keys": ["patches"]}, 8, False),
     ("lambda-ref-0", {"n_pos": 3, "n_neg": 3, "lambda_ref": 0.0}, 8, False),
-    ("lambda-ref-0.7-one-radius", {"n_pos": 2, "n_neg": 3, "lambda_ref": 0.7, "radii": [0.05]}, 8, False),
+    ("lambda-ref-0.7-one-radius", {"n_pos": 2, "n_neg": 3, "lambda_ref": 0.7, "radii": [0.05],
+                                   "anchor_weight": 500.0}, 8, False),
 ]
 
 
@@ -272,13 +273,32 @@ def test_recompute_encodes_the_top_ranked_as_positives_in_their_own_forwards():
     cfg, _, calls, _ = run_step({"n_pos": 3, "n_neg": 2, "anchor_features": "recompute"}, 8, fresh=True)
     assert len(calls) == 4, "generated, reference, positives and negatives: one forward each"
     images = calls[0][0]
-    scores = redness(images).view(2, 8)
-    for i in range(2):
+    scores = redness(images).view(len(PROMPTS), 8)
+    for i in range(len(PROMPTS)):
         order = sorted(range(8), key=lambda c: -float(scores[i, c]))
         encoded = []
         for inputs, _ in calls[2:]:
-            block = inputs.view(2, -1, 3, 8, 8)[i]
+            block = inputs.view(len(PROMPTS), -1, 3, 8, 8)[i]
             encoded.append(sorted(next(c for c in range(8) if torch.equal(images[i * 8 + c], row)) for row in block))
         assert sorted(encoded) == sorted([sorted(order[:3]), sorted(order[-2:])]), (
             f"prompt {i}: the anchor forwards encoded {encoded}; want the top 3 {sorted(order[:3])} and the bottom 2 "
             f"{sorted(order[-2:])}")
+
+
+def test_drpo_step_logs_the_rankings_spread():
+    cfg, out, calls, _ = run_step({"n_pos": 3, "n_neg": 2}, 8)
+    scores = redness(calls[0][0]).view(len(PROMPTS), 8).double()
+    ordered = scores.sort(dim=1, descending=True).values
+    assert out.logs["reward_std_within_prompt"] == pytest.approx(float(scores.std(dim=1).mean()), rel=1e-5)
+    assert out.logs["reward_top_minus_bottom"] == pytest.approx(float(ordered[:, :3].mean() - ordered[:, -2:].mean()), rel=1e-5)
+
+
+def test_drpo_budget_and_missing_feature_keys_are_named():
+    cls = METHODS.get("drpo").cls
+    cls.check_budget(METHODS.get("drpo").parse_config({"n_pos": 4, "n_neg": 4}), 8)  # 4 + 4 of 8: allowed
+    with pytest.raises(ValueError, match=r"^drpo: n_pos \+ n_neg = 9 exceeds the 8 candidates per prompt; positives and "
+                                         r"negatives must be disjoint\. Lower n_pos/n_neg or raise budget\.candidates_per_prompt\.$"):
+        cls.check_budget(METHODS.get("drpo").parse_config({"n_pos": 6, "n_neg": 3}), 8)
+    with pytest.raises(ValueError, match=r"^drpo: feature keys \['nope'\] not produced by toy-pixels; available: "
+                                         r"\['mean', 'patches'\]$"):
+        run_step({"n_pos": 2, "n_neg": 2, "feature_keys": ["patches", "nope"]}, 8)

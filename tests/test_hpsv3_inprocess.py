@@ -266,6 +266,23 @@ def test_real_size_preprocessing_equals_the_processor_and_the_packages_pil_path(
     assert float(diff.max()) < 0.02 and float(diff.mean()) < 0.006
 
 
+def test_no_clamp_after_the_resize_keeps_the_gradient_of_overshooting_pixels():
+    """Bicubic overshoots past [0, 1] at hard edges; the package's differentiable path does not clamp,
+    and neither do we: those resized pixels keep their value and their gradient."""
+    prep = QwenImagePrep()
+    image = torch.zeros(1, 3, 512, 512)
+    image[..., :, 256:] = 1.0  # a hard black/white edge
+    image.requires_grad_(True)
+    pixel_values, _ = qwen2vl_pixel_values(image, prep)
+    mean = torch.tensor(prep.mean).repeat_interleave(2 * 14 * 14)  # rows: (C, T, p, p) flattened
+    std = torch.tensor(prep.std).repeat_interleave(2 * 14 * 14)
+    resized = pixel_values * std + mean  # back to [0, 1] units
+    over = (resized > 1 + 1e-4) | (resized < -1e-4)
+    assert bool(over.any()), "the edge must overshoot, or this test shows nothing"
+    (pixel_values * over).sum().backward()  # only overshooting outputs
+    assert float(image.grad.abs().sum()) > 0
+
+
 # ---- DRaFT on it, suites ---------------------------------------------------------------------------
 
 

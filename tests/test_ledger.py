@@ -321,7 +321,7 @@ def test_cuda_memory_is_the_allocator_peak_per_phase_and_update(clock: FakeClock
     """On a CUDA device the ledger reads torch.cuda's peak allocation per interval (reset after each):
     faked here, so the bookkeeping is checked without a GPU."""
     device = torch.device("cuda", 0)
-    peaks = iter([100, 300, 50, 40, 7, 200, 10, 20, 30])  # one per read, in the order the ledger reads them
+    peaks = iter([100, 300, 50, 40, 7, 200, 10, 20, 5, 250, 7, 8, 9, 60, 11, 12])  # one per read, in reading order
     calls: list[tuple[str, object]] = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: calls.append(("sync", d)))
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d=None: calls.append(("reset", d)))
@@ -340,6 +340,10 @@ def test_cuda_memory_is_the_allocator_peak_per_phase_and_update(clock: FakeClock
     assert record.peak_memory_bytes == 300
     assert all(d == device for _, d in calls), "every CUDA call names the ledger's device"
     assert ("reset", device) in calls and ("sync", device) in calls
+    for _ in range(2):  # two timed updates: sample peaks 250, then 60
+        with led.update(), led.phase("sample"):
+            clock.advance(1.0)
     s = led.summary()
     assert s["peak_memory_kind"] == "cuda_max_allocated" and s["device"] == "cuda:0"
-    assert s["phase_peak_memory_bytes"] == {"sample": 300, "loss": 40, OTHER: 100}
+    assert s["phase_peak_memory_bytes"] == {"sample": 250, OTHER: 11}, "the max over the timed updates"
+    assert s["peak_memory_bytes"] == 250

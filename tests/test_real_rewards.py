@@ -16,7 +16,7 @@ from drpo_bench.rewards.geneval_owl import GenEvalOwl
 from drpo_bench.rewards.geneval_parse import ObjectSpec, parse_prompt
 from drpo_bench.rewards.hpsv2 import HPSv2
 from drpo_bench.rewards.hpsv3 import HPSv3
-from drpo_bench.rewards.imagereward import ImageReward
+from drpo_bench.rewards.imagereward import ImageReward, ImageRewardPackage
 from drpo_bench.rewards.jpeg import JPEGCompressibility
 from drpo_bench.rewards.pickscore import PickScore
 from drpo_bench.tiny import make_tiny_clip
@@ -38,12 +38,13 @@ def rewards():
 def test_registered_names():
     names = {PickScore: "pickscore", CLIPScore: "clip-score", HPSv2: "hpsv2",
              Aesthetic: "aesthetic", JPEGCompressibility: "jpeg", GenEvalOwl: "geneval-owl", HPSv3: "hpsv3",
-             ImageReward: "imagereward"}
+             ImageReward: "imagereward", ImageRewardPackage: "imagereward-package"}
     for cls, name in names.items():
         assert cls.registry_name == name
     # tiny twins are presets of the real classes (weights from tiny:<twin>), not sibling classes
     for tiny, cls in {"pickscore-tiny": PickScore, "hpsv2-tiny": HPSv2, "aesthetic-tiny": Aesthetic,
-                      "clip-score-tiny": CLIPScore, "geneval-owl-tiny": GenEvalOwl, "hpsv3-tiny": HPSv3}.items():
+                      "clip-score-tiny": CLIPScore, "geneval-owl-tiny": GenEvalOwl, "hpsv3-tiny": HPSv3,
+                      "imagereward-tiny": ImageReward}.items():
         entry = REWARDS.get(tiny)
         assert entry.cls is cls and any(str(v).startswith("tiny:") for v in entry.preset.values())
 
@@ -167,9 +168,9 @@ def test_hpsv3_here_says_how_to_serve_it():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ImageReward") is not None, reason="ImageReward installed")
-def test_imagereward_here_says_how_to_serve_it():
-    with pytest.raises(UserError, match="serve-reward imagereward"):
-        ImageReward(ImageReward.Config())
+def test_imagereward_package_here_says_how_to_serve_it():
+    with pytest.raises(UserError, match="serve-reward imagereward-package"):
+        ImageRewardPackage(ImageRewardPackage.Config())
 
 
 # ---- definitions and reporting scales (the paper's tables) ---------------------------------------
@@ -254,8 +255,8 @@ class _FixedAdapter:
 def test_imagereward_is_reported_x10_and_aesthetics_as_is(rewards):
     from drpo_bench.metrics.reward_metric import RewardMetric
 
-    reward = ImageReward.__new__(ImageReward)  # the package is not installed here: only the adapter is replaced
-    reward.config, reward.adapter = ImageReward.Config(), _FixedAdapter()
+    reward = ImageRewardPackage.__new__(ImageRewardPackage)  # the package is not installed here: only the adapter
+    reward.config, reward.adapter = ImageRewardPackage.Config(), _FixedAdapter()  # is replaced
     images = torch.rand(3, 3, 8, 8)
     prompts = ["a", "b", "c"]
     value = RewardMetric(reward, "imagereward").compute(_samples(images, prompts, ["x", "x", "y"]))["imagereward"]

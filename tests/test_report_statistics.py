@@ -367,3 +367,15 @@ def test_win_rate_table_single_generator_headers_title_and_missing_metrics():
     assert list(by) == ["m", "p"]
     assert by["m"][0][3:] == ["1.000 [1.000, 1.000]", "1.000 [1.000, 1.000]"], "extra: no aggregate, higher is better"
     assert by["p"][0][3:] == ["0.000 [0.000, 0.000]", "n/a"] and by["p"][1][4] is None
+
+
+def test_gain_table_bold_flags_title_and_note():
+    cells = [_cell("base", s, {"acc": (0.5, True), "reward": (v, True)}) for s, v in ((0, 0.5), (1, 0.6))]
+    cells += [_cell("m", s, {"reward": (v, True)}) for s, v in ((0, 0.5), (1, 0.6))]  # acc missing: n/a first
+    table = gain_table(group_rows(cells), multi=False)
+    assert table.title == "Gain over base, paired by seed (mean ± 95% CI of the per-seed difference)"
+    assert table.note == ("Δ = method − base at the same seed; both are evaluated on the same held-out prompts and "
+                          "noise. Bold: the 95% Student-t interval excludes zero on the better side.")
+    assert table.rows[0][3:] == ["n/a", "+0.000 ± 0.000"], "a zero gain is written +0.000; the metric after n/a is kept"
+    assert table.bold == [[False, False, False, False, False]], "labels, n/a and a zero gain are not bold"
+    assert table.raw[0][:3] == ["m", "r", 2]

@@ -59,7 +59,7 @@ class HPSv3Config(ModelConfig):
     revision: str | None = None  # hub revision of `base`; None = what the cache has
     dtype: RewardDType = "auto"  # "auto" = bf16 on CUDA (HPSv3's own dtype; Qwen2 overflows in fp16), fp32 on CPU
     image_tokens: int = Field(HPSV3_IMAGE_TOKENS, gt=0)  # HPSv3 fixes min = max pixels = 256 x 28^2 (448 x 448)
-    resample: Literal["bicubic", "bilinear"] = "bicubic"  # bicubic+antialias = the package's inference resize (PIL)
+    resample: Literal["bicubic", "bilinear"] = "bicubic"  # bicubic+antialias = the package's resize (PIL); bilinear matches nothing
     gradient_checkpointing: bool = False  # recompute Qwen2-VL layers in backward: DRaFT memory for time
 
 

@@ -14,9 +14,9 @@ ranking loss. Everything below was checked against the package's source (file, f
   have that many rows (151 658 for the Qwen2-VL tokenizer), not the config's padded 152 064; the
   loader takes the row count from the file. Key layout: transformers < 4.52 names (``visual.*``,
   ``model.*`` for the language model) or the newer ones (``model.visual.*``,
-  ``model.language_model.*``); both are accepted (the package's ``Qwen2VLRewardModelBT.forward``
-  reads ``self.model.language_model``, the newer naming, while the released file is commonly
-  remapped from the older one). ``lm_head`` is not used for the score and is not loaded.
+  ``model.language_model.*``); both are accepted (PyPI ``hpsv3`` 1.0.0's ``Qwen2VLRewardModelBT.forward``
+  reads ``self.model.embed_tokens``: the older naming, under which the file was saved).
+  ``lm_head`` is not used for the score and is not loaded.
 * **Reward head** (``hpsv3/model/qwen2vl_trainer.py``, ``Qwen2VLRewardModelBT.__init__``,
   ``rm_head_type="ranknet"``, ``rm_head_kwargs=None``): ``Linear(hidden, 1024) - ReLU - Dropout -
   Linear(1024, 16) - ReLU - Linear(16, 2)`` (keys ``rm_head.0/3/5``), kept in fp32 and run on
@@ -43,10 +43,13 @@ ranking loss. Everything below was checked against the package's source (file, f
   normalize with the OpenAI-CLIP mean/std, patchify into ``(N, C * temporal * patch * patch)``
   with the image repeated ``temporal_patch_size`` times and patches ordered merge-window by
   merge-window (transformers ``image_processing_qwen2_vl.py``, ``Qwen2VLImageProcessor.patchify``).
-  Resize kernel: bicubic with antialiasing (what PIL's bicubic in the package's inference path
-  computes, up to 8-bit rounding); ``resample="bilinear"`` gives the package's differentiable
-  processor (bilinear, no antialias). ``tests/test_hpsv3_inprocess.py`` checks ``pixel_values``
-  and ``image_grid_thw`` against transformers' own ``Qwen2VLImageProcessor``.
+  Resize kernel: bicubic with antialiasing. The package resizes with bicubic before its processor
+  (qwen-vl-utils' ``fetch_image``, PIL), and torch's antialiased bicubic computes the same filter up
+  to PIL's 8-bit rounding; ``resample="bilinear"`` (no antialias) is an option that does not match it. No clamp after the resize: the
+  package's differentiable path does not clamp, and clamping would zero the gradient of every pixel
+  that bicubic overshoots past [0, 1] (PIL's 8-bit path clips them; the score difference is of the
+  order of that rounding). ``tests/test_hpsv3_inprocess.py`` checks ``pixel_values`` and
+  ``image_grid_thw`` against transformers' own ``Qwen2VLImageProcessor``.
 """
 
 from __future__ import annotations
@@ -180,8 +183,8 @@ def qwen2vl_pixel_values(images: torch.Tensor, prep: QwenImagePrep) -> tuple[tor
     x = images.float()
     if (new_h, new_w) != (h, w):
         if prep.resample == "bicubic":
+            # no clamp: overshoots keep their gradient, as in the package's differentiable path
             x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
-            x = x.clamp(0, 1)  # bicubic overshoots; PIL clips to 8 bits
         else:
             x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False)
     mean = torch.tensor(prep.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
