@@ -35,8 +35,9 @@ def test_the_settings_table_states_the_tuned_settings_in_every_format(report):
     page = (report / "report.html").read_text()
     with open(report / "tables" / "settings.csv") as f:
         table = list(csv.DictReader(f))
+    # RAFT left the quickstart (docs/raft.md); DrPO's and VGG-Flow's tuned knobs stand beside DPO's and GRPO's
     expected = {("dpo", "args.beta"): ("30", "1"), ("grpo", "args.neighbor_sigma"): ("0.6", "0.3"),
-                ("raft", "args.top_n"): ("4", "1")}
+                ("drpo", "args.lambda_ref"): ("0.1", "0.2"), ("vggflow", "args.reward_scale"): ("1", "1000")}
     for (method, setting), (value, default) in expected.items():
         row = next(r for r in table if r["method"] == method and r["setting"] == setting)
         assert (row["value"], row["default"]) == (value, default), (method, setting)
@@ -53,7 +54,7 @@ def test_compute_tables_name_every_row_and_render_the_division_sign(report):
     tex = (report / "report.tex").read_text()
     assert "[U+" not in tex, "every character the report writes has a LaTeX form"
     assert r"time \ensuremath{\div} DRaFT's" in tex
-    methods = {"drpo", "drpo-checker", "dpo", "pso", "grpo", "raft", "draft", "vggflow"}
+    methods = {"drpo", "drpo-checker", "dpo", "pso", "grpo", "draft", "vggflow"}
     for label in ("tab:compute-savings", "tab:compute"):
         block = tex.split(rf"\label{{{label}}}")[1].split(r"\end{table}")[0]
         parts = re.findall(r"\\midrule\n(.*?)\\bottomrule", block, re.S)
@@ -65,22 +66,22 @@ def test_compute_tables_name_every_row_and_render_the_division_sign(report):
         table = list(csv.DictReader(f))
     draft = next(r for r in table if r["method"] == "draft")
     compared = [r for r in table if r["time ÷ DRaFT's"]]  # drpo-checker: no DRaFT on its reward, no ratio
-    assert len(compared) == 7
+    assert len(compared) == 6
     for row in compared:  # the header's quotient: this method's time ÷ DRaFT's
         assert float(row["time ÷ DRaFT's"]) == pytest.approx(float(row["s / update"]) / float(draft["s / update"]))
     assert not any("paper scale" in h for h in table[0]), "no paper-scale prediction for the shapes world: dropped"
 
 
-def test_curves_end_on_their_own_points_and_raft_does_not_set_the_axes(rows, tmp_path):
+def test_curves_end_on_their_own_points_and_no_row_is_flagged_collapsed(rows, tmp_path):
+    """Since RAFT left the quickstart no row collapses: none is flagged and every end point lies on the
+    axes (the flagging rule itself: test_collapse_needs_the_bad_side_of_base)."""
     figures = {f.slug: f for f in figs.alignment_vs_compute(rows, tmp_path, False)}
     for metric in ("checker", "clip", "fid"):
         figure = figures[f"{metric}-vs-compute"]
         meta = figure.meta
-        assert meta["collapsed"] == ["raft (clip)"], metric
-        assert "raft (clip) (end point" in figure.caption and "kept from setting the axes" in figure.caption
-        raft_end = meta["points"]["raft (clip)"][1]
+        assert meta["collapsed"] == [], metric
+        assert "kept from setting the axes" not in figure.caption
         low, high = meta["ylim"][0]
-        assert not low <= raft_end <= high, "the collapsed row lies off the axes"
         for (key, cells) in rows.items():
             if cells[0].info.method_name == "base":
                 continue
@@ -88,8 +89,7 @@ def test_curves_end_on_their_own_points_and_raft_does_not_set_the_axes(rows, tmp
             last = [c.eval_history[-1][metric] for c in cells]  # the last evaluation during training, per seed
             assert meta["curve_ends"][label][1] == pytest.approx(sum(last) / len(last)), label
             assert meta["points"][label] == pytest.approx(meta["curve_ends"][label]), "the curve ends on its point"
-            if label != "raft (clip)":
-                assert low <= meta["points"][label][1] <= high
+            assert low <= meta["points"][label][1] <= high
         assert "first 32 held-out prompts" in figure.caption and "all 98 held-out prompts" in figure.caption
 
 
@@ -120,6 +120,6 @@ def test_sample_grids_have_a_labelled_row_per_prompt_with_base_first(rows, tmp_p
     first = list(dict.fromkeys(prompts))[:8]
     for grid in grids:
         assert grid.meta["rows"] == [f"({i + 1}) {p}" for i, p in enumerate(first)]
-        assert grid.meta["columns"][0] == "base" and len(grid.meta["columns"]) == 5
-    assert sum(len(g.meta["columns"]) - 1 for g in grids) == 8, "every method once, each beside base"
+        assert grid.meta["columns"][0] == "base" and len(grid.meta["columns"]) <= 5
+    assert sum(len(g.meta["columns"]) - 1 for g in grids) == 7, "every method once, each beside base"
     assert "same eval noise" in grids[0].caption and "(1) a circle" in grids[0].caption

@@ -26,6 +26,7 @@ _ESCAPES = {
     "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
     "±": r"\ensuremath{\pm}", "↑": r"\ensuremath{\uparrow}", "↓": r"\ensuremath{\downarrow}",
     "→": r"\ensuremath{\rightarrow}", "×": r"\ensuremath{\times}", "÷": r"\ensuremath{\div}", "Δ": r"\ensuremath{\Delta}",
+    "√": r"\ensuremath{\surd}",
     "−": r"\ensuremath{-}", "≤": r"\ensuremath{\leq}", "≥": r"\ensuremath{\geq}", "≈": r"\ensuremath{\approx}",
     "·": r"\ensuremath{\cdot}", "µ": r"\ensuremath{\mu}", "μ": r"\ensuremath{\mu}", "°": r"\ensuremath{^\circ}",
     "—": "---", "–": "--", "†": r"\textdagger{}", "‡": r"\textdaggerdbl{}", "…": r"\ldots{}",
