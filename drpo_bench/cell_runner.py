@@ -91,6 +91,10 @@ class CellRunner:
         self._env = environment_info()
         self.cell_wait: float | None = 0.0  # a busy cell is deferred (0) or waited for (None)
         self.execution: dict[str, Any] = {"executor": "local", "jobs": 1}  # how the cell ran (executors.py sets it)
+        # cell id -> (eval record, per-image scores) of the final evaluation, when the last update's periodic
+        # evaluation made it (the generator is the same then; the history row reads its first prompts)
+        self._final_eval: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
+        self._eval_seconds: dict[str, float] = {}  # cell id -> seconds in its held-out evaluations so far
 
     # ---- shared components -----------------------------------------------------------------
     def reward(self, alias: str, device: torch.device) -> Any:
@@ -142,6 +146,20 @@ class CellRunner:
             return None
 
         def compute(step: int) -> tuple[dict[str, Any], torch.Tensor]:
+            started = time.perf_counter()
+            try:
+                return compute_now(step)
+            finally:
+                self._eval_seconds[cell.id] = self._eval_seconds.get(cell.id, 0.0) + time.perf_counter() - started
+
+        def compute_now(step: int) -> tuple[dict[str, Any], torch.Tensor]:
+            if step == cell.budget.steps:  # the last one: the final evaluation, done now, with its first prompts
+                record, scores, images, head = evaluate(
+                    cell, generator, self.prompts(cell.eval.split), self.metrics(generator.device),
+                    folder.file(CellFolder.SAMPLES), keep_images=folder if cell.eval.keep_images else None,
+                    return_grid=True, head_prompts=cell.eval.every_max_prompts or len(self.prompts(cell.eval.split)))
+                self._final_eval[cell.id] = (record, scores)  # _evaluate_and_store reuses it
+                return history_row(step, head, ledger), images
             record, _, images = evaluate(cell, generator, self.prompts(cell.eval.split), self.metrics(generator.device),
                                          max_prompts=cell.eval.every_max_prompts, return_grid=True)
             return history_row(step, record, ledger), images
@@ -172,6 +190,8 @@ class CellRunner:
             dp.barrier()
             return "done"
         started = time.time()
+        self._final_eval.pop(cell.id, None)  # never one left by an earlier, failed attempt
+        self._eval_seconds.pop(cell.id, None)
         cell.code  # noqa: B018 - the code hash as the cell starts (what it records, checkpoints and resumes against)
         seed_everything(cell.seed)
         generator = build(GENERATORS, cell.generator)
@@ -224,8 +244,12 @@ class CellRunner:
                             started: float, resumed_from: int | None, reward_identity: Any,
                             rank_ledgers: list[dict[str, Any]] | None) -> str:
         fingerprint = cell.fingerprint
-        result, scores = evaluate(cell, generator, self.prompts(cell.eval.split), self.metrics(generator.device),
-                                  folder.file(CellFolder.SAMPLES), keep_images=folder if cell.eval.keep_images else None)
+        final = self._final_eval.pop(cell.id, None)  # made at the last update's periodic evaluation, if any
+        eval_started = time.perf_counter()
+        result, scores = final if final is not None else evaluate(
+            cell, generator, self.prompts(cell.eval.split), self.metrics(generator.device),
+            folder.file(CellFolder.SAMPLES), keep_images=folder if cell.eval.keep_images else None)
+        eval_seconds = self._eval_seconds.pop(cell.id, 0.0) + time.perf_counter() - eval_started
         folder.write_scores(scores)
         folder.write_eval(result)
         ledger_json = ledger.to_json()
@@ -256,6 +280,7 @@ class CellRunner:
             checksums=folder.checksums(),
             resumed_from_step=resumed_from,
             wall_seconds_this_run=time.time() - started,
+            eval_seconds_this_run=eval_seconds,
             code=cell.code.record(),
             execution={**self.execution, "torch_threads": torch.get_num_threads(),
                        **({"world_size": data_parallel().world_size} if data_parallel().enabled else {})},

@@ -92,8 +92,18 @@ def changed_files(recorded: dict[str, Any] | None, current: CodeRecord) -> list[
 
 def cell_code(cell: Any) -> CodeRecord:
     """The code hash of ``cell`` as it is on disk now (closures and digests cached: ~0.1 ms a cell)."""
-    roots, tops, weights = _cell_roots(cell)
-    stop = () if cell.trains else (TRAINING,)
+    return _code(cell, with_training=cell.trains)
+
+
+def evaluation_code(cell: Any) -> CodeRecord:
+    """The code hash of what evaluates ``cell``'s generator (generator, prompts, metrics, the cell runner),
+    leaving out its method and the training loop: the key of an evaluation shared between methods."""
+    return _code(cell, with_training=False)
+
+
+def _code(cell: Any, with_training: bool) -> CodeRecord:
+    roots, tops, weights = _cell_roots(cell, with_training)
+    stop = () if with_training else (TRAINING,)
     covered = covered_files(frozenset(roots), frozenset(tops), frozenset(stop), tuple(sorted(set(weights))))
     files = {name: file_digest(path) for name, path in covered if path.is_file()}
     state = git_state()
@@ -111,7 +121,7 @@ def covered_files(roots: frozenset[str], tops: frozenset[str], stop: frozenset[s
     return tuple(sorted((label(p), p) for p in paths if p is not None))
 
 
-def _cell_roots(cell: Any) -> tuple[set[str], set[str], list[str]]:
+def _cell_roots(cell: Any, with_training: bool = True) -> tuple[set[str], set[str], list[str]]:
     from drpo_bench.registry import GENERATORS, METHODS, METRICS, PROMPTS, REWARDS
 
     roots, tops, weights = set(EVERY_CELL), set(PROJECT_PACKAGES), []  # weights: str paths
@@ -129,7 +139,8 @@ def _cell_roots(cell: Any) -> tuple[set[str], set[str], list[str]]:
         _add_nested(config, add)
 
     add(GENERATORS, cell.generator.name, cell.generator.args)
-    add(METHODS, cell.method.method, cell.method.args)
+    if with_training:
+        add(METHODS, cell.method.method, cell.method.args)
     add(PROMPTS, cell.prompts.name, cell.prompts.args)
     for metric in cell.eval.metrics:
         if metric.name in cell.eval_rewards:
@@ -138,7 +149,7 @@ def _cell_roots(cell: Any) -> tuple[set[str], set[str], list[str]]:
             add(REWARDS, spec.name, spec.args)
         else:
             add(METRICS, metric.name, metric.args)
-    if cell.trains:
+    if cell.trains and with_training:
         roots.add(TRAINING)
         if cell.reward is not None:
             add(REWARDS, cell.reward.name, cell.reward.args)

@@ -18,7 +18,8 @@ from drpo_bench.store import CellFolder, EvalRecord, MetricRecord, _atomic_write
 @torch.no_grad()
 def evaluate(cell: Cell, generator: Any, prompts: list[Prompt], metrics: list[Metric],
              grid_path: Path | None = None, *, max_prompts: int | None = None,
-             keep_images: CellFolder | None = None, return_grid: bool = False) -> Any:
+             keep_images: CellFolder | None = None, return_grid: bool = False,
+             head_prompts: int | None = None) -> Any:
     """Sample ``images_per_prompt`` images for each held-out prompt and compute every metric.
 
     Base and methods at seed s share the eval noise (``eval.seed + s``), so per-seed differences
@@ -26,6 +27,10 @@ def evaluate(cell: Cell, generator: Any, prompts: list[Prompt], metrics: list[Me
     index, prompt, task, every per-image metric) for scores.jsonl. ``max_prompts`` overrides
     ``eval.max_prompts`` (periodic evaluations); ``keep_images`` writes every image to that folder;
     ``return_grid`` adds a third item: the first ``grid_prompts`` prompts' images (for live logs).
+    ``head_prompts`` adds a last item: the record of the first ``head_prompts`` prompts' images alone,
+    every metric computed again on them. It is what ``evaluate(max_prompts=head_prompts)`` gives (the
+    same noise for those rows: the eval noise is drawn row by row in one stream), without sampling
+    them twice: the last periodic evaluation of a run comes from the final one (cell_runner).
     """
     ecfg = cell.eval
     prompts = prompts[: max_prompts or ecfg.max_prompts]
@@ -46,6 +51,29 @@ def evaluate(cell: Cell, generator: Any, prompts: list[Prompt], metrics: list[Me
         groups=torch.tensor([i for i, _ in rows]),
         tasks=[p.task for _, p in rows],
     )
+    values, definitions = _compute_metrics(metrics, samples)
+    if keep_images is not None:
+        keep_images.write_eval_images(samples.images, [i for i, _ in rows], n)
+    if grid_path is not None and ecfg.grid_prompts:
+        write_samples_grid(grid_path, samples.images[: ecfg.grid_prompts * n], nrow=n)
+    record = _record(len(prompts), n, ecfg.split, values, definitions)
+    per_image = {k: v.per_image for k, v in values.items() if v.per_image is not None}
+    scores = [
+        {"image": i, "prompt_index": index, "prompt": prompt.text, "task": prompt.task,
+         **{k: column[i] for k, column in per_image.items()}}
+        for i, (index, prompt) in enumerate(rows)
+    ]
+    out: tuple[Any, ...] = (record, scores)
+    if return_grid:
+        out += (samples.images[: ecfg.grid_prompts * n],)
+    if head_prompts is not None:
+        m = min(head_prompts, len(prompts))
+        out += (record if m == len(prompts) else _record(m, n, ecfg.split, *_compute_metrics(metrics, samples.head(m * n))),)
+    return out
+
+
+def _compute_metrics(metrics: list[Metric], samples: EvalSamples
+                     ) -> tuple[dict[str, MetricValue], dict[str, dict[str, Any]]]:
     values: dict[str, MetricValue] = {}
     definitions: dict[str, dict[str, Any]] = {}
     for metric in metrics:
@@ -53,26 +81,18 @@ def evaluate(cell: Cell, generator: Any, prompts: list[Prompt], metrics: list[Me
         values.update(computed)
         for name in computed:
             definitions[name] = metric_definition(metric, name)
-    if keep_images is not None:
-        keep_images.write_eval_images(samples.images, [i for i, _ in rows], n)
-    if grid_path is not None and ecfg.grid_prompts:
-        write_samples_grid(grid_path, samples.images[: ecfg.grid_prompts * n], nrow=n)
-    record = EvalRecord(
-        n_prompts=len(prompts),
-        images_per_prompt=n,
-        split=ecfg.split,
+    return values, definitions
+
+
+def _record(n_prompts: int, images_per_prompt: int, split: str, values: dict[str, MetricValue],
+            definitions: dict[str, dict[str, Any]]) -> EvalRecord:
+    return EvalRecord(
+        n_prompts=n_prompts,
+        images_per_prompt=images_per_prompt,
+        split=split,
         metrics={k: MetricRecord(mean=v.mean, higher_is_better=v.higher_is_better, per_task=v.per_task,
                                  definition=definitions.get(k, {})) for k, v in values.items()},
     )
-    per_image = {k: v.per_image for k, v in values.items() if v.per_image is not None}
-    scores = [
-        {"image": i, "prompt_index": index, "prompt": prompt.text, "task": prompt.task,
-         **{k: column[i] for k, column in per_image.items()}}
-        for i, (index, prompt) in enumerate(rows)
-    ]
-    if return_grid:
-        return record, scores, samples.images[: ecfg.grid_prompts * n]
-    return record, scores
 
 
 def metric_definition(metric: Metric, name: str) -> dict[str, Any]:

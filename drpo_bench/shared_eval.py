@@ -29,9 +29,13 @@ CACHE_DIR = ".eval-cache"
 
 def step0_key(cell: Cell, generator: Any, reward_specs: dict[str, Any]) -> str:
     """Hash of what the step-0 evaluation depends on: generator config and its adapter tensors now,
-    seed, eval settings (metrics included), prompt set, and the suite rewards the metrics may name."""
+    seed, eval settings (metrics included), prompt set, the suite rewards the metrics may name, and the
+    code that evaluates (an entry left by an interrupted run is not reused after an edit of that code)."""
+    from drpo_bench.code_hash import evaluation_code
+
     digest = hashlib.sha256()
     payload = {"generator": cell.generator.model_dump(), "seed": cell.seed, "eval": redact(cell.eval.model_dump()),
+               "code": evaluation_code(cell).hash,
                "prompts": cell.prompts.model_dump(),
                "rewards": {alias: redact(spec.model_dump()) for alias, spec in sorted(reward_specs.items())}}
     digest.update(json.dumps(payload, sort_keys=True, default=str).encode())

@@ -119,6 +119,9 @@ class CellRecord(_Record):
     checksums: dict[str, str] = Field(default_factory=dict)  # sha256 of the cell's files, verified on skip
     resumed_from_step: int | None = None
     wall_seconds_this_run: float = 0.0
+    # of those, the seconds spent in held-out evaluations (periodic and final; a shared step-0 one counts in
+    # the cell that computed it); None in cells written before it was recorded
+    eval_seconds_this_run: float | None = None
     versions: dict[str, Any] = Field(default_factory=dict)
     git: str | None = None
     hardware: dict[str, Any] = Field(default_factory=dict)

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 import drpo_bench.cell_runner as cell_runner
@@ -73,4 +75,62 @@ def test_key_follows_the_adapter_and_the_seed() -> None:
     with torch.no_grad():
         next(iter(generator.adapter_state_dict().values()))  # the adapter as a method's prepare_generator might change it
         generator.trainable_parameters()[0].add_(1e-3)
+    assert step0_key(cells[0], generator, suite.rewards) != key
+
+
+def test_last_periodic_evaluation_is_the_final_one_and_equals_an_evaluation_of_its_own(tmp_path: Path, monkeypatch) -> None:
+    """The last update's history row comes from the final evaluation's first prompts (no second sampling),
+    and equals what a separate evaluation of those prompts gives: the quickstart's metrics (checker, learned
+    reward, diversity, FID/KID), a head (3 prompts x 4 images) that ends inside an eval batch of 8."""
+    from drpo_bench.evaluation import evaluate as real_evaluate
+
+    suite = load_suite(ROOT / "suites" / "quickstart.yaml",
+                       ["seeds=[0]", "budget.steps=2", "budget.prompts_per_update=2", "budget.candidates_per_prompt=4",
+                        "eval.every=1", "eval.every_max_prompts=3", "eval.max_prompts=5", "eval.images_per_prompt=4",
+                        "eval.batch_size=8", "methods=[{id: grpo, method: grpo}]"])
+    calls: list[dict] = []
+    separate: dict[str, float] = {}
+
+    def spying(cell, generator, prompts, metrics, *args, **kwargs):
+        calls.append(kwargs)
+        out = real_evaluate(cell, generator, prompts, metrics, *args, **kwargs)
+        if kwargs.get("head_prompts"):
+            alone = real_evaluate(cell, generator, prompts, metrics, max_prompts=kwargs["head_prompts"])[0]
+            separate.update({name: m.mean for name, m in alone.metrics.items()})
+        return out
+
+    monkeypatch.setattr(cell_runner, "evaluate", spying)
+    out = tmp_path / "run"
+    run_suite(suite, out, quiet=True)
+    cell = out / "shapes--grpo--clip--s0"
+    history = [json.loads(line) for line in (cell / "eval_history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history] == [0, 1, 2]
+    # step 0 (shared), step 1 (periodic) and step 2: the final evaluation, once
+    assert [c.get("head_prompts") for c in calls] == [None, None, 3], calls
+    assert history[-1]["n_prompts"] == 3
+    assert set(separate) == {"checker", "clip", "diversity", "fid", "kid"}
+    for name, value in separate.items():
+        assert history[-1][name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
+    assert json.loads((cell / "eval.json").read_text())["n_prompts"] == 5, "eval.json holds the final evaluation"
+    record = json.loads((cell / "cell.json").read_text())
+    assert 0 < record["eval_seconds_this_run"] < record["wall_seconds_this_run"], "the evaluations' share is recorded"
+    assert (cell / "samples.png").is_file()
+
+
+def test_key_follows_the_evaluation_code_and_not_the_method(monkeypatch) -> None:
+    """An entry left by an interrupted run is not reused once the code that evaluates has changed; the
+    method's own code and the training loop are not in that key (every method of a seed shares it)."""
+    import drpo_bench.code_hash as code_hash
+
+    suite = load_suite(ROOT / "suites" / "toy" / "harness.yaml", OVERRIDES)
+    cells = [c for c in plan_cells(suite) if c.trains and c.seed == 0]
+    files = code_hash.evaluation_code(cells[0]).files
+    assert "drpo_bench/evaluation.py" in files and "drpo_bench/cell_runner.py" in files
+    assert not any(name.startswith("baselines/") or name == "drpo_bench/training.py" for name in files), sorted(files)
+    entry = GENERATORS.get(cells[0].generator.name)
+    generator = entry.cls(entry.parse_config(cells[0].generator.args))
+    key = step0_key(cells[0], generator, suite.rewards)
+    real = code_hash.evaluation_code
+    monkeypatch.setattr(code_hash, "evaluation_code",
+                        lambda cell: dataclasses.replace(real(cell), hash="edited"))
     assert step0_key(cells[0], generator, suite.rewards) != key

@@ -26,6 +26,11 @@ class EvalSamples:
     groups: torch.Tensor  # (N,) long
     tasks: Sequence[str | None]
 
+    def head(self, rows: int) -> EvalSamples:
+        """The first ``rows`` samples (whole prompts when ``rows`` is a multiple of images per prompt)."""
+        return EvalSamples(images=self.images[:rows], latents=self.latents[:rows], prompts=self.prompts[:rows],
+                           groups=self.groups[:rows], tasks=self.tasks[:rows])
+
 
 @dataclass
 class MetricValue:
