@@ -32,7 +32,7 @@ WORK = ROOT / ".mutation"
 PAIRS: dict[str, list[str]] = {
     "drpo_bench/drpo/field.py": ["tests/test_field.py", "tests/test_drpo_options.py"],
     "drpo_bench/drpo/method.py": ["tests/test_field.py", "tests/test_drpo_options.py", "tests/test_method_contract.py"],
-    "baselines/dpo.py": ["tests/test_baselines.py", "tests/test_baseline_values.py"],
+    "baselines/dpo.py": ["tests/test_baselines.py", "tests/test_baseline_values.py", "tests/test_baseline_steps.py"],
     "baselines/dpo_offline.py": ["tests/test_offline.py", "tests/test_baseline_values.py"],
     "baselines/grpo.py": ["tests/test_baselines.py", "tests/test_baseline_values.py", "tests/test_baseline_steps.py"],
     "baselines/pso.py": ["tests/test_baselines.py", "tests/test_baseline_values.py", "tests/test_baseline_steps.py"],

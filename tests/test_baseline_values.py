@@ -53,7 +53,8 @@ def _dpo_world(seed=0, p=2, k=24, f=5):
     ref = torch.randn(p, k, f, generator=g)
     policy = ref + 0.02 * torch.randn(p, k, f, generator=g)  # near the base: the logit is not saturated at beta 30
     order = torch.randperm(k, generator=g)
-    winners, losers = policy[:, order[:8]], policy[:, order[-8:]]  # 8 / 8 of K = 24, as the paper suites
+    n = min(8, k // 3)  # 8 / 8 of K = 24, as the paper suites; disjoint thirds of a smaller K
+    winners, losers = policy[:, order[:n]], policy[:, order[-n:]]
     return policy, ref, winners, losers
 
 
@@ -236,6 +237,8 @@ def test_dpo_objective_logs_and_ref_l2_term_equal_plain_computations():
     winners, losers = winners[:, :2], losers[:, :2]
     loss, logs = dpo_objective(cfg, policy, ref, winners, losers)
     per_prompt = plain_dpo(policy, ref, winners, losers, BETA_PAPER)
+    assert min(abs(logs["policy_gap"]), abs(logs["reference_gap"])) > 1e-2, "the world must give both gaps a value"
+    assert len({round(v, 6) for v in per_prompt}) == 3, "each prompt must have its own loss"
     mse = float(((policy.double() - ref.double()) ** 2).mean())
     assert float(loss) == pytest.approx(sum(per_prompt) / 3 + 0.5 * mse, rel=1e-5)
     assert logs["loss_dpo"] == pytest.approx(sum(per_prompt) / 3, rel=1e-5)
@@ -250,6 +253,11 @@ def test_dpo_objective_logs_and_ref_l2_term_equal_plain_computations():
     loss, logs = dpo_objective(free, policy, ref, winners, losers)
     assert logs["reference_gap"] == 0.0 and logs["ref_l2"] == 0.0
     assert float(loss) == pytest.approx(sum(plain_dpo(policy, None, winners, losers, 2.0)) / 3, rel=1e-5)
+    l1 = METHODS.get("dpo").parse_config({"beta": BETA_PAPER, "distance": "l1"})  # the config's distance is used
+    loss, _ = dpo_objective(l1, policy, ref, winners, losers)
+    want = one_step_dpo_loss(policy, ref, winners, losers, beta=BETA_PAPER, distance="l1")[0].mean()
+    assert float(loss) == pytest.approx(float(want), rel=1e-6)
+    assert float(loss) != pytest.approx(sum(per_prompt) / 3, rel=1e-3), "l1 and l2 must differ in this world"
 
 
 def test_dpo_pair_accuracy_counts_positive_logits_only():
@@ -277,6 +285,7 @@ def test_dpo_distances_equal_plain_formulas(distance):
 
     loss, _ = one_step_dpo_loss(policy, ref, winners, losers, beta=BETA_PAPER, distance=distance)
     want = [-log_sigmoid(BETA_PAPER * (gap(policy, i) - gap(ref, i))) for i in range(2)]
+    assert min(abs(gap(policy, i)) for i in range(2)) > 1e-3, "winners and losers must differ in this world"
     torch.testing.assert_close(loss.double(), torch.tensor(want, dtype=torch.double), rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="^unknown distance 'l3'; use l2, l1 or cosine$"):
         one_step_dpo_loss(policy, ref, winners, losers, beta=1.0, distance="l3")
@@ -304,3 +313,12 @@ def test_dpo_step_logs_the_reward_gap_between_its_winners_and_losers():
     want = float(ordered[:, :8].mean() - ordered[:, -8:].mean())
     assert out.logs["reward_winner_minus_loser"] == pytest.approx(want, rel=1e-5)
     assert out.loss == pytest.approx(out.logs["loss_dpo"], rel=1e-6), "ref_l2_weight 0: the loss is DPO's"
+
+
+def test_pair_distances_default_to_the_per_element_squared_error():
+    from baselines.dpo import pair_distances
+
+    x, t = torch.randn(2, 3, 4), torch.randn(2, 5, 4)
+    want = [[[sum((float(a) - float(b)) ** 2 for a, b in zip(x[p, k], t[p, n])) / 4 for n in range(5)] for k in range(3)]
+            for p in range(2)]
+    torch.testing.assert_close(pair_distances(x, t).double(), torch.tensor(want, dtype=torch.double))
