@@ -43,7 +43,7 @@ PAIRS: dict[str, list[str]] = {
     "drpo_bench/report/results.py": ["tests/test_report_units.py", "tests/test_report_statistics.py"],
     "drpo_bench/report/build.py": ["tests/test_report_units.py", "tests/test_report_statistics.py"],
     "drpo_bench/ledger.py": ["tests/test_ledger.py"],
-    "drpo_bench/store.py": ["tests/test_store_verify.py", "tests/test_store_files.py", "tests/test_report_units.py"],
+    "drpo_bench/store.py": ["tests/test_store_verify.py", "tests/test_store_files.py"],
     "drpo_bench/planning.py": ["tests/test_store_verify.py", "tests/test_fingerprint.py", "tests/test_overrides.py"],
 }
 
