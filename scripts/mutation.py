@@ -8,11 +8,15 @@ worker. The working tree is never touched. Usage (docs/testing.md)::
     python scripts/mutation.py drpo/field.py baselines/dpo.py   # some modules
     python scripts/mutation.py --all                              # every paired module
     python scripts/mutation.py --list                             # the pairing
+    python scripts/mutation.py --rerun-survivors baselines/dpo.py  # only the last run's survivors, with today's tests
 
 It prints, per module, killed (timeouts included) / survived ("no tests" included: the paired tests
 never run that code) and the score killed / (killed + survived), and writes the survivors' names to
 ``.mutation/<module>/survivors.txt``; ``mutmut show NAME`` run in ``.mutation/<module>/`` shows
-one as a diff. Not part of the default test run: it takes minutes to hours per module.
+one as a diff. ``--rerun-survivors`` runs only the survivors of the module's last full run (read from
+``.mutation/<module>/result.json``) against the tests as they are now, on a fresh copy, and adds the
+newly killed to that run's kills: the score of the full run with the tests that were added since.
+Not part of the default test run: it takes minutes to hours per module.
 """
 
 from __future__ import annotations
@@ -95,12 +99,14 @@ def prepare(module: str, tests: list[str]) -> Path:
     return work
 
 
-def run(module: str, tests: list[str]) -> dict[str, object]:
+def run(module: str, tests: list[str], only: list[str] | None = None) -> dict[str, object]:
+    """Mutate ``module`` and run its paired tests against each mutant (or only the mutants named in ``only``)."""
     work = prepare(module, tests)
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     mutmut = [sys.executable, "-m", "mutmut"]
     log = open(work / "run.log", "w")
-    subprocess.run([*mutmut, "run", "--max-children", "1"], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    subprocess.run([*mutmut, "run", "--max-children", "1", *(only or [])], cwd=work, env=env, stdout=log,
+                   stderr=subprocess.STDOUT)
     out = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True).stdout
     status: dict[str, str] = {}
     for line in out.splitlines():
@@ -110,6 +116,8 @@ def run(module: str, tests: list[str]) -> dict[str, object]:
     wanted = ONLY_FUNCTIONS.get(module)
     if wanted:
         status = {n: s for n, s in status.items() if any(f"__mutmut_" in n and f"x_{f}__mutmut" in n for f in wanted)}
+    if only is not None:
+        status = {n: status.get(n, "not checked") for n in only}
     # a timeout is a detected mutant (it changed behaviour enough to hang); "no tests" (the paired tests
     # never run the mutated function) counts as not killed; "not checked" means the run did not finish
     killed = sum(s in ("killed", "timeout") for s in status.values())
@@ -117,8 +125,27 @@ def run(module: str, tests: list[str]) -> dict[str, object]:
     other = {s: sum(v == s for v in status.values()) for s in set(status.values()) - {"killed", "survived"}}
     (work / "survivors.txt").write_text("".join(f"{n}: {status[n]}\n" for n in survived))
     score = killed / (killed + len(survived)) if killed + len(survived) else float("nan")
-    return {"module": module, "tests": tests, "killed": killed, "survived": len(survived), "other": other,
-            "score": score}
+    result = {"module": module, "tests": tests, "killed": killed, "survived": len(survived), "other": other,
+              "score": score, "survivors": survived}
+    (work / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def rerun_survivors(module: str, tests: list[str]) -> dict[str, object]:
+    """The last full run's survivors against today's tests; the kills add to that run's."""
+    previous_file = WORK / slug(module) / "result.json"
+    if not previous_file.exists():
+        sys.exit(f"{previous_file} not found: run a full pass first (python scripts/mutation.py {module})")
+    previous = json.loads(previous_file.read_text())
+    if not previous["survivors"]:
+        return previous
+    again = run(module, tests, only=previous["survivors"])
+    killed = previous["killed"] + again["killed"]
+    survived = len(again["survivors"])
+    result = {**again, "killed": killed, "survived": survived, "score": killed / (killed + survived),
+              "rerun_of": {k: previous[k] for k in ("killed", "survived", "score")}}
+    (WORK / slug(module) / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
 
 
 def main() -> None:
@@ -127,6 +154,8 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="every paired module")
     parser.add_argument("--list", action="store_true", help="print the module -> tests pairing and exit")
     parser.add_argument("--label", default="", help="a tag written with each module's row in .mutation/summary.jsonl")
+    parser.add_argument("--rerun-survivors", action="store_true",
+                        help="run only the survivors of each module's last full run, against the tests as they are now")
     args = parser.parse_args()
     if args.list:
         for module, tests in PAIRS.items():
@@ -138,11 +167,11 @@ def main() -> None:
         parser.error(f"name modules from --list (unknown: {unknown})" if unknown else "name modules or pass --all")
     summary = []
     for module in modules:
-        result = run(module, PAIRS[module])
+        result = rerun_survivors(module, PAIRS[module]) if args.rerun_survivors else run(module, PAIRS[module])
         result["label"] = args.label
         summary.append(result)
         with open(WORK / "summary.jsonl", "a") as handle:
-            handle.write(json.dumps(result) + "\n")
+            handle.write(json.dumps({k: v for k, v in result.items() if k != "survivors"}) + "\n")
         print(f"{module}: killed {result['killed']}, survived {result['survived']}, other {result['other']}, "
               f"score {result['score']:.3f}", flush=True)
 
