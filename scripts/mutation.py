@@ -134,9 +134,17 @@ def run(module: str, tests: list[str], only: list[str] | None = None) -> dict[st
 def rerun_survivors(module: str, tests: list[str]) -> dict[str, object]:
     """The last full run's survivors against today's tests; the kills add to that run's."""
     previous_file = WORK / slug(module) / "result.json"
-    if not previous_file.exists():
-        sys.exit(f"{previous_file} not found: run a full pass first (python scripts/mutation.py {module})")
-    previous = json.loads(previous_file.read_text())
+    if previous_file.exists():
+        previous = json.loads(previous_file.read_text())
+    else:  # a run made before result.json was written: its summary row and survivors.txt
+        rows = [json.loads(line) for line in (WORK / "summary.jsonl").read_text().splitlines()
+                if line.strip()] if (WORK / "summary.jsonl").exists() else []
+        rows = [r for r in rows if r["module"] == module and not r.get("rerun_of") and not r.get("other", {}).get("not checked")]
+        survivors_file = WORK / slug(module) / "survivors.txt"
+        if not rows or not survivors_file.exists():
+            sys.exit(f"{previous_file} not found: run a full pass first (python scripts/mutation.py {module})")
+        names = [line.rpartition(": ")[0] for line in survivors_file.read_text().splitlines() if line.strip()]
+        previous = {**rows[-1], "survivors": names}
     if not previous["survivors"]:
         return previous
     again = run(module, tests, only=previous["survivors"])
