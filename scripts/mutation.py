@@ -105,7 +105,10 @@ def run(module: str, tests: list[str], only: list[str] | None = None) -> dict[st
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     mutmut = [sys.executable, "-m", "mutmut"]
     log = open(work / "run.log", "w")
-    subprocess.run([*mutmut, "run", "--max-children", "1", *(only or [])], cwd=work, env=env, stdout=log,
+    wanted = ONLY_FUNCTIONS.get(module)
+    # with ONLY_FUNCTIONS, only those functions' mutants run (functions as x_NAME, methods as xǁCLASSǁNAME)
+    names = only or [f"{slug(module)}.{pattern}" for f in wanted or [] for pattern in (f"x_{f}__mutmut_*", f"xǁ*ǁ{f}__mutmut_*")]
+    subprocess.run([*mutmut, "run", "--max-children", "1", *names], cwd=work, env=env, stdout=log,
                    stderr=subprocess.STDOUT)
     out = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True).stdout
     status: dict[str, str] = {}
@@ -113,9 +116,8 @@ def run(module: str, tests: list[str], only: list[str] | None = None) -> dict[st
         name, _, state = line.strip().rpartition(": ")
         if name:
             status[name] = state
-    wanted = ONLY_FUNCTIONS.get(module)
     if wanted:
-        status = {n: s for n, s in status.items() if any(f"__mutmut_" in n and f"x_{f}__mutmut" in n for f in wanted)}
+        status = {n: s for n, s in status.items() if any(f"x_{f}__mutmut_" in n or f"ǁ{f}__mutmut_" in n for f in wanted)}
     if only is not None:
         status = {n: status.get(n, "not checked") for n in only}
     # a timeout is a detected mutant (it changed behaviour enough to hang); "no tests" (the paired tests
