@@ -102,3 +102,18 @@ def test_what_the_fingerprint_ignores_and_what_it_does_not():
     assert _cell(method_args={"n_pos": 3}).fingerprint != plain
     base = _cell(trains=False).fingerprint
     assert _cell(trains=False, lr=0.5).fingerprint == base, "a base cell does not train: its train settings are moot"
+
+
+def test_a_path_argument_enters_by_its_content_not_its_location(tmp_path):
+    """An offline dataset named by path: the same files elsewhere give the same fingerprint, other files another."""
+    here, there, other = tmp_path / "a" / "data", tmp_path / "b" / "data", tmp_path / "c" / "data"
+    for folder, text in ((here, "scores"), (there, "scores"), (other, "other scores")):
+        folder.mkdir(parents=True)
+        (folder / "scores.jsonl").write_text(text)
+
+    def offline(path):
+        cell = _cell()
+        return Cell(**{**cell.__dict__, "method": MethodSpec(id="dpo-off", method="dpo-offline", args={"dataset": str(path)})})
+
+    assert offline(here).fingerprint == offline(there).fingerprint
+    assert offline(here).fingerprint != offline(other).fingerprint
