@@ -148,7 +148,8 @@ def test_read_kept_stale(tmp_path):
     folder.file("kept_stale.json").write_text("[1]")
     assert folder.read_kept_stale() is None
     folder.file("kept_stale.json").write_text("{")
-    with pytest.raises(CorruptCellError) as info:
+    with pytest.raises(CorruptCellError, match=r"kept_stale\.json is corrupt \(Expecting property name enclosed in "
+                                               r"double quotes: line 1 column 2 \(char 1\)\)\.") as info:
         folder.read_kept_stale()
     assert info.value.path == folder.file("kept_stale.json")
 
@@ -160,7 +161,8 @@ def test_read_ledger_summary(tmp_path):
     assert folder.read_ledger_summary() == {"updates": 2, "seconds_per_update": 1.5}
     folder.write_ledger({"updates": []})
     assert folder.read_ledger_summary() == {}
-    for bad, detail in (("[1, 2]", "no summary mapping"), ('{"summary": 3}', "no summary mapping"), ("{", "Expecting")):
+    for bad, detail in (("[1, 2]", r"\(no summary mapping\)"), ('{"summary": 3}', r"\(no summary mapping\)"),
+                        ("{", r"\(Expecting property name")):
         folder.file("ledger.json").write_text(bad)
         with pytest.raises(CorruptCellError, match=detail) as info:
             folder.read_ledger_summary()
@@ -267,3 +269,23 @@ def test_verify_refuses_an_eval_json_that_does_not_parse_though_its_checksum_mat
     with pytest.raises(CorruptCellError, match="ValidationError") as info:
         folder.verify(record)
     assert info.value.path == folder.file("eval.json")
+
+
+def test_each_refusal_of_verify_says_what_is_wrong_with_the_file(tmp_path):
+    folder = CellFolder(tmp_path)
+    folder.write_eval(EvalRecord(n_prompts=1, images_per_prompt=1, split="eval", metrics={}))
+    folder.write_scores([{"image": 0}])
+    record = _cell_record(checksums=folder.checksums())
+    tail = f". Delete the cell folder {tmp_path} to rerun that cell (`drpo-bench run` redoes only missing cells)."
+    folder.file("scores.jsonl").write_text("changed\n")
+    with pytest.raises(CorruptCellError) as info:
+        folder.verify(record)
+    assert str(info.value) == f"{folder.file('scores.jsonl')} is corrupt (its checksum differs from the one recorded in cell.json){tail}"
+    folder.file("scores.jsonl").unlink()
+    with pytest.raises(CorruptCellError) as info:
+        folder.verify(record)
+    assert str(info.value) == f"{folder.file('scores.jsonl')} is corrupt (missing, though the finished cell recorded it){tail}"
+    folder.write_ledger({"summary": {}})
+    with pytest.raises(CorruptCellError) as info:
+        folder.verify(_cell_record(checksums={"eval.json": record.checksums["eval.json"]}))
+    assert str(info.value) == f"{folder.file('ledger.json')} is corrupt (cell.json records no checksum for it){tail}"
