@@ -130,7 +130,7 @@ def run(module: str, tests: list[str], only: list[str] | None = None) -> dict[st
     result = {"module": module, "tests": tests, "killed": killed, "survived": len(survived), "other": other,
               "score": score, "survivors": survived}
     (work / "result.json").write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    return {**result, "status": status}
 
 
 def rerun_survivors(module: str, tests: list[str]) -> dict[str, object]:
@@ -150,11 +150,14 @@ def rerun_survivors(module: str, tests: list[str]) -> dict[str, object]:
     if not previous["survivors"]:
         return previous
     again = run(module, tests, only=previous["survivors"])
-    killed = previous["killed"] + again["killed"]
-    survived = len(again["survivors"])
-    result = {**again, "killed": killed, "survived": survived, "score": killed / (killed + survived),
-              "rerun_of": {k: previous[k] for k in ("killed", "survived", "score")}}
-    (WORK / slug(module) / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    # a survivor the rerun did not kill (survived, no tests, or not checked because the run failed) stays one
+    left = sorted(set(previous["survivors"]) - {n for n, s in again["status"].items() if s in ("killed", "timeout")})
+    killed = previous["killed"] + len(previous["survivors"]) - len(left)
+    result = {**again, "killed": killed, "survived": len(left), "survivors": left,
+              "score": killed / (killed + len(left)), "rerun_of": {k: previous[k] for k in ("killed", "survived", "score")}}
+    (WORK / slug(module) / "survivors.txt").write_text("".join(f"{n}: {again['status'][n]}\n" for n in left))
+    (WORK / slug(module) / "result.json").write_text(
+        json.dumps({k: v for k, v in result.items() if k != "status"}, indent=1) + "\n")
     return result
 
 
@@ -181,7 +184,7 @@ def main() -> None:
         result["label"] = args.label
         summary.append(result)
         with open(WORK / "summary.jsonl", "a") as handle:
-            handle.write(json.dumps({k: v for k, v in result.items() if k != "survivors"}) + "\n")
+            handle.write(json.dumps({k: v for k, v in result.items() if k not in ("survivors", "status")}) + "\n")
         print(f"{module}: killed {result['killed']}, survived {result['survived']}, other {result['other']}, "
               f"score {result['score']:.3f}", flush=True)
 
