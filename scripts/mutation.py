@@ -91,6 +91,10 @@ def prepare(module: str, tests: list[str]) -> Path:
                                 *(arg for test in NEEDS_OUTSIDE_TOOLS for arg in ("--deselect", test))],
         "do_not_mutate_patterns": [],
         "timeout_multiplier": 5.0,
+        # seconds added to each mutant's test estimate before the multiplier: the estimate counts test calls
+        # only, so a module-scoped fixture (test_baselines.py runs the toy suite once, ~10 s of CPU) would
+        # otherwise exceed mutmut's CPU limit and read as a timeout, i.e. a kill that no assertion made
+        "timeout_constant": 30.0,
         "use_git_change_detection": False,
     }
     lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in config.items()]
