@@ -61,6 +61,15 @@ ONLY_FUNCTIONS: dict[str, list[str]] = {
 #: test green before it starts, and these do not read the mutated numbers
 NEEDS_OUTSIDE_TOOLS = ["tests/test_report_units.py::test_wide_table_compiles_without_overfull_boxes"]
 
+#: tests left out of a module's run: the shared-loop test runs the toy suite for every method in a module-scoped
+#: fixture (~10 s of CPU before each mutant's first assertion, about a minute per mutant on the shared machine);
+#: it checks that each method runs in the loop and writes its files, not a value, and the step-level value tests
+#: (test_baseline_values, test_baseline_steps) run every baseline's step and objective instead
+SLOW_FOR: dict[str, list[str]] = {
+    module: ["tests/test_baselines.py::test_runs_in_the_shared_loop"]
+    for module in ("baselines/dpo.py", "baselines/grpo.py", "baselines/pso.py", "baselines/raft.py", "baselines/draft.py")
+}
+
 COPY = ("drpo_bench", "baselines", "tests", "suites", "configs", "docs", "scripts", "benchmarks", "README.md",
         "pyproject.toml", "constraints.txt")
 
@@ -88,7 +97,8 @@ def prepare(module: str, tests: list[str]) -> Path:
         "also_copy": [n for n in COPY if n not in ("drpo_bench", "baselines")],
         "pytest_add_cli_args_test_selection": present,
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-p", "no:randomly", "-q",
-                                *(arg for test in NEEDS_OUTSIDE_TOOLS for arg in ("--deselect", test))],
+                                *(arg for test in NEEDS_OUTSIDE_TOOLS + SLOW_FOR.get(module, [])
+                                  for arg in ("--deselect", test))],
         "do_not_mutate_patterns": [],
         "timeout_multiplier": 5.0,
         # seconds added to each mutant's test estimate before the multiplier: the estimate counts test calls
