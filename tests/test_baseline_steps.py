@@ -220,7 +220,7 @@ def test_grpo_budget_check_names_the_anchors():
 
 # ---- PSO ---------------------------------------------------------------------------------------------
 
-PSO_PAPER = {"beta": 50.0, "action_std": 0.05, "clip_range": 0.1, "max_log_ratio": 10.0, "ref_l2_weight": 0.05}
+PSO_PAPER = {"beta": 50.0, "action_std": 0.05, "clip_range": 0.1, "max_log_ratio": 10.0, "ref_l2_weight": 5.0}
 
 
 def _plain_pso(cfg: dict, k: int, seed: int, scale: float, fresh: bool, reward_sign: float = 1.0):
@@ -243,7 +243,7 @@ def _plain_pso(cfg: dict, k: int, seed: int, scale: float, fresh: bool, reward_s
             log_ratio = -0.5 * (((a - mu) / std) ** 2).mean() + 0.5 * (((a - noise[r]) / std) ** 2).mean()
             log_ratio = log_ratio.clamp(-cfg["max_log_ratio"], cfg["max_log_ratio"])
             inside += math.log(1 - clip) < float(log_ratio.detach()) < math.log(1 + clip)
-            rho.append(torch.log(torch.exp(log_ratio).clamp(1 - clip, 1 + clip)))
+            rho.append(torch.log(torch.exp(log_ratio).clamp(1 - clip, 1 + clip)) if clip > 0 else log_ratio)
             lr_abs.append(abs(float(rho[-1].detach())))
         terms = []
         for j in range(0, k, 2):
@@ -277,6 +277,19 @@ def test_pso_step_equals_the_pairwise_formula_at_paper_settings(noise_kind):
     for key, value in logs.items():
         _close(out.logs[key], value, key, abs_=1e-6)
     _grad_close(grad, 0.5 * 4.0 * want_grad, f"PSO ({noise_kind} action noise)")
+
+
+def test_pso_step_without_trust_region_clamps_the_log_ratio_at_max_log_ratio():
+    """clip_range 0 turns the trust region off; then max_log_ratio (here below the world's log-ratios) binds."""
+    k, seed, scale = 8, 7, 0.02
+    args = {**PSO_PAPER, "clip_range": 0.0, "max_log_ratio": 0.08}
+    _, out, grad = _step("pso", args, k=k, seed=seed, theta_scale=scale)
+    loss, logs, want_grad, _ = _plain_pso(args, k, seed, scale, fresh=False)
+    assert 0 < logs["log_ratio_abs"] < 0.08, "some log-ratios must be clamped at 0.08 and some not"
+    _close(out.loss, loss, "loss")
+    for key, value in logs.items():
+        _close(out.logs[key], value, key, abs_=1e-6)
+    _grad_close(grad, 0.5 * 4.0 * want_grad, "PSO without trust region")
 
 
 def test_pso_step_reads_a_lower_is_better_reward_by_its_direction():

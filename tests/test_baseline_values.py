@@ -152,20 +152,28 @@ def test_pso_at_paper_settings_equals_the_pairwise_formula_with_its_trust_region
     ref = logp + torch.randn(2, 8, generator=g) * 0.2  # |log ratio| around 0.2: some inside 0.1's region, some not
     rewards = torch.randn(2, 8, generator=g)
     rewards[0, 2] = rewards[0, 3]  # a tie, dropped
-    loss, _ = pairwise_sample_loss(logp, ref, rewards, beta=50.0, clip_range=0.1, max_log_ratio=10.0)
-    want = []
-    for i in range(2):
-        terms = []
-        for j in range(0, 8, 2):
-            if rewards[i, j] == rewards[i, j + 1]:
-                continue
-            rho = [min(max(float(logp[i, c] - ref[i, c]), -10.0), 10.0) for c in (j, j + 1)]
-            rho = [math.log(min(max(math.exp(r), 0.9), 1.1)) for r in rho]
-            sign = 1.0 if rewards[i, j] > rewards[i, j + 1] else -1.0
-            terms.append(-log_sigmoid(50.0 * sign * (rho[0] - rho[1])))
-        want.append(sum(terms) / max(len(terms), 1))
-    torch.testing.assert_close(loss.double(), torch.tensor(want, dtype=torch.double), rtol=1e-5, atol=1e-6,
-                               msg=lambda m: f"PSO at beta 50 / clip 0.1 differs from the pairwise formula: {m}")
+    for clip, max_log in ((0.1, 10.0), (0.0, 0.15)):  # the paper's trust region; none, with max_log_ratio binding
+        loss, stats = pairwise_sample_loss(logp, ref, rewards, beta=50.0, clip_range=clip, max_log_ratio=max_log)
+        want, logits, rhos = [], [], []
+        for i in range(2):
+            terms = []
+            rho = [min(max(float(logp[i, c] - ref[i, c]), -max_log), max_log) for c in range(8)]
+            if clip > 0:
+                rho = [math.log(min(max(math.exp(r), 1 - clip), 1 + clip)) for r in rho]
+            rhos += rho
+            for j in range(0, 8, 2):
+                if rewards[i, j] == rewards[i, j + 1]:
+                    continue
+                sign = 1.0 if rewards[i, j] > rewards[i, j + 1] else -1.0
+                logits.append(50.0 * sign * (rho[j] - rho[j + 1]))
+                terms.append(-log_sigmoid(logits[-1]))
+            want.append(sum(terms) / max(len(terms), 1))
+        torch.testing.assert_close(loss.double(), torch.tensor(want, dtype=torch.double), rtol=1e-5, atol=1e-6,
+                                   msg=lambda m: f"PSO at beta 50 / clip {clip} differs from the pairwise formula: {m}")
+        plain_stats = {"pso_logit": sum(logits) / len(logits), "pair_accuracy": sum(z > 0 for z in logits) / len(logits),
+                       "tie_fraction": 1 / 8, "log_ratio_abs": sum(abs(r) for r in rhos) / 16}
+        for key, value in plain_stats.items():  # one tie among 8 pairs: it counts in no statistic but its fraction
+            assert float(stats[key]) == pytest.approx(value, rel=1e-5, abs=1e-6), (clip, key)
 
 
 # ---- Neighbor-GRPO (scripts/train/grpo.sh: clip range 0.2, advantage p 0.8, advantage clip 5) -------
