@@ -343,7 +343,7 @@ def test_draft_step_equals_minus_the_scaled_reward_plus_ref_l2(reward_cls, ref_l
 @pytest.mark.parametrize("reward_cls", [ToyRedness, ToyBlueness])
 def test_vggflow_step_equals_the_value_gradient_regression_with_a_binding_clip(reward_cls):
     k, seed, scale, s, tau = 4, 13, 0.05, 1000.0, 0.0322
-    args = {"reward_scale": s, "clip_quantile": 0.8, "initial_clip_threshold": tau, "ref_l2_weight": 0.2}
+    args = {"reward_scale": s, "clip_quantile": 0.8, "initial_clip_threshold": tau, "ref_l2_weight": 50.0}
     method, out, grad = _step("vggflow", args, k=k, seed=seed, theta_scale=scale, loss_scale=1.0,
                               reward=reward_cls(reward_cls.Config()))
     g = torch.Generator().manual_seed(seed)
@@ -362,10 +362,10 @@ def test_vggflow_step_equals_the_value_gradient_regression_with_a_binding_clip(r
         rows.append(((n + theta - target) ** 2).mean())
     vgg = torch.stack(rows).mean()
     ref_l2 = (theta**2).mean()
-    (vgg + 0.2 * ref_l2).backward()
+    (vgg + 50.0 * ref_l2).backward()
     clipped = sum(v > tau for v in norms) / len(norms)
     assert 0 < clipped < 1, f"clipped fraction {clipped}: the world must clip some reward gradients, not all"
-    _close(out.loss, float((vgg + 0.2 * ref_l2).detach()), "loss")
+    _close(out.loss, float((vgg + 50.0 * ref_l2).detach()), "loss")
     want = {"reward_std": _std(scores, False), "loss_vgg": float(vgg.detach()), "ref_l2": float(ref_l2.detach()),
             "rgrad_norm": sum(norms) / len(norms), "clip_threshold": tau, "clipped_fraction": clipped,
             "target_shift": float(torch.stack([((t - n) ** 2).mean() for t, n in zip(targets, noise)]).mean())}
@@ -437,3 +437,46 @@ def test_a_step_records_exactly_the_phases_its_config_declares(name, args):
     assert list(declared) == [p for p in PHASES if p in declared], f"{declared}: canonical names in canonical order"
     recorded = {p for p in record.phase_seconds if p != "other"}
     assert recorded == set(declared), f"recorded {sorted(recorded)}, declared {declared}"
+
+
+# ---- VGG-Flow's running threshold across micro-batches, updates and processes -----------------------
+
+
+def _vggflow(**args):
+    entry = METHODS.get("vggflow")
+    return entry.cls(entry.parse_config({"initial_clip_threshold": 1.0, "clip_quantile": 0.5, **args}))
+
+
+def test_vggflow_threshold_waits_for_each_whole_update():
+    method = _vggflow()
+    method._end_of_micro_batch(torch.tensor([1.0, 3.0]), 0.5)
+    method._end_of_micro_batch(torch.tensor([5.0, 7.0]), 0.5)
+    assert method.clip_threshold == pytest.approx(4.0), "the median of the first update's four norms"
+    method._end_of_micro_batch(torch.tensor([10.0, 12.0]), 0.5)  # the next update's first half: tau stays
+    assert method.clip_threshold == pytest.approx(4.0), "tau changed after half an update"
+    method._end_of_micro_batch(torch.tensor([14.0, 16.0]), 0.5)
+    assert method.clip_threshold == pytest.approx(13.0)
+
+
+def test_vggflow_threshold_from_one_finite_norm_and_kept_when_none_is_finite():
+    method = _vggflow()
+    method._end_of_micro_batch(torch.tensor([2.5]), 1.0)
+    assert method.clip_threshold == 2.5, "one sample's norm is its own quantile"
+    method._end_of_micro_batch(torch.tensor([float("inf"), float("nan")]), 1.0)  # an fp16 overflow
+    assert method.clip_threshold == 2.5, "no finite norm: tau is kept"
+
+
+def test_vggflow_threshold_gathers_every_process_in_a_data_parallel_update(monkeypatch):
+    """Two processes: each runs half the update (loss_scale 1/2 in total); tau is the quantile over both."""
+    import baselines.vggflow as vggflow
+
+    class TwoProcesses:
+        world_size = 2
+
+        def gather(self, tensor):
+            return [tensor, tensor + 10.0]  # the other process's norms
+
+    monkeypatch.setattr(vggflow, "data_parallel", lambda: TwoProcesses())
+    method = _vggflow()
+    method._end_of_micro_batch(torch.tensor([1.0, 3.0]), 0.5)
+    assert method.clip_threshold == pytest.approx(7.0), "median of 1, 3, 11, 13 once this process's half ran"
