@@ -176,38 +176,74 @@ GRPO_GAUSSIAN = {"policy": "gaussian", "action_std": 0.05, "advantage_p": 2.0, "
                  "clip_range": 0.2, "kl_weight": 0.1, "ref_l2_weight": 0.02}
 
 
-def test_gaussian_grpo_step_equals_the_formula_with_its_exact_kl():
+@pytest.mark.parametrize("extra", [{}, {"advantage_p": 0.8, "advantage_clip": 0.5, "ref_l2_weight": 0.0},
+                                   {"kl_weight": 0.0}, {"kl_weight": 0.0, "ref_l2_weight": 0.0}],
+                         ids=["kl-and-ref_l2", "p0.8-clip-kl-only", "ref_l2-only", "no-reference"])
+def test_gaussian_grpo_step_equals_the_formula_with_its_exact_kl(extra):
+    cfg = {**GRPO_GAUSSIAN, **extra}
     k, seed, scale = 6, 5, 0.05
-    _, out, grad = _step("grpo", GRPO_GAUSSIAN, k=k, seed=seed, theta_scale=scale)
+    _, out, grad = _step("grpo", cfg, k=k, seed=seed, theta_scale=scale)
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn((2 * k, D), generator=g).double()  # the candidates' noises, then the action noise
     xi = torch.randn((2 * k, D), generator=g).double()
     theta = _theta0(seed, scale).double().requires_grad_(True)
-    std = GRPO_GAUSSIAN["action_std"]
+    std, ap, ac = cfg["action_std"], cfg["advantage_p"], cfg["advantage_clip"]
     terms, scores = [], []
     for i in range(2):
         rows = range(i * k, (i + 1) * k)
         actions = [(noise[r] + theta).detach() + std * xi[r] for r in rows]
         r = [float(v) for v in _redness(torch.stack(actions))]
         scores.append(r)
-        adv = _advantages(r, 2.0, 0.0)
+        adv = _advantages(r, ap, ac)
         for c, row in enumerate(rows):
             mu = noise[row] + theta
             logp = -0.5 * (((actions[c] - mu) / std) ** 2).mean()
             ratio = torch.exp(logp - logp.detach())
             terms.append(torch.minimum(ratio * adv[c], ratio.clamp(0.8, 1.2) * adv[c]))
     policy = -torch.stack(terms).mean()
-    ref_l2 = (theta**2).mean()  # mu - mu_ref = theta for every candidate
+    need_ref = cfg["kl_weight"] > 0 or cfg["ref_l2_weight"] > 0
+    ref_l2 = (theta**2).mean() if need_ref else theta.sum() * 0  # mu - mu_ref = theta for every candidate
     kl = ref_l2 / (2 * std**2)
-    (policy + 0.1 * kl + 0.02 * ref_l2).backward()
-    _close(out.loss, float((policy + 0.1 * kl + 0.02 * ref_l2).detach()), "loss")
+    total = policy + cfg["kl_weight"] * kl + cfg["ref_l2_weight"] * ref_l2
+    total.backward()
+    _close(out.loss, float(total.detach()), "loss")
     _close(out.logs["kl_ref"], float(kl.detach()), "kl_ref")
     _close(out.logs["ref_l2"], float(ref_l2.detach()), "ref_l2")
     _close(out.logs["loss_policy"], float(policy.detach()), "loss_policy", abs_=1e-6)
     _close(out.logs["reward_std_within_prompt"], sum(_std(r, True) for r in scores) / 2, "reward_std_within_prompt")
-    _close(out.logs["advantage_abs"], sum(abs(a) for r in scores for a in _advantages(r, 2.0, 0.0)) / (2 * k),
+    _close(out.logs["advantage_abs"], sum(abs(a) for r in scores for a in _advantages(r, ap, ac)) / (2 * k),
            "advantage_abs")
     _grad_close(grad, 0.5 * 4.0 * theta.grad, "gaussian GRPO")
+
+
+@pytest.mark.parametrize("weights", [(0.3, 0.0), (0.0, 0.02)], ids=["kl-only", "ref_l2-only"])
+def test_neighbor_grpo_with_one_reference_term(weights):
+    args = {**GRPO_NEIGHBOR, "kl_weight": weights[0], "ref_l2_weight": weights[1]}
+    _, out, grad = _step("grpo", args)
+    loss, logs, want_grad = _plain_neighbor_grpo(args, 8, 3, 0.05)
+    if not weights[0]:
+        logs["kl_ref"] = 0.0  # KL not computed without its weight
+    _close(out.loss, loss, "loss")
+    for key, value in logs.items():
+        _close(out.logs[key], value, key, abs_=1e-6)
+    _grad_close(grad, 0.5 * 4.0 * want_grad, f"neighbor GRPO with weights {weights}")
+
+
+def test_grpo_surrogate_clamps_the_log_ratio_and_logs_the_old_kl():
+    from baselines.grpo import clipped_surrogate, group_advantages
+
+    logp, old, adv = torch.tensor([0.5, -0.5, 0.05]), torch.zeros(3), torch.tensor([1.0, -1.0, 2.0])
+    loss, stats = clipped_surrogate(logp, old, adv, clip_range=0.2, max_log_ratio=0.3)
+    lr = [0.3, -0.3, 0.05]  # clamped at +-0.3
+    ratio = [math.exp(v) for v in lr]
+    terms = [min(r * a, min(max(r, 0.8), 1.2) * a) for r, a in zip(ratio, [1.0, -1.0, 2.0])]
+    assert float(loss) == pytest.approx(-sum(terms) / 3, rel=1e-5)
+    assert float(stats["approx_kl_old"]) == pytest.approx(sum(r - 1 - v for r, v in zip(ratio, lr)) / 3, rel=1e-5)
+    adv2 = group_advantages(torch.tensor([[1.0, 3.0]]))  # a group of two is allowed: (r - mean) / std
+    torch.testing.assert_close(adv2, torch.tensor([[-1.0, 1.0]]))
+    for bad in (torch.zeros(4), torch.zeros(2, 1)):
+        with pytest.raises(ValueError, match=r"^rewards must be \(prompts, group >= 2\), got \(" ):
+            group_advantages(bad)
 
 
 def test_grpo_budget_check_names_the_anchors():
