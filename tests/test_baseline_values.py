@@ -53,7 +53,8 @@ def _dpo_world(seed=0, p=2, k=24, f=5):
     ref = torch.randn(p, k, f, generator=g)
     policy = ref + 0.02 * torch.randn(p, k, f, generator=g)  # near the base: the logit is not saturated at beta 30
     order = torch.randperm(k, generator=g)
-    winners, losers = policy[:, order[:8]], policy[:, order[-8:]]  # 8 / 8 of K = 24, as the paper suites
+    n = min(8, k // 3)  # 8 / 8 of K = 24, as the paper suites; disjoint thirds of a smaller K
+    winners, losers = policy[:, order[:n]], policy[:, order[-n:]]
     return policy, ref, winners, losers
 
 
@@ -151,20 +152,28 @@ def test_pso_at_paper_settings_equals_the_pairwise_formula_with_its_trust_region
     ref = logp + torch.randn(2, 8, generator=g) * 0.2  # |log ratio| around 0.2: some inside 0.1's region, some not
     rewards = torch.randn(2, 8, generator=g)
     rewards[0, 2] = rewards[0, 3]  # a tie, dropped
-    loss, _ = pairwise_sample_loss(logp, ref, rewards, beta=50.0, clip_range=0.1, max_log_ratio=10.0)
-    want = []
-    for i in range(2):
-        terms = []
-        for j in range(0, 8, 2):
-            if rewards[i, j] == rewards[i, j + 1]:
-                continue
-            rho = [min(max(float(logp[i, c] - ref[i, c]), -10.0), 10.0) for c in (j, j + 1)]
-            rho = [math.log(min(max(math.exp(r), 0.9), 1.1)) for r in rho]
-            sign = 1.0 if rewards[i, j] > rewards[i, j + 1] else -1.0
-            terms.append(-log_sigmoid(50.0 * sign * (rho[0] - rho[1])))
-        want.append(sum(terms) / max(len(terms), 1))
-    torch.testing.assert_close(loss.double(), torch.tensor(want, dtype=torch.double), rtol=1e-5, atol=1e-6,
-                               msg=lambda m: f"PSO at beta 50 / clip 0.1 differs from the pairwise formula: {m}")
+    for clip, max_log in ((0.1, 10.0), (0.0, 0.15)):  # the paper's trust region; none, with max_log_ratio binding
+        loss, stats = pairwise_sample_loss(logp, ref, rewards, beta=50.0, clip_range=clip, max_log_ratio=max_log)
+        want, logits, rhos = [], [], []
+        for i in range(2):
+            terms = []
+            rho = [min(max(float(logp[i, c] - ref[i, c]), -max_log), max_log) for c in range(8)]
+            if clip > 0:
+                rho = [math.log(min(max(math.exp(r), 1 - clip), 1 + clip)) for r in rho]
+            rhos += rho
+            for j in range(0, 8, 2):
+                if rewards[i, j] == rewards[i, j + 1]:
+                    continue
+                sign = 1.0 if rewards[i, j] > rewards[i, j + 1] else -1.0
+                logits.append(50.0 * sign * (rho[j] - rho[j + 1]))
+                terms.append(-log_sigmoid(logits[-1]))
+            want.append(sum(terms) / max(len(terms), 1))
+        torch.testing.assert_close(loss.double(), torch.tensor(want, dtype=torch.double), rtol=1e-5, atol=1e-6,
+                                   msg=lambda m: f"PSO at beta 50 / clip {clip} differs from the pairwise formula: {m}")
+        plain_stats = {"pso_logit": sum(logits) / len(logits), "pair_accuracy": sum(z > 0 for z in logits) / len(logits),
+                       "tie_fraction": 1 / 8, "log_ratio_abs": sum(abs(r) for r in rhos) / 16}
+        for key, value in plain_stats.items():  # one tie among 8 pairs: it counts in no statistic but its fraction
+            assert float(stats[key]) == pytest.approx(value, rel=1e-5, abs=1e-6), (clip, key)
 
 
 # ---- Neighbor-GRPO (scripts/train/grpo.sh: clip range 0.2, advantage p 0.8, advantage clip 5) -------
@@ -236,6 +245,8 @@ def test_dpo_objective_logs_and_ref_l2_term_equal_plain_computations():
     winners, losers = winners[:, :2], losers[:, :2]
     loss, logs = dpo_objective(cfg, policy, ref, winners, losers)
     per_prompt = plain_dpo(policy, ref, winners, losers, BETA_PAPER)
+    assert min(abs(logs["policy_gap"]), abs(logs["reference_gap"])) > 1e-2, "the world must give both gaps a value"
+    assert len({round(v, 6) for v in per_prompt}) == 3, "each prompt must have its own loss"
     mse = float(((policy.double() - ref.double()) ** 2).mean())
     assert float(loss) == pytest.approx(sum(per_prompt) / 3 + 0.5 * mse, rel=1e-5)
     assert logs["loss_dpo"] == pytest.approx(sum(per_prompt) / 3, rel=1e-5)
@@ -250,6 +261,11 @@ def test_dpo_objective_logs_and_ref_l2_term_equal_plain_computations():
     loss, logs = dpo_objective(free, policy, ref, winners, losers)
     assert logs["reference_gap"] == 0.0 and logs["ref_l2"] == 0.0
     assert float(loss) == pytest.approx(sum(plain_dpo(policy, None, winners, losers, 2.0)) / 3, rel=1e-5)
+    l1 = METHODS.get("dpo").parse_config({"beta": BETA_PAPER, "distance": "l1"})  # the config's distance is used
+    loss, _ = dpo_objective(l1, policy, ref, winners, losers)
+    want = one_step_dpo_loss(policy, ref, winners, losers, beta=BETA_PAPER, distance="l1")[0].mean()
+    assert float(loss) == pytest.approx(float(want), rel=1e-6)
+    assert float(loss) != pytest.approx(sum(per_prompt) / 3, rel=1e-3), "l1 and l2 must differ in this world"
 
 
 def test_dpo_pair_accuracy_counts_positive_logits_only():
@@ -277,6 +293,7 @@ def test_dpo_distances_equal_plain_formulas(distance):
 
     loss, _ = one_step_dpo_loss(policy, ref, winners, losers, beta=BETA_PAPER, distance=distance)
     want = [-log_sigmoid(BETA_PAPER * (gap(policy, i) - gap(ref, i))) for i in range(2)]
+    assert min(abs(gap(policy, i)) for i in range(2)) > 1e-3, "winners and losers must differ in this world"
     torch.testing.assert_close(loss.double(), torch.tensor(want, dtype=torch.double), rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="^unknown distance 'l3'; use l2, l1 or cosine$"):
         one_step_dpo_loss(policy, ref, winners, losers, beta=1.0, distance="l3")
@@ -304,3 +321,13 @@ def test_dpo_step_logs_the_reward_gap_between_its_winners_and_losers():
     want = float(ordered[:, :8].mean() - ordered[:, -8:].mean())
     assert out.logs["reward_winner_minus_loser"] == pytest.approx(want, rel=1e-5)
     assert out.loss == pytest.approx(out.logs["loss_dpo"], rel=1e-6), "ref_l2_weight 0: the loss is DPO's"
+
+
+def test_pair_distances_default_to_the_per_element_squared_error():
+    from baselines.dpo import pair_distances
+
+    g = torch.Generator().manual_seed(6)
+    x, t = torch.randn(2, 3, 4, generator=g), torch.randn(2, 5, 4, generator=g)
+    want = [[[sum((float(a) - float(b)) ** 2 for a, b in zip(x[p, k], t[p, n])) / 4 for n in range(5)] for k in range(3)]
+            for p in range(2)]
+    torch.testing.assert_close(pair_distances(x, t).double(), torch.tensor(want, dtype=torch.double), rtol=1e-5, atol=1e-6)
