@@ -25,7 +25,7 @@ from drpo_bench.locks import GATE_NAME, LOCK_NAME, FileLock, LockedError, descri
 from drpo_bench.planning import Cell, plan_cells, redact
 from drpo_bench.registry import METHODS
 from drpo_bench.shared_eval import CACHE_DIR as EVAL_CACHE
-from drpo_bench.store import CellFolder, CorruptCellError, read_json, write_json
+from drpo_bench.store import CellFolder, CellRecord, CorruptCellError, read_json, write_json
 
 #: what a run does with cells whose recorded code hash differs from this checkout's (run --rerun-stale / --keep-stale)
 STALE_STOP, STALE_RERUN, STALE_KEEP = "stop", "rerun", "keep"
@@ -127,8 +127,9 @@ def _check_in(suite: Suite, output: Path, planned: list[Cell], cells: list[Cell]
         live = not is_free(output / LOCK_NAME)
         settings_file = output / SETTINGS_NAME
         settings = _read_settings(settings_file) if live else {"cells": {}, "holders": []}
-        refuse_other_settings(output, cells, settings if live else None)
-        check_stale(output, cells, stale)
+        recorded = read_recorded(output, cells)  # each cell's cell.json and checkpoint, read once for both checks
+        refuse_other_settings(output, cells, settings if live else None, recorded)
+        check_stale(output, cells, stale, recorded)
         run_lock = FileLock(output / LOCK_NAME, shared=True).acquire()
         settings["cells"].update({c.id: c.fingerprint for c in planned})
         settings["holders"].append(holder_info())
@@ -182,13 +183,20 @@ class StaleCell:
     checkpoint: bool  # an interrupted cell's checkpoint, not a finished cell
 
 
-def find_stale(output: Path, cells: list[Cell]) -> list[StaleCell]:
-    """Cells in ``output`` (finished, or interrupted with a checkpoint) made by other code than this
-    checkout's: their recorded code hash (``code.hash`` in cell.json or checkpoint.json) differs, or
-    none was recorded."""
-    from drpo_bench.code_hash import changed_files
+@dataclass(frozen=True)
+class Recorded:
+    """What a cell's folder holds before a run: its cell.json record (None if there is none) and, when
+    that is not a complete one, its checkpoint pointer as parsed (any JSON value; None if absent or
+    unreadable: reported when the cell resumes)."""
 
-    found = []
+    record: CellRecord | None
+    checkpoint: Any
+
+
+def read_recorded(output: Path, cells: list[Cell]) -> dict[str, Recorded]:
+    """Each cell's :class:`Recorded` state, read once for the gate's checks (settings, code). Cells
+    without a folder, or whose cell.json does not parse (reported when the cell runs), are left out."""
+    states: dict[str, Recorded] = {}
     for cell in cells:
         folder = CellFolder(output / cell.id)
         if not folder.path.is_dir():
@@ -196,22 +204,39 @@ def find_stale(output: Path, cells: list[Cell]) -> list[StaleCell]:
         try:
             record = folder.read_cell()
         except CorruptCellError:
-            continue  # reported when the cell runs
-        if record is not None and record.status == "complete":
-            code = record.code if isinstance(record.code, dict) else None
-            if code is None or code.get("hash") != cell.code.hash:
-                found.append(StaleCell(cell, (code or {}).get("hash"), changed_files(code, cell.code), False))
             continue
+        checkpoint = None
         pointer = folder.file(CellFolder.CHECKPOINT)
-        if pointer.exists():
+        if (record is None or record.status != "complete") and pointer.exists():
             try:
-                info = read_json(pointer)
+                checkpoint = read_json(pointer)
             except (ValueError, OSError):
-                continue  # reported when the cell resumes
-            code = info.get("code") if isinstance(info, dict) else None
-            code = code if isinstance(code, dict) else None
-            if code is None or code.get("hash") != cell.code.hash:
-                found.append(StaleCell(cell, (code or {}).get("hash"), changed_files(code, cell.code), True))
+                checkpoint = None
+        states[cell.id] = Recorded(record, checkpoint)
+    return states
+
+
+def find_stale(output: Path, cells: list[Cell], recorded: dict[str, Recorded] | None = None) -> list[StaleCell]:
+    """Cells in ``output`` (finished, or interrupted with a checkpoint) made by other code than this
+    checkout's: their recorded code hash (``code.hash`` in cell.json or checkpoint.json) differs, or
+    none was recorded. ``recorded``: the folders' states, if already read (``read_recorded``)."""
+    from drpo_bench.code_hash import changed_files
+
+    recorded = read_recorded(output, cells) if recorded is None else recorded
+    found = []
+    for cell in cells:
+        state = recorded.get(cell.id)
+        if state is None:
+            continue
+        if state.record is not None and state.record.status == "complete":
+            code, from_checkpoint = state.record.code, False
+        elif state.checkpoint is not None:
+            code, from_checkpoint = state.checkpoint.get("code") if isinstance(state.checkpoint, dict) else None, True
+        else:
+            continue
+        code = code if isinstance(code, dict) else None
+        if code is None or code.get("hash") != cell.code.hash:
+            found.append(StaleCell(cell, (code or {}).get("hash"), changed_files(code, cell.code), from_checkpoint))
     return found
 
 
@@ -233,11 +258,12 @@ def stale_paragraph(output: Path, stale: list[StaleCell]) -> str:
     return text
 
 
-def check_stale(output: Path, cells: list[Cell], policy: str) -> list[StaleCell]:
+def check_stale(output: Path, cells: list[Cell], policy: str,
+                recorded: dict[str, Recorded] | None = None) -> list[StaleCell]:
     """Stop before training when ``output`` holds cells made by other code (``stop``); else retrain
     exactly them (``rerun``: their files are removed) or keep them, marked (``keep``: the cell folder
     gets ``kept_stale.json``, which the report reads). A checkpoint from other code is never kept."""
-    stale = find_stale(output, cells)
+    stale = find_stale(output, cells, recorded)
     stale_ids = {s.cell.id for s in stale}
     for cell in cells:  # a cell kept stale before, made by this code again (e.g. an edit reverted)
         if cell.id not in stale_ids:
@@ -283,9 +309,11 @@ def _read_settings(path: Path) -> dict[str, Any]:
     return {"cells": {}, "holders": []}
 
 
-def refuse_other_settings(output: Path, cells: list[Cell], live: dict[str, Any] | None = None) -> None:
+def refuse_other_settings(output: Path, cells: list[Cell], live: dict[str, Any] | None = None,
+                          recorded: dict[str, Recorded] | None = None) -> None:
     """Refuse, before anything is written, a run whose cells clash with a live run's settings or
-    with cells (finished or checkpointed) already in the folder."""
+    with cells (finished or checkpointed) already in the folder. ``recorded``: the folders' states,
+    if already read (``read_recorded``)."""
     if live:
         clashes = [c.id for c in cells if live["cells"].get(c.id, c.fingerprint) != c.fingerprint]
         if clashes:
@@ -294,23 +322,17 @@ def refuse_other_settings(output: Path, cells: list[Cell], live: dict[str, Any] 
                 f"{output} is in use by a run with other settings for {len(clashes)} cell(s) ({', '.join(clashes[:3])}"
                 f"{', ...' if len(clashes) > 3 else ''}): {holders}. Nothing was written. Wait for it, or use another --output."
             )
+    recorded = read_recorded(output, cells) if recorded is None else recorded
     clashes = []
     for cell in cells:
-        folder = CellFolder(output / cell.id)
-        if not folder.path.is_dir():
+        state = recorded.get(cell.id)
+        if state is None:
             continue
-        try:
-            record = folder.read_cell()
-        except CorruptCellError:
-            continue  # reported when the cell runs
-        recorded = record.fingerprint if record is not None else None
-        pointer = folder.file(CellFolder.CHECKPOINT)
-        if recorded is None and pointer.exists():
-            try:
-                recorded = read_json(pointer).get("fingerprint")
-            except (ValueError, OSError, AttributeError):
-                continue
-        if recorded is not None and recorded != cell.fingerprint:
+        if state.record is not None:
+            fingerprint = state.record.fingerprint
+        else:
+            fingerprint = state.checkpoint.get("fingerprint") if isinstance(state.checkpoint, dict) else None
+        if fingerprint is not None and fingerprint != cell.fingerprint:
             clashes.append(cell.id)
     if clashes:
         raise UserError(

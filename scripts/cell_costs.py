@@ -23,8 +23,8 @@ def cell_costs(folder: Path) -> dict:
         if record.get("status") != "complete":
             continue
         ledger_path = record_path.parent / "ledger.json"
-        updates = json.loads(ledger_path.read_text()).get("updates", []) if ledger_path.is_file() else []
-        summary = json.loads(ledger_path.read_text()).get("summary", {}) if ledger_path.is_file() else {}
+        ledger = json.loads(ledger_path.read_text()) if ledger_path.is_file() else {}
+        updates, summary = ledger.get("updates", []), ledger.get("summary", {})
         train = sum(u.get("seconds") or 0.0 for u in updates)
         row = f"{record['method']['id']} / {(record.get('train_reward') or {}).get('alias', '-')}"
         rows[row].append({"cell": record["cell_id"], "seconds": record.get("wall_seconds_this_run") or 0.0,
