@@ -141,7 +141,7 @@ class OneStepGRPO(Method):
 
     def phases(self) -> tuple[str, ...]:
         cfg = self.config
-        need_ref = cfg.kl_weight > 0 or cfg.ref_l2_weight > 0 or cfg.policy == "gaussian"
+        need_ref = cfg.kl_weight > 0 or cfg.ref_l2_weight > 0  # as each step decides, either policy
         return ("sample", *(("reference",) if need_ref else ()), "decode", "reward_forward", "loss", "generator_backward")
 
     def step(self, prompts: Sequence[str], ctx: TrainContext) -> StepOutput:

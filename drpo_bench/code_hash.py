@@ -168,22 +168,61 @@ def _add_nested(config: Any, add: Any) -> None:
             add(getattr(registry, registry_name), name, getattr(config, args_field, None) or {})
 
 
+# ---- a result that is not a cell (results/compute: FLOP ledgers, memory plans) --------------------
+
+#: what a compute result's closure never enters: a cell's exclusions less the modules that count
+#: FLOPs and memory and write those results (``bench``, ``flops_cli``)
+RESULT_EXCLUDED = tuple(e for e in EXCLUDED if e not in ("drpo_bench.bench", "drpo_bench.flops_cli"))
+
+
+def result_provenance(roots: tuple[str, ...] | list[str], extra_files: tuple[Path | str, ...] | list[Path | str] = (),
+                      methods: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """Which code made a result that is not a cell: ``{"commit", "dirty", "uncommitted", "code":
+    {"hash", "files"}}``. ``files`` are the digests of ``roots``, of the modules of the registered
+    ``methods`` that ran (the registry imports them by name, which a static closure does not see)
+    and of their static import closure within the project's packages (``RESULT_EXCLUDED`` never
+    entered), plus ``extra_files`` (a script, whose own imports are followed too, or a suite file);
+    labels and digests as in a cell's ``code``, so ``tests/test_references.py`` can check them
+    against the recorded commit."""
+    extra = [Path(p).expanduser().resolve() for p in extra_files]
+    names = set(roots)
+    if methods:
+        from drpo_bench.registry import METHODS
+
+        for method in methods:
+            entry = METHODS.get(method)
+            names |= {m for m in (entry.cls.__module__, entry.defined_in) if m}
+    for path in extra:
+        if path.suffix == ".py":
+            names |= {n for n in imports_of(path, "__main__") if n.split(".")[0] in PROJECT_PACKAGES}
+    modules = closure(frozenset(names), frozenset(PROJECT_PACKAGES), frozenset(), RESULT_EXCLUDED)
+    paths = {module_file(name) for name in modules} | set(extra)
+    covered = {label(p): p for p in paths if p is not None and p.is_file()}
+    files = {name: file_digest(path) for name, path in sorted(covered.items())}
+    state = git_state()
+    uncommitted = sorted(name for name, path in covered.items() if name in state.changed or not _inside(path))
+    return {"commit": state.commit, "dirty": state.dirty, "uncommitted": uncommitted,
+            "code": {"hash": combine(files), "files": files}}
+
+
 # ---- the static import closure -------------------------------------------------------------------
 
 
-def _excluded(name: str) -> bool:
-    return any(name == e or name.startswith(e + ".") for e in EXCLUDED)
+def _excluded(name: str, excluded: tuple[str, ...] = EXCLUDED) -> bool:
+    return any(name == e or name.startswith(e + ".") for e in excluded)
 
 
 @functools.lru_cache(maxsize=None)
-def closure(roots: frozenset[str], tops: frozenset[str], stop: frozenset[str] = frozenset()) -> frozenset[str]:
+def closure(roots: frozenset[str], tops: frozenset[str], stop: frozenset[str] = frozenset(),
+            excluded: tuple[str, ...] = EXCLUDED) -> frozenset[str]:
     """``roots`` and every module they import (transitively) whose top-level package is in
-    ``tops``; parent packages count (importing ``a.b`` runs ``a/__init__.py``)."""
+    ``tops``; parent packages count (importing ``a.b`` runs ``a/__init__.py``). ``excluded``
+    modules are never entered (a cell's: ``EXCLUDED``)."""
     seen: set[str] = set()
     todo = [m for r in roots for m in _with_parents(r)]
     while todo:
         name = todo.pop()
-        if name in seen or name in stop or _excluded(name) or name.split(".")[0] not in tops:
+        if name in seen or name in stop or _excluded(name, excluded) or name.split(".")[0] not in tops:
             continue
         path = module_file(name)
         if path is None:

@@ -129,9 +129,15 @@ def _methods(args: argparse.Namespace) -> list[str]:
     return methods
 
 
-def result_json(setting: Any, results: dict[str, Any]) -> dict[str, Any]:
-    """The setting, each method's FLOPs by phase, ratios to DRaFT, the paper's timings and versions."""
+#: the modules whose closure made a FLOP ledger (with the modules of the methods counted)
+LEDGER_ROOTS = ("drpo_bench.bench", "drpo_bench.flops_cli")
+
+
+def result_json(setting: Any, results: dict[str, Any], scripts: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The setting, each method's FLOPs by phase, ratios to DRaFT, the paper's timings, versions and the
+    provenance of the code that counted them (``scripts``: a script that wrote the file, hashed too)."""
     from drpo_bench.bench import versions
+    from drpo_bench.code_hash import result_provenance
 
     methods = {name: {"total_flops": c.total, "backward_flops": c.backward, "phase_flops": c.phase_flops}
                for name, c in results.items()}
@@ -144,7 +150,8 @@ def result_json(setting: Any, results: dict[str, Any]) -> dict[str, Any]:
                                            "backward": base.backward / c.backward if c.backward else None}
     return {"setting": setting.describe(), "convention": CONVENTION, "source": "Method.step on meta-device networks, "
             "FLOPs counted by the ledger (drpo_bench/bench.py)", "methods": methods, "ratios": ratios,
-            "paper_wall_clock": PAPER_WALL_CLOCK, "versions": versions()}
+            "paper_wall_clock": PAPER_WALL_CLOCK, "versions": versions(),
+            "provenance": result_provenance(LEDGER_ROOTS, scripts, methods=tuple(results))}
 
 
 def _unit(largest: float) -> tuple[str, float]:

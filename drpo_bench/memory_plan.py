@@ -257,22 +257,29 @@ def print_plan(path: str, rows: list[PlanRow], planner: Planner) -> None:
                   "real step on the meta device (drpo_bench/memory.py); no weights loaded.[/dim]")
 
 
-def plan_json(path: str, rows: list[PlanRow], planner: Planner) -> dict[str, Any]:
+def plan_json(path: str, rows: list[PlanRow], planner: Planner, methods: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The rows, the planner's settings, versions and the provenance of the code that predicted them:
+    this module's closure, the registered ``methods`` the rows ran, and the suite file itself."""
     from drpo_bench.bench import versions
+    from drpo_bench.code_hash import result_provenance
 
     return {"suite": path, "gpu_memory_bytes": planner.gpu_memory, "gpus": planner.gpus,
             "reserve_bytes": planner.reserve, "headroom": planner.headroom,
-            "rows": [asdict(r) for r in rows], "versions": versions()}
+            "rows": [asdict(r) for r in rows], "versions": versions(),
+            "provenance": result_provenance(("drpo_bench.memory_plan",), (path,), methods=methods)}
 
 
 def run_plan(path: str, overrides: list[str], planner: Planner, json_path: Path | None = None) -> list[PlanRow]:
     from drpo_bench.config import load_suite
+    from drpo_bench.planning import plan_cells
     from drpo_bench.store import write_json
 
-    rows = plan_rows(load_suite(path, overrides), planner)
+    suite = load_suite(path, overrides)
+    rows = plan_rows(suite, planner)
     print_plan(path, rows, planner)
     if json_path is not None:
-        write_json(json_path, plan_json(path, rows, planner))
+        methods = tuple(sorted({cell.method.method for cell in plan_cells(suite) if cell.trains}))
+        write_json(json_path, plan_json(path, rows, planner, methods))
         print(f"wrote {json_path}")
     return rows
 

@@ -4,7 +4,8 @@
     .venv/bin/python scripts/compute_results.py --only sd-turbo_hpsv3,sdxl-turbo_hpsv3  # these files only
     .venv/bin/python scripts/compute_results.py --table-only           # print the table from the files
 
-Each file is exactly what ``drpo-bench flops ... --json`` writes for one setting: each method's
+Each file is what ``drpo-bench flops ... --json`` writes for one setting (its ``provenance`` also
+covers this script): each method's
 real ``Method.step`` run once on full-size meta-device networks, FLOPs counted by the ledger
 (drpo_bench/bench.py). Settings: SD-Turbo (K=24, effective batch 192) and SDXL-Turbo (K=16,
 effective batch 128) × PickScore, HPSv2, ImageReward, HPSv3 (and HPSv3 with its ≈600-token
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
             roles = [r for r in CHECKPOINT_ROLES if r != "reward" or reward_can_checkpoint(reward)] if ckpt else []
             s = make_setting(gen, reward, k=k, effective_batch=batch, checkpointing=roles)
             methods = list(ALL_METHODS) if (gen, reward) == HEADLINE else ["drpo", "draft"]
-            write_json(args.out / f"{name}.json", result_json(s, count_methods(s, methods)))
+            write_json(args.out / f"{name}.json", result_json(s, count_methods(s, methods), (Path(__file__),)))
             print(f"wrote {args.out / name}.json", flush=True)
     print(table(args.out))
 

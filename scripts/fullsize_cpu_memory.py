@@ -19,7 +19,8 @@ weights from their public configurations (drpo_bench/architectures.py, through t
 One method per process, one after another, so each measurement starts from a clean allocator and
 a peak RSS of its own. Results go to ``results/compute/cpu-fullsize.json`` (merged per method)
 with the ratio measured / predicted of the whole peak and of the step's peak above the persistent
-bytes.
+bytes, and the ``provenance`` of the code that made each method's row (commit, dirty flag, digests
+of this script, its imports and the method's module: ``code_hash.result_provenance``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from drpo_bench.bench import ALL_METHODS, make_setting, versions  # noqa: E402
+from drpo_bench.code_hash import result_provenance  # noqa: E402
 from drpo_bench.memory import GiB, Precision, available_bytes, measure_memory, predict_memory  # noqa: E402
 from drpo_bench.store import write_json  # noqa: E402
 
@@ -96,12 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     for method in [m for m in args.methods.split(",") if m]:
         t0 = time.time()
         predicted = predict_memory(method, setting, micro=1, precision=precision)
-        row: dict = {"predicted": predicted.to_json(), "predict_seconds": time.time() - t0}
+        # the code that made this row: this script, its imports and the method's module
+        row: dict = {"predicted": predicted.to_json(), "predict_seconds": time.time() - t0,
+                     "provenance": result_provenance((), (Path(__file__),), methods=(method,))}
         print(f"{method}: predicted peak {predicted.peak_bytes / GiB:.2f} GiB "
               f"(persistent {predicted.persistent_bytes / GiB:.2f}, step {predicted.activation_peak_bytes / GiB:.2f})",
               flush=True)
         if args.predict_only:
-            entry["methods"].setdefault(method, {}).update(row)
+            old = entry["methods"].get(method, {})
+            same_code = (old.get("provenance") or {}).get("code", {}).get("hash") == row["provenance"]["code"]["hash"]
+            if old.get("measured") and not same_code:
+                print(f"{method}: its measurement came from other code; dropped (rerun without --predict-only)")
+            entry["methods"][method] = (old if same_code else {}) | row
             continue
         need = predicted.peak_bytes + args.margin_gib * GiB
         deadline = time.time() + args.wait_minutes * 60

@@ -156,3 +156,37 @@ def test_metric_equals_torch_fidelitys_calculate_metrics_and_reuses_reference_fe
     monkeypatch.setattr(render, "render_batch", lambda *a, **k: renders.append(a) or pytest.fail("rendered again"))
     again = metric.compute(_samples(images, texts))
     assert again["fid"].mean == ours["fid"].mean and again["kid"].mean == ours["kid"].mean and not renders
+
+
+def test_the_head_of_an_evaluation_reads_its_rows_of_the_per_image_numbers(texts):
+    """A final evaluation's first prompts are scored from the rows of the numbers the whole set
+    computed (samples.per_row), and give what scoring those images alone gives."""
+    from drpo_bench.metrics.diversity import Diversity
+    from drpo_bench.metrics.reward_metric import RewardMetric
+    from drpo_bench.rewards.shapes_checker import ShapesChecker
+
+    images = torch.nn.functional.avg_pool2d(render_batch(texts, seed=3), 3, 1, 1)
+    reward_calls: list[int] = []
+
+    class CountingChecker(ShapesChecker):
+        def __call__(self, batch, prompts):
+            reward_calls.append(batch.shape[0])
+            return super().__call__(batch, prompts)
+
+    metrics = [RewardMetric(CountingChecker(ShapesChecker.Config()), "checker", 64), Diversity(Diversity.Config()),
+               FrechetDistance(FrechetDistance.Config())]
+    whole = _samples(images, texts)
+    for metric in metrics:
+        metric.compute(whole)
+    scored = sum(reward_calls)
+    head_rows = 16 * PER_PROMPT
+    head = whole.head(head_rows)
+    from_rows = {k: v.mean for m in metrics for k, v in m.compute(head).items()}
+    assert sum(reward_calls) == scored, "the head's checker scores come from the whole set's rows"
+    alone = {k: v.mean for m in metrics for k, v in m.compute(_samples(images[:head_rows], texts[:head_rows])).items()}
+    assert sum(reward_calls) == scored + head_rows
+    assert from_rows.keys() == alone.keys() == {"checker", "diversity", "fid", "kid"}
+    for name in alone:
+        assert from_rows[name] == pytest.approx(alone[name], rel=1e-5, abs=1e-7), name
+    with pytest.raises(ValueError, match="rows"):
+        whole.per_row("wrong", lambda: torch.zeros(3))

@@ -154,3 +154,30 @@ def test_drpo_features_and_field_target_stay_float32_under_autocast(drpo_case, d
     assert min(autocast_feature_error, autocast_target_error) >= 10 * FLOAT32_BOUND, (
         f"the bound does not separate: features under autocast miss float32 by only {autocast_feature_error:.2e} "
         f"(target {autocast_target_error:.2e})")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_shapes_lora_layers_skip_peft_input_cast_with_the_same_numbers(dtype):
+    """The shapes generator turns off PEFT's cast of a LoRA layer's input to the adapter's dtype
+    (float32): under autocast that cast is undone by the matmul, so it only copies activations.
+    Sample and gradient must equal those with the cast on, bit for bit."""
+    runs = []
+    for cast in (False, True):
+        gen = _build(GENERATORS, "shapes")
+        layers = [m for m in gen.denoiser.modules() if hasattr(m, "cast_input_dtype_enabled")]
+        assert layers and not any(m.cast_input_dtype_enabled for m in layers)
+        for m in layers:
+            m.cast_input_dtype_enabled = cast
+        g = torch.Generator().manual_seed(0)
+        for name, param in gen.denoiser.named_parameters():  # a trained adapter: B != 0
+            if param.requires_grad and "lora_B" in name:
+                param.data = 0.05 * torch.randn(param.shape, generator=g)
+        noise = gen.noise(6, torch.Generator().manual_seed(1))
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            out = gen.decode(gen.sample(noise, gen.encode(["a red circle", "two blue squares", "a green triangle"] * 2)))
+        out.float().square().mean().backward()
+        grads = [p.grad.clone() for p in gen.trainable_parameters()]
+        runs.append((out.detach(), grads))
+    (out_off, grads_off), (out_on, grads_on) = runs
+    assert torch.equal(out_off, out_on)
+    assert all(torch.equal(a, b) for a, b in zip(grads_off, grads_on))

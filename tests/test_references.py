@@ -59,3 +59,42 @@ def test_each_reference_cell_is_a_clean_commits_code_or_marked(folder):
         checked += 1
     # every cell is accounted for: traceable and checked, or marked
     assert checked + len(marked & {r.cell_id for r in results}) == len(results)
+
+
+#: every committed compute result: FLOP ledgers, memory predictions and plans, the full-size CPU check
+COMPUTE = sorted((REPO / "results" / "compute").glob("*.json"))
+
+
+def compute_provenances(data: dict) -> dict[str, dict | None]:
+    """{where: provenance} of one results/compute file: its top-level ``provenance``, or, in
+    cpu-fullsize.json ({setting: {"methods": {method: row}}}), each method row's."""
+    if "provenance" in data or any(k in data for k in ("setting", "suite", "methods", "rows")):
+        return {"": data.get("provenance")}
+    return {f"{key}/{method}": row.get("provenance") for key, entry in data.items()
+            for method, row in entry.get("methods", {}).items()} or {"": None}
+
+
+def test_there_are_compute_results():
+    assert COMPUTE, "no committed results/compute/*.json"
+
+
+@pytest.mark.parametrize("path", COMPUTE, ids=lambda p: p.name)
+def test_each_compute_result_is_a_clean_commits_code(path):
+    import json
+
+    found = compute_provenances(json.loads(path.read_text()))
+    for where, prov in found.items():
+        name = f"{path.name}{':' + where if where else ''}"
+        assert prov, f"{name} records no provenance: regenerate it (results/compute/README.md)"
+        assert prov["commit"] and prov["dirty"] is False and not prov["uncommitted"], (name, prov["commit"],
+                                                                                       prov["dirty"], prov["uncommitted"])
+        files = prov["code"]["files"]
+        assert files and combine(files) == prov["code"]["hash"], name
+        if git("rev-parse", "--is-inside-work-tree").returncode:
+            pytest.skip("not a git checkout: the commits cannot be read")
+        if git("cat-file", "-e", f"{prov['commit']}^{{commit}}").returncode:
+            if git("rev-parse", "--is-shallow-repository").stdout.strip() == "true":
+                pytest.skip(f"shallow clone lacks commit {prov['commit']}")
+            pytest.fail(f"{name} names commit {prov['commit']}, which this repository does not have")
+        changed = [p for p, d in files.items() if digest_at(prov["commit"], p) != d]
+        assert not changed, f"{name}: files differ from commit {prov['commit'][:12]}: {changed}"

@@ -82,6 +82,12 @@ class ShapesGenerator(Generator):
                 self.denoiser = get_peft_model(net.denoiser, lora)  # B = 0: starts exactly at the base
             except ValueError as exc:
                 raise UserError(f"shapes generator: lora_targets {list(self.config.lora_targets)}: {exc}") from exc
+        # the base weights and the adapter are both float32, so PEFT's cast of a LoRA layer's input to the
+        # adapter's dtype only ever undoes autocast (bf16 -> float32, then back to bf16 for the matmul):
+        # the same numbers, two copies of the activation per layer (tests/test_precision.py)
+        for module in self.denoiser.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = False
         self.net = net.to(self._device)
         self.denoiser.to(self._device)
         self._reference_depth = 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -18,6 +19,11 @@ class EvalSamples:
 
     Row i of images/latents belongs to prompt ``prompts[i]`` and group ``groups[i]`` (the
     index of its prompt in the eval split); ``tasks[i]`` is that prompt's task tag or None.
+
+    ``per_row(key, compute)``: a metric's per-image intermediate (a reward's scores, an image's
+    features), a tensor or a dict of tensors with one row per sample, computed once for these
+    samples; ``head(rows)`` hands its first rows to the head, so the metrics of the first prompts
+    come from the same per-image numbers instead of a second pass over those images.
     """
 
     images: torch.Tensor  # (N, 3, H, W) in [0, 1], CPU
@@ -25,11 +31,25 @@ class EvalSamples:
     prompts: Sequence[str]
     groups: torch.Tensor  # (N,) long
     tasks: Sequence[str | None]
+    _per_row: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def per_row(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()`` (a (N, ...) tensor or {name: (N, ...) tensor}) once per ``key`` for these samples."""
+        if key not in self._per_row:
+            value = compute()
+            for tensor in value.values() if isinstance(value, dict) else (value,):
+                if tensor.shape[0] != self.images.shape[0]:
+                    raise ValueError(f"per_row {key!r}: {tensor.shape[0]} rows for {self.images.shape[0]} samples")
+            self._per_row[key] = value
+        return self._per_row[key]
 
     def head(self, rows: int) -> EvalSamples:
-        """The first ``rows`` samples (whole prompts when ``rows`` is a multiple of images per prompt)."""
+        """The first ``rows`` samples (whole prompts when ``rows`` is a multiple of images per prompt),
+        with the first ``rows`` of every per-row intermediate computed so far."""
+        sliced = {key: ({name: t[:rows] for name, t in value.items()} if isinstance(value, dict) else value[:rows])
+                  for key, value in self._per_row.items()}
         return EvalSamples(images=self.images[:rows], latents=self.latents[:rows], prompts=self.prompts[:rows],
-                           groups=self.groups[:rows], tasks=self.tasks[:rows])
+                           groups=self.groups[:rows], tasks=self.tasks[:rows], _per_row=sliced)
 
 
 @dataclass

@@ -35,15 +35,20 @@ class Diversity(Metric):
 
     @torch.no_grad()
     def compute(self, samples: EvalSamples) -> dict[str, MetricValue]:
-        entry = FEATURES.get(self.config.features)
-        encoder = entry.cls(entry.parse_config(self.config.feature_args))
-        if encoder.input_space != "images":
-            raise ValueError(f"diversity needs an image feature encoder; {self.config.features} reads {encoder.input_space}")
-        feats = encoder.features(samples.images)  # {key: (N, L, D)}
-        # one vector per image: each key pooled over locations and unit-normalized, then joined
-        pooled = torch.cat(
-            [torch.nn.functional.normalize(f.float().mean(dim=1), dim=-1) for _, f in sorted(feats.items())], dim=-1
-        )  # (N, sum D)
+        def pool() -> torch.Tensor:
+            entry = FEATURES.get(self.config.features)
+            encoder = entry.cls(entry.parse_config(self.config.feature_args))
+            if encoder.input_space != "images":
+                raise ValueError(f"diversity needs an image feature encoder; {self.config.features} reads "
+                                 f"{encoder.input_space}")
+            feats = encoder.features(samples.images)  # {key: (N, L, D)}
+            # one vector per image: each key pooled over locations and unit-normalized, then joined
+            return torch.cat(
+                [torch.nn.functional.normalize(f.float().mean(dim=1), dim=-1) for _, f in sorted(feats.items())], dim=-1
+            )  # (N, sum D)
+
+        # one image's vector does not depend on the others: the head of a final evaluation reads its rows
+        pooled = samples.per_row(("diversity", self.config.features, repr(sorted(self.config.feature_args.items()))), pool)
         distances = []
         for group in samples.groups.unique():
             members = pooled[samples.groups == group]  # (n, F)

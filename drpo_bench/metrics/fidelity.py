@@ -14,6 +14,7 @@ fits; KID = unbiased polynomial-kernel MMD² averaged over ``kid_subsets`` rando
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -179,8 +180,10 @@ class FrechetDistance(Metric):
             kwargs["feature_extractor_weights_path"] = c.feature_extractor_weights_path
         if not isinstance(reference, torch.utils.data.Dataset):  # a folder: resize to the eval images' size
             kwargs.update(samples_resize_and_crop=int(samples.images.shape[-1]), samples_find_deep=True)
+        # the eval images' features, one row per image: the head of a final evaluation reads its rows
+        features_key = ("fid-features", c.feature_extractor, c.feature_layer, c.feature_extractor_weights_path)
         try:
-            out = _fid_and_kid(kwargs, reference_key)
+            out = _fid_and_kid(kwargs, reference_key, lambda extract: samples.per_row(features_key, extract))
         except (ValueError, RuntimeError, OSError) as exc:  # e.g. Inception weights not downloadable offline
             raise UserError(f"fid: torch-fidelity could not compute FID/KID with {c.feature_extractor}: {exc}. "
                             "Offline, point feature_extractor_weights_path at a local copy of its weights.") from exc
@@ -215,10 +218,14 @@ _REFERENCE_FEATURES: dict[Any, dict[str, torch.Tensor]] = {}
 _REFERENCE_CACHE_SIZE = 8
 
 
-def _fid_and_kid(kwargs: dict[str, Any], reference_key: Any) -> dict[str, float]:
+def _fid_and_kid(kwargs: dict[str, Any], reference_key: Any,
+                 input1_features: Callable[[Callable[[], dict[str, torch.Tensor]]], dict[str, torch.Tensor]] | None = None,
+                 ) -> dict[str, float]:
     """torch-fidelity's own feature extraction and FID (``calculate_metrics``' steps, in its order),
     with KID by ``kid_from_features``: the same subsets and estimator as torch-fidelity's KID, without
-    recomputing a kernel matrix per subset. ``reference_key``: cache input2's features under it."""
+    recomputing a kernel matrix per subset. ``reference_key``: cache input2's features under it.
+    ``input1_features(extract)``: input1's features, given the function that extracts them (the
+    evaluation's per-row memo: a final evaluation's head reads its rows instead of extracting again)."""
     from torch_fidelity.helpers import get_kwarg
     from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
     from torch_fidelity.utils import (
@@ -231,7 +238,10 @@ def _fid_and_kid(kwargs: dict[str, Any], reference_key: Any) -> dict[str, float]
     layer_fid = resolve_feature_layer_for_metric("fid", **kwargs)
     layer_kid = resolve_feature_layer_for_metric("kid", **kwargs)
     extractor = create_feature_extractor(resolve_feature_extractor(**kwargs), list({layer_fid, layer_kid}), **kwargs)
-    features_1 = extract_featuresdict_from_input_id_cached(1, extractor, **kwargs)
+    def extract_1() -> dict[str, torch.Tensor]:
+        return extract_featuresdict_from_input_id_cached(1, extractor, **kwargs)  # {layer: (N, D)}
+
+    features_1 = extract_1() if input1_features is None else input1_features(extract_1)
     features_2 = _REFERENCE_FEATURES.get(reference_key) if reference_key is not None else None
     if features_2 is None:
         features_2 = extract_featuresdict_from_input_id_cached(2, extractor, **kwargs)

@@ -30,11 +30,15 @@ class RewardMetric(Metric):
 
     @torch.no_grad()
     def compute(self, samples: EvalSamples) -> dict[str, MetricValue]:
-        scores = []
-        for start in range(0, len(samples.prompts), self.batch_size):
-            end = start + self.batch_size
-            scores.append(self.reward(samples.images[start:end], list(samples.prompts[start:end])).float().cpu())
-        values = float(self.reward.report_scale) * torch.cat(scores)  # (N,) on the reporting scale
+        def score() -> torch.Tensor:
+            scores = []
+            for start in range(0, len(samples.prompts), self.batch_size):
+                end = start + self.batch_size
+                scores.append(self.reward(samples.images[start:end], list(samples.prompts[start:end])).float().cpu())
+            return float(self.reward.report_scale) * torch.cat(scores)  # (N,) on the reporting scale
+
+        # each image scored alone: the head of a final evaluation reads its rows of the same scores
+        values = samples.per_row(("reward", self.label, id(self.reward)), score)
         per_task: dict[str, list[float]] = defaultdict(list)
         for task, value in zip(samples.tasks, values.tolist()):
             if task is not None:

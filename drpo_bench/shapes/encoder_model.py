@@ -92,7 +92,9 @@ def multiscale_features(maps: list[torch.Tensor], keys: Collection[str] | None =
     for s, m in enumerate(maps, start=1):
         if keys is None or f"s{s}.mean_std" in keys:
             flat = m.flatten(2)  # (B, C, H*W)
-            mean, std = flat.mean(-1), (flat.var(-1, unbiased=False) + 1e-6).sqrt()
+            mean = flat.mean(-1)  # (B, C)
+            # the population variance as the mean squared deviation: torch's var kernel took 2x as long here
+            std = ((flat - mean[..., None]).pow(2).mean(-1) + 1e-6).sqrt()  # (B, C)
             out[f"s{s}.mean_std"] = torch.cat([mean, std], dim=-1)[:, None, :]  # (B, 1, 2C)
         for grid in (2, 4):
             if keys is None or f"s{s}.patch{grid}" in keys:
