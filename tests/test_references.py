@@ -74,8 +74,27 @@ def compute_provenances(data: dict) -> dict[str, dict | None]:
             for method, row in entry.get("methods", {}).items()} or {"": None}
 
 
+def untraced_marks() -> set[str]:
+    """Rows results/compute/README.md marks as made before results recorded their code
+    (lines "- untraced ‡ `cpu-fullsize.json:<key>/<method>`: why"): the README's tables flag them."""
+    import re
+
+    text = (REPO / "results" / "compute" / "README.md").read_text()
+    return set(re.findall(r"^- untraced ‡ `([^`]+)`", text, flags=re.MULTILINE))
+
+
 def test_there_are_compute_results():
     assert COMPUTE, "no committed results/compute/*.json"
+
+
+def test_each_untraced_mark_names_a_row_without_provenance():
+    import json
+
+    rows = {f"{path.name}{':' + where if where else ''}": prov for path in COMPUTE
+            for where, prov in compute_provenances(json.loads(path.read_text())).items()}
+    for mark in untraced_marks():
+        assert mark in rows, f"results/compute/README.md marks {mark}, which no file holds"
+        assert rows[mark] is None, f"{mark} records its provenance now: drop its untraced mark"
 
 
 @pytest.mark.parametrize("path", COMPUTE, ids=lambda p: p.name)
@@ -85,6 +104,8 @@ def test_each_compute_result_is_a_clean_commits_code(path):
     found = compute_provenances(json.loads(path.read_text()))
     for where, prov in found.items():
         name = f"{path.name}{':' + where if where else ''}"
+        if prov is None and name in untraced_marks():
+            continue  # made before results recorded their code; the README flags it
         assert prov, f"{name} records no provenance: regenerate it (results/compute/README.md)"
         assert prov["commit"] and prov["dirty"] is False and not prov["uncommitted"], (name, prov["commit"],
                                                                                        prov["dirty"], prov["uncommitted"])
