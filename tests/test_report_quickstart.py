@@ -91,7 +91,8 @@ def test_curves_end_on_their_own_points_and_no_row_is_flagged_collapsed(rows, tm
             assert meta["curve_ends"][label][1] == pytest.approx(sum(last) / len(last)), label
             assert meta["points"][label] == pytest.approx(meta["curve_ends"][label]), "the curve ends on its point"
             assert low <= meta["points"][label][1] <= high
-        assert "first 32 held-out prompts" in figure.caption and "all 98 held-out prompts" in figure.caption
+        head = json.loads((QUICK / "suite.json").read_text())["eval"]["every_max_prompts"]  # the curves' prompts
+        assert f"first {head} held-out prompts" in figure.caption and "all 98 held-out prompts" in figure.caption
 
 
 def test_collapse_needs_the_bad_side_of_base():
