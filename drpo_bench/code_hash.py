@@ -114,9 +114,9 @@ def _code(cell: Any, with_training: bool) -> CodeRecord:
 
 @functools.lru_cache(maxsize=None)
 def covered_files(roots: frozenset[str], tops: frozenset[str], stop: frozenset[str],
-                  weights: tuple[str, ...]) -> tuple[tuple[str, Path], ...]:
-    """(label, path) of the modules in the closure and of the weight files, sorted by label."""
-    paths = {module_file(name) for name in closure(roots, tops, stop)}
+                  weights: tuple[str, ...], excluded: tuple[str, ...] = EXCLUDED) -> tuple[tuple[str, Path], ...]:
+    """(label, path) of the modules in the closure and of the weight (or other extra) files, sorted by label."""
+    paths = {module_file(name) for name in closure(roots, tops, stop, excluded)}
     paths |= {Path(p).expanduser().resolve() for p in weights}
     return tuple(sorted((label(p), p) for p in paths if p is not None))
 
@@ -195,10 +195,10 @@ def result_provenance(roots: tuple[str, ...] | list[str], extra_files: tuple[Pat
     for path in extra:
         if path.suffix == ".py":
             names |= {n for n in imports_of(path, "__main__") if n.split(".")[0] in PROJECT_PACKAGES}
-    modules = closure(frozenset(names), frozenset(PROJECT_PACKAGES), frozenset(), RESULT_EXCLUDED)
-    paths = {module_file(name) for name in modules} | set(extra)
-    covered = {label(p): p for p in paths if p is not None and p.is_file()}
-    files = {name: file_digest(path) for name, path in sorted(covered.items())}
+    covered = dict(covered_files(frozenset(names), frozenset(PROJECT_PACKAGES), frozenset(),
+                                 tuple(sorted(str(p) for p in extra)), RESULT_EXCLUDED))
+    covered = {name: path for name, path in covered.items() if path.is_file()}
+    files = {name: file_digest(path) for name, path in covered.items()}
     state = git_state()
     uncommitted = sorted(name for name, path in covered.items() if name in state.changed or not _inside(path))
     return {"commit": state.commit, "dirty": state.dirty, "uncommitted": uncommitted,
