@@ -175,6 +175,22 @@ class CellRunner:
 
         return evaluate_at
 
+    def _evaluate_and_offer_step0(self, cell: Cell, folder: CellFolder, generator: Any, ledger: Ledger
+                                  ) -> tuple[Any, Any]:
+        """A cell that does not train (the base row) holds the generator every trained cell of its
+        seed evaluates at step 0, and its final evaluation's first ``every_max_prompts`` prompts are
+        that evaluation (the same rows of the same eval noise): it leaves the step-0 entry for them
+        (shared_eval.py), so no trained cell pays for it. Where the key differs (a method whose
+        ``prepare_generator`` changes the generator), the trained cells compute their own as before."""
+        prompts = self.prompts(cell.eval.split)
+        record, scores, images, head = evaluate(
+            cell, generator, prompts, self.metrics(generator.device), folder.file(CellFolder.SAMPLES),
+            keep_images=folder if cell.eval.keep_images else None, return_grid=True,
+            head_prompts=cell.eval.every_max_prompts or len(prompts))
+        key = step0_key(cell, generator, self.suite.rewards)
+        shared_step0(self.output, key, lambda: (history_row(0, head, ledger), images))
+        return record, scores
+
     def _run_locked(self, cell: Cell, folder: CellFolder, progress: Progress | None) -> str:
         dp = data_parallel()
         if dp.is_main:
@@ -246,6 +262,8 @@ class CellRunner:
         fingerprint = cell.fingerprint
         final = self._final_eval.pop(cell.id, None)  # made at the last update's periodic evaluation, if any
         eval_started = time.perf_counter()
+        if final is None and not cell.trains and cell.eval.every:
+            final = self._evaluate_and_offer_step0(cell, folder, generator, ledger)
         result, scores = final if final is not None else evaluate(
             cell, generator, self.prompts(cell.eval.split), self.metrics(generator.device),
             folder.file(CellFolder.SAMPLES), keep_images=folder if cell.eval.keep_images else None)

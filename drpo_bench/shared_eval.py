@@ -3,7 +3,10 @@
 Before its first update every trained cell of a seed holds the same generator: the base weights
 and the freshly initialized LoRA (B = 0, A from ``lora_seed``), and it evaluates it with the same
 eval noise (eval.seed + seed), prompts and metrics. So the first cell to get there evaluates and
-writes the result under ``<output>/.eval-cache/``; the others of that seed read it. The key hashes
+writes the result under ``<output>/.eval-cache/``; the others of that seed read it. The base row's
+cell holds that same generator, and its final evaluation begins with the same prompts and noise: it
+writes the entry from its first ``every_max_prompts`` prompts (``CellRunner._evaluate_and_offer_step0``),
+so where the base row runs first, as it does in suite order, no trained cell evaluates step 0. The key hashes
 everything the result depends on, including the adapter's tensors at step 0, so a method whose
 ``prepare_generator`` changes the generator gets its own entry. The rows the cells write to
 eval_history.jsonl are the ones each would have computed (tests/test_shared_eval.py). The folder

@@ -190,3 +190,35 @@ def test_the_head_of_an_evaluation_reads_its_rows_of_the_per_image_numbers(texts
         assert from_rows[name] == pytest.approx(alone[name], rel=1e-5, abs=1e-7), name
     with pytest.raises(ValueError, match="rows"):
         whole.per_row("wrong", lambda: torch.zeros(3))
+
+
+@pytest.mark.parametrize("feature_args", [{}, {"layout": False, "stages": [2, 3]}])
+def test_diversity_is_the_mean_pairwise_distance_of_pooled_unit_vectors(texts, feature_args):
+    """Diversity against a plain computation: every key of the shapes encoder's ``features`` (all
+    locations, one forward over all images) averaged over locations, unit-normalized and joined,
+    then the mean over prompts of the mean distance between a prompt's images. The metric pools
+    without building the grid cells and forwards 64 images at a time: equal up to float rounding."""
+    from drpo_bench.drpo.features_shapes import ShapesMultiscaleFeatures
+    from drpo_bench.metrics.diversity import Diversity
+
+    images = torch.nn.functional.avg_pool2d(render_batch(texts, seed=5), 3, 1, 1)  # (384, 3, 32, 32)
+    encoder = ShapesMultiscaleFeatures(ShapesMultiscaleFeatures.Config(**feature_args))
+    with torch.no_grad():
+        feats = encoder.features(images)
+    expected_keys = {f"s{s}.{k}" for s in feature_args.get("stages", [1, 2, 3]) for k in ("mean_std", "patch2", "patch4")}
+    assert set(feats) - {"s3.layout"} == expected_keys and ("s3.layout" in feats) == feature_args.get("layout", True)
+    vectors = torch.cat([torch.nn.functional.normalize(feats[k].double().mean(dim=1), dim=-1) for k in sorted(feats)], 1)
+    per_prompt = []
+    for g in range(len(texts) // PER_PROMPT):
+        v = vectors[g * PER_PROMPT : (g + 1) * PER_PROMPT]
+        pairs = [(v[i] - v[j]).norm() for i in range(PER_PROMPT) for j in range(PER_PROMPT) if i != j]
+        per_prompt.append(torch.stack(pairs).mean())
+    expected = float(torch.stack(per_prompt).mean())
+    metric = Diversity(Diversity.Config(feature_args=feature_args, batch_size=50))  # batches that split prompts
+    got = metric.compute(_samples(images, texts))["diversity"].mean
+    assert got == pytest.approx(expected, rel=1e-5)
+    with torch.no_grad():
+        pooled = encoder.pooled(images[:7])
+    assert set(pooled) == set(feats)
+    for key, f in feats.items():
+        torch.testing.assert_close(pooled[key], f[:7].mean(dim=1), rtol=1e-5, atol=1e-6, msg=key)

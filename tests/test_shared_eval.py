@@ -134,3 +134,41 @@ def test_key_follows_the_evaluation_code_and_not_the_method(monkeypatch) -> None
     monkeypatch.setattr(code_hash, "evaluation_code",
                         lambda cell: dataclasses.replace(real(cell), hash="edited"))
     assert step0_key(cells[0], generator, suite.rewards) != key
+
+
+def test_the_base_cell_leaves_the_step0_evaluation_and_no_trained_cell_computes_it(tmp_path: Path, monkeypatch) -> None:
+    """The base row's final evaluation begins with the prompts a step-0 evaluation reads, of the same
+    generator and eval noise: it leaves that entry, the trained cell of its seed reads it (its own
+    evaluations are step 1 and the final one), and the row equals the one the trained cell computes
+    without a base row, up to float rounding (the head ends inside an eval batch)."""
+    from drpo_bench.evaluation import evaluate as real_evaluate
+
+    settings = ["seeds=[0]", "budget.steps=2", "budget.prompts_per_update=2", "budget.candidates_per_prompt=4",
+                "eval.every=1", "eval.every_max_prompts=3", "eval.max_prompts=5", "eval.images_per_prompt=4",
+                "eval.batch_size=8", "execution.jobs=1"]  # in this process: the spy sees every call
+    calls: list[tuple[str, dict]] = []
+
+    def spying(cell, generator, prompts, metrics, *args, **kwargs):
+        calls.append((cell.method.id, kwargs))
+        return real_evaluate(cell, generator, prompts, metrics, *args, **kwargs)
+
+    monkeypatch.setattr(cell_runner, "evaluate", spying)
+    rows = {}
+    for methods in ("[{id: base, method: base}, {id: grpo, method: grpo}]", "[{id: grpo, method: grpo}]"):
+        calls.clear()
+        suite = load_suite(ROOT / "suites" / "quickstart.yaml", [*settings, f"methods={methods}"])
+        out = tmp_path / str(len(rows))
+        run_suite(suite, out, quiet=True)
+        history = [json.loads(line) for line in (out / "shapes--grpo--clip--s0" / "eval_history.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in history] == [0, 1, 2]
+        rows[methods] = history[0]
+        grpo_calls = [kwargs.get("max_prompts") for method, kwargs in calls if method == "grpo"]
+        if "base" in methods:
+            assert [kwargs.get("head_prompts") for method, kwargs in calls if method == "base"] == [3], calls
+            assert grpo_calls == [3, None], f"the trained cell evaluates step 1 and the final one only: {calls}"
+        else:
+            assert grpo_calls == [3, 3, None], "without a base row the trained cell evaluates step 0 itself"
+    with_base, alone = rows.values()
+    assert with_base.keys() == alone.keys() and with_base["n_prompts"] == alone["n_prompts"] == 3
+    for name in with_base:
+        assert with_base[name] == pytest.approx(alone[name], rel=1e-5, abs=1e-7), name

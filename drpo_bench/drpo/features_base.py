@@ -34,3 +34,9 @@ class FeatureEncoder(abc.ABC):
 
     def to(self, device: torch.device | str) -> FeatureEncoder:  # noqa: B027 - optional hook
         return self
+
+    def pooled(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each feature set averaged over its L locations: ``{name: (B, D)}`` in float32 (the
+        diversity metric's per-image vectors). An encoder that can average without building every
+        location's vector overrides this with the same values (up to float rounding)."""
+        return {key: f.float().mean(dim=1) for key, f in self.features(x).items()}
