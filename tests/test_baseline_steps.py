@@ -4,7 +4,8 @@ On the shift world (x = eps + theta, so theta.grad is the loss gradient summed o
 each step's loss, every log line and theta's gradient are recomputed here in float64 from the
 papers' formulas with explicit loops, drawing the noises from the same seed in the order the
 formula names them. The settings are the paper suites' (GRPO p 0.8 / advantage clip 5 / clip
-range 0.2, PSO beta 50 / trust region 0.1, VGG-Flow reward scale 1000 with a binding norm clip),
+range 0.2, PSO beta 50 / trust region 0.1, VGG-Flow reward scale 1000 with a binding norm clip;
+RAFT at the toy and smoke suites' defaults and the options beside them),
 with every optional term switched on, a micro-batch share (loss_scale) below one and a stand-in
 mixed-precision scale, so that a misplaced factor shows.
 """

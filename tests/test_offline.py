@@ -4,7 +4,8 @@ The dataset format's validation errors; make-dataset writes a set that loads and
 are the reward's scores of the stored images; positives and negatives are the right images for
 scores and for pairs; both offline methods, trained a few updates on a toy dataset, move the
 generator toward the dataset's positives (the dataset is scored by redness: redness rises) and
-change the adapter; suite paths are resolved against the suite file; a run without its dataset
+change the adapter; offline DPO's step at the shapes-offline suite's settings equals Diffusion-DPO
+restated in float64 on the dataset's own top and bottom images (loss, logs, gradient); suite paths are resolved against the suite file; a run without its dataset
 stops before training and names the command that makes it.
 """
 
