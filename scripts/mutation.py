@@ -40,7 +40,7 @@ PAIRS: dict[str, list[str]] = {
     "baselines/dpo_offline.py": ["tests/test_offline.py", "tests/test_baseline_values.py"],
     "baselines/grpo.py": ["tests/test_baselines.py", "tests/test_baseline_values.py", "tests/test_baseline_steps.py"],
     "baselines/pso.py": ["tests/test_baselines.py", "tests/test_baseline_values.py", "tests/test_baseline_steps.py"],
-    "baselines/raft.py": ["tests/test_baselines.py", "tests/test_baseline_values.py"],
+    "baselines/raft.py": ["tests/test_baselines.py", "tests/test_baseline_values.py", "tests/test_baseline_steps.py"],
     "baselines/draft.py": ["tests/test_baselines.py", "tests/test_baseline_values.py", "tests/test_baseline_steps.py"],
     "baselines/vggflow.py": ["tests/test_vggflow.py", "tests/test_baseline_values.py", "tests/test_baseline_steps.py"],
     "drpo_bench/report/scores.py": ["tests/test_report_units.py", "tests/test_report_statistics.py"],

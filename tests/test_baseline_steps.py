@@ -4,7 +4,8 @@ On the shift world (x = eps + theta, so theta.grad is the loss gradient summed o
 each step's loss, every log line and theta's gradient are recomputed here in float64 from the
 papers' formulas with explicit loops, drawing the noises from the same seed in the order the
 formula names them. The settings are the paper suites' (GRPO p 0.8 / advantage clip 5 / clip
-range 0.2, PSO beta 50 / trust region 0.1, VGG-Flow reward scale 1000 with a binding norm clip),
+range 0.2, PSO beta 50 / trust region 0.1, VGG-Flow reward scale 1000 with a binding norm clip;
+RAFT at the toy and smoke suites' defaults and the options beside them),
 with every optional term switched on, a micro-batch share (loss_scale) below one and a stand-in
 mixed-precision scale, so that a misplaced factor shows.
 """
@@ -39,7 +40,7 @@ def _theta0(seed: int, scale: float) -> torch.Tensor:
     return scale * torch.randn(D, generator=torch.Generator().manual_seed(100 + seed))
 
 
-def _step(name, args, *, k=8, seed=3, theta_scale=0.05, reward=None, loss_scale=0.5, mp_scale=4.0):
+def _step(name, args, *, k=8, seed=3, theta_scale=0.05, reward=None, loss_scale=0.5, mp_scale=4.0, prompts=PROMPTS):
     """Run one step; returns (method, StepOutput, theta.grad)."""
     gen = ShiftGenerator(noise_scale=1.0)
     with torch.no_grad():
@@ -51,7 +52,7 @@ def _step(name, args, *, k=8, seed=3, theta_scale=0.05, reward=None, loss_scale=
     entry = METHODS.get(name)
     method = entry.cls(entry.parse_config(args))
     method.setup(ctx)
-    out = method.step(PROMPTS, ctx)
+    out = method.step(prompts, ctx)
     return method, out, gen.theta.grad.clone()
 
 
@@ -442,6 +443,68 @@ def test_vggflow_without_clipping_or_ref_l2():
     assert method.clip_threshold == 0.01, "a checkpoint without tau restarts from initial_clip_threshold"
 
 
+# ---- RAFT (suites/toy/harness.yaml K 8 and suites/smoke.yaml K 4 at the defaults: top 1, self_denoise, -----
+# ---- noise_sigma 0.3; the mean_of_top option) --------------------------------------------------------
+
+PROMPTS_3 = ["toy prompt 0", "toy prompt 1", "toy prompt 2"]  # three: a wrong prompt offset cannot wrap onto the right rows
+
+
+def _plain_raft(cfg: dict, k: int, seed: int, scale: float, p: int = 3):
+    """RAFT's step restated: K candidates per prompt from the seed, ranked by redness (own sort), the top n
+    kept; self_denoise regresses ceil(K / n) re-noised copies of each kept sample's noise (fresh noise drawn
+    after the candidates' from the same seed) onto the kept sample; mean_of_top regresses every candidate
+    onto its prompt's top-n mean. Returns (loss, logs, d loss / d theta times loss_scale 0.5, mp scale 4)."""
+    n, s = cfg.get("top_n", 1), cfg.get("noise_sigma", 0.3)
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn((p * k, D), generator=g).double()  # (P*K, D) the candidates' noises, prompt-major
+    theta = _theta0(seed, scale).double().requires_grad_(True)
+    scores = [[float(v) for v in _redness(z[i * k:(i + 1) * k] + theta.detach())] for i in range(p)]
+    kept = [sorted(range(k), key=lambda c, i=i: -scores[i][c])[:n] for i in range(p)]
+    terms = []
+    if cfg.get("loss", "self_denoise") == "self_denoise":
+        copies = math.ceil(k / n)
+        fresh = torch.randn((p * n * copies, D), generator=g).double()
+        r = 0
+        for i in range(p):
+            for c in kept[i]:
+                target = (z[i * k + c] + theta).detach()
+                for _ in range(copies):
+                    noise_in = math.sqrt(1 - s * s) * z[i * k + c] + s * fresh[r]
+                    r += 1
+                    terms.append(((noise_in + theta - target) ** 2).mean())
+        assert r == fresh.shape[0]
+    else:
+        for i in range(p):
+            mean_top = sum((z[i * k + c] + theta).detach() for c in kept[i]) / n
+            terms += [((z[i * k + c] + theta - mean_top) ** 2).mean() for c in range(k)]
+    loss = torch.stack(terms).mean()
+    (loss * 0.5 * 4.0).backward()
+    best = sum(scores[i][kept[i][0]] for i in range(p)) / p
+    return float(loss.detach()), {"reward_best": best}, theta.grad
+
+
+@pytest.mark.parametrize("k,args", [
+    (8, {}),  # the toy harness suite: defaults at K 8
+    (4, {}),  # the smoke suite: defaults at K 4
+    (8, {"top_n": 3, "noise_sigma": 0.5}),  # ceil(8 / 3) = 3 copies: n does not divide K
+    (8, {"top_n": 8}),  # every candidate kept: top_n = K is allowed
+    (8, {"loss": "mean_of_top", "top_n": 2}),
+], ids=lambda v: v if isinstance(v, int) else "-".join(f"{k}={v[k]}" for k in sorted(v)) or "defaults")
+def test_raft_step_equals_the_regression_onto_the_best_of_k(k, args):
+    seed, scale = 5, 0.3
+    _, out, grad = _step("raft", args, k=k, seed=seed, theta_scale=scale, prompts=PROMPTS_3)
+    loss, logs, want_grad = _plain_raft(args, k, seed, scale)
+    _close(out.loss, loss, f"RAFT {args} loss")
+    assert set(out.logs) == set(logs)
+    _close(out.logs["reward_best"], logs["reward_best"], "reward_best (the mean over prompts of the best candidate's reward)")
+    _grad_close(grad, want_grad, f"RAFT {args}")
+
+
+def test_raft_refuses_more_kept_samples_than_candidates():
+    with pytest.raises(ValueError, match=r"^raft: top_n 9 exceeds the 8 candidates per prompt$"):
+        _step("raft", {"top_n": 9}, k=8)
+
+
 # ---- every configuration records exactly the phases it declares ---------------------------------------
 
 
@@ -453,6 +516,7 @@ def test_vggflow_without_clipping_or_ref_l2():
     # a found bug: phases() declared "reference" for the gaussian policy whatever the weights
     ("grpo", {**GRPO_GAUSSIAN, "kl_weight": 0.0, "ref_l2_weight": 0.0}),
     ("pso", PSO_PAPER), ("draft", {}), ("draft", {"ref_l2_weight": 0.1}), ("vggflow", {}),
+    ("raft", {}), ("raft", {"loss": "mean_of_top", "top_n": 2}),
 ], ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={v[k]}" for k in sorted(v)) or "defaults")
 def test_a_step_records_exactly_the_phases_its_config_declares(name, args):
     from drpo_bench.ledger import PHASES

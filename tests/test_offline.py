@@ -4,7 +4,8 @@ The dataset format's validation errors; make-dataset writes a set that loads and
 are the reward's scores of the stored images; positives and negatives are the right images for
 scores and for pairs; both offline methods, trained a few updates on a toy dataset, move the
 generator toward the dataset's positives (the dataset is scored by redness: redness rises) and
-change the adapter; suite paths are resolved against the suite file; a run without its dataset
+change the adapter; offline DPO's step at the shapes-offline suite's settings equals Diffusion-DPO
+restated in float64 on the dataset's own top and bottom images (loss, logs, gradient); suite paths are resolved against the suite file; a run without its dataset
 stops before training and names the command that makes it.
 """
 
@@ -243,6 +244,133 @@ def test_reward_and_image_size_mismatches_are_refused(toy_data):
         method.source.anchors(TOY_PROMPTS[:1], torch.zeros(4, 3, 32, 32))
     with pytest.raises(ValueError, match="nothing to mask"):
         entry.parse_config({"dataset": "x", "mask_anchor_self": True})
+
+
+# ---- offline DPO's step, value by value (suites/shapes-offline.yaml: 4 winners / 4 losers, beta 1, K 16) ----
+
+
+def _scored_dataset(root: Path, prompts: list[str], per_prompt: int = 10, seed: int = 7) -> dict[str, list]:
+    """Random 8x8 images (on the PNG's 1/255 grid, so they load back exactly) scored by their own mean red
+    minus mean blue; returns {prompt: [(score, image (3, 8, 8) float64), ...]} as the test's own record."""
+    (root / "images").mkdir(parents=True)
+    g = torch.Generator().manual_seed(seed)
+    rows, record = [], {}
+    for p, text in enumerate(prompts):
+        record[text] = []
+        for j in range(per_prompt):
+            image = torch.randint(0, 256, (3, 8, 8), generator=g).double() / 255
+            score = float(image[0].mean() - image[2].mean())
+            name = f"images/{p}_{j}.png"
+            write_image(root / name, image.float())
+            rows.append({"prompt": text, "image": name, "score": score})
+            record[text].append((score, image))
+    (root / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return record
+
+
+def _plain_offline_dpo(record: dict, prompts: list[str], k: int, seed: int, theta: torch.Tensor, *, beta: float,
+                       n_w: int, n_l: int, reference_free: bool):
+    """Diffusion-DPO on the dataset's top n_w / bottom n_l of each prompt (own sort of the scores), the
+    distances per-element MSE in pixel space, sigmoid(z + theta) against the base's sigmoid(z) from the same
+    noises; returns (loss, logs, d loss / d theta) in float64."""
+    p = len(prompts)
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn((p * k, 3 * 8 * 8), generator=g).double()
+    theta = theta.double().clone().requires_grad_(True)
+    x = torch.sigmoid(z + theta).view(p, k, -1)
+    x_ref = torch.sigmoid(z).view(p, k, -1)
+    losses, logits, gaps, ref_gaps, data_gaps = [], [], [], [], []
+    for i, text in enumerate(prompts):
+        ranked = sorted(record[text], key=lambda item: -item[0])
+        winners = [img.flatten() for _, img in ranked[:n_w]]
+        losers = [img.flatten() for _, img in ranked[len(ranked) - n_l:]]
+        data_gaps.append(sum(s for s, _ in ranked[:n_w]) / n_w - sum(s for s, _ in ranked[len(ranked) - n_l:]) / n_l)
+
+        def gap(y):
+            to_l = sum(((y[c] - l) ** 2).mean() for c in range(k) for l in losers) / (k * n_l)
+            return to_l - sum(((y[c] - w) ** 2).mean() for c in range(k) for w in winners) / (k * n_w)
+
+        gaps.append(gap(x[i]))
+        ref_gaps.append(torch.zeros(()) if reference_free else gap(x_ref[i]).detach())
+        logits.append(beta * (gaps[-1] - ref_gaps[-1]))
+        losses.append(torch.nn.functional.softplus(-logits[-1]))
+    loss = torch.stack(losses).mean()
+    loss.backward()
+    mean = lambda v: sum(float(t.detach()) for t in v) / p  # noqa: E731
+    logs = {"loss_dpo": float(loss.detach()), "ref_l2": 0.0, "dpo_logit": mean(logits), "policy_gap": mean(gaps),
+            "reference_gap": mean(ref_gaps), "pair_accuracy": sum(float(z.detach()) > 0 for z in logits) / p,
+            "dataset_winner_minus_loser": sum(data_gaps) / p}
+    return float(loss.detach()), logs, theta.grad
+
+
+@pytest.mark.parametrize("reference_free", [False, True], ids=["shapes-offline", "reference-free"])
+def test_offline_dpo_step_equals_diffusion_dpo_on_the_datasets_top_and_bottom(tmp_path, reference_free):
+    """The shapes-offline suite's row (n_winners 4, n_losers 4 of a prompt's images, beta 1, K 16) away from
+    the base, so the reference's gap differs from the policy's: loss, every log line and the gradient."""
+    from worlds import ShiftGenerator
+
+    prompts, k, seed = TOY_PROMPTS[:3], 16, 4
+    record = _scored_dataset(tmp_path / "data", prompts)
+    generator = ShiftGenerator(noise_scale=1.0)
+    theta = torch.zeros(3, 64)
+    theta[0], theta[2] = 0.6, -0.6  # redder than the base: toward the dataset's winners
+    theta = theta.flatten() + 0.2 * torch.randn(192, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        generator.theta.copy_(theta)
+    entry = METHODS.get("dpo-offline")
+    method = entry.cls(entry.parse_config({"dataset": str(tmp_path / "data"), "n_winners": 4, "n_losers": 4,
+                                           "reference_free": reference_free}))
+    ctx = TrainContext(generator=generator, reward=ToyRedness(ToyRedness.Config()), ledger=Ledger("cpu", enabled=False),
+                       candidates_per_prompt=k, noise_rng=torch.Generator().manual_seed(seed), loss_scale=0.5)
+    method.setup(ctx)
+    out = method.step(prompts, ctx)
+    loss, logs, grad = _plain_offline_dpo(record, prompts, k, seed, theta, beta=1.0, n_w=4, n_l=4,
+                                          reference_free=reference_free)
+    if not reference_free:
+        assert abs(logs["reference_gap"]) > 1e-3 and abs(logs["policy_gap"] - logs["reference_gap"]) > 1e-3, \
+            "the world must give the reference its own non-zero gap, else dropping it is invisible"
+    assert out.loss == pytest.approx(loss, rel=1e-5), "offline DPO's loss differs from the formula on the dataset's images"
+    assert set(out.logs) == set(logs)
+    for key, value in logs.items():
+        assert out.logs[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    cos = float(torch.nn.functional.cosine_similarity(generator.theta.grad.double(), 0.5 * grad, dim=0))
+    ratio = float(generator.theta.grad.double().norm() / (0.5 * grad).norm())
+    assert cos > 0.9999 and abs(ratio - 1) < 1e-3, f"gradient cosine {cos:.5f}, norm ratio {ratio:.5f}"
+    assert not ctx.scores_seen, "the reward is never called"
+
+
+@pytest.mark.parametrize(("args", "declared"), [
+    ({}, ("sample", "reference", "decode", "loss", "generator_backward")),
+    ({"reference_free": True}, ("sample", "decode", "loss", "generator_backward")),
+], ids=["shapes-offline", "reference-free"])
+def test_offline_dpo_records_exactly_the_phases_it_declares(toy_data, args, declared):
+    """No reward_forward (the reward is never called); the ledger's per-phase seconds come from these names."""
+    entry = METHODS.get("dpo-offline")
+    method = entry.cls(entry.parse_config({"dataset": str(toy_data), "n_winners": 2, "n_losers": 2, **args}))
+    ledger = Ledger("cpu")
+    ctx = TrainContext(generator=ToyGenerator(ToyGenerator.Config()), reward=ToyRedness(ToyRedness.Config()),
+                       ledger=ledger, candidates_per_prompt=4, noise_rng=torch.Generator().manual_seed(0))
+    method.setup(ctx)
+    ledger.begin_update()
+    method.step(TOY_PROMPTS[:2], ctx)
+    record = ledger.end_update()
+    assert method.phases() == declared
+    assert {p for p in record.phase_seconds if p != "other"} == set(declared)
+
+
+def test_offline_dpo_refuses_data_scored_by_another_reward_and_says_who_refused(toy_data):
+    from drpo_bench.rewards.shapes_checker import ShapesChecker
+
+    entry = METHODS.get("dpo-offline")
+    method = entry.cls(entry.parse_config({"dataset": str(toy_data), "n_winners": 2, "n_losers": 2}))
+    ctx = TrainContext(generator=ToyGenerator(ToyGenerator.Config()), reward=ShapesChecker(ShapesChecker.Config()),
+                       ledger=Ledger("cpu", enabled=False), candidates_per_prompt=4, noise_rng=torch.Generator())
+    with pytest.raises(UserError, match="^dpo-offline: .* was scored by reward 'toy-redness'.*training reward is "
+                                        "'shapes-checker'"):
+        method.setup(ctx)
+    too_many = entry.cls(entry.parse_config({"dataset": str(toy_data), "n_winners": 5, "n_losers": 5}))
+    with pytest.raises(UserError, match=r"^dpo-offline: n_pos \+ n_neg = 10, but"):
+        too_many.setup(ctx)
 
 
 # ---- suites ---------------------------------------------------------------------------------------
