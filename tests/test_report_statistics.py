@@ -110,6 +110,25 @@ def test_alignment_bolds_the_highest_reward_and_the_lowest_fid():
     assert bold == {"base": [False, False], "a": [True, False], "b": [False, True]}, bold
 
 
+def test_gain_bold_for_lower_is_better_needs_the_whole_interval_below_zero():
+    """A lower-is-better metric is bold only when its interval lies wholly below zero: not for an
+    unchanged metric (a zero gain with a zero-width interval), nor for one that got worse by less than
+    one unit; the multi-generator export names the generator."""
+    base = {0: (30.0, 1.0, 0.50), 1: (32.0, 2.0, 0.70)}  # fid, kid, dist per seed
+    method = {0: (30.0, 1.30, 0.20), 1: (32.0, 2.31, 0.39)}  # fid unchanged, kid +0.30/+0.31, dist -0.30/-0.31
+    cells = [_cell(name, s, {"fid": (v[0], False), "kid": (v[1], False), "dist": (v[2], False)})
+             for name, values in (("base", base), ("m", method)) for s, v in values.items()]
+    table = gain_table(group_rows(cells), multi=False)
+    kid_mean, kid_half = plain_t_interval([0.30, 0.31])
+    dist_mean, dist_half = plain_t_interval([-0.30, -0.31])
+    assert 0 < kid_mean + kid_half < 1 and dist_mean + dist_half < 0
+    assert table.rows[0][3:] == ["+0.000 ± 0.000", f"+{kid_mean:.3f} ± {kid_half:.3f}", f"{dist_mean:.3f} ± {dist_half:.3f}"]
+    assert table.bold[0][3:] == [False, False, True], (
+        "lower is better: bold only when mean + half-width < 0 (an unchanged FID or a KID worse by 0.3 is not a gain)")
+    multi = gain_table(group_rows(cells), multi=True)
+    assert multi.raw[0][:4] == ["g", "m", "r", 2] and multi.bold[0][4:] == [False, False, True]
+
+
 def _alignment_cells(unmatched: bool = True) -> list[CellResult]:
     """Row a: three seeds, one of them run off the suite's budget, FID missing at seed 2; row b: one
     seed, no FID; base: two seeds. KID is recorded with no value everywhere (could not be computed)."""
