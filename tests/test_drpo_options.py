@@ -18,7 +18,7 @@ from worlds import ShiftGenerator
 from drpo_bench.drpo.features_base import FeatureEncoder
 from drpo_bench.ledger import Ledger
 from drpo_bench.methods import TrainContext
-from drpo_bench.registry import METHODS
+from drpo_bench.registry import METHODS, StrictConfig
 from drpo_bench.toy import ToyRedness
 
 PROMPTS = ["toy prompt 0", "toy prompt 1", "toy prompt 2"]  # three: a row offset error cannot wrap around
@@ -291,6 +291,60 @@ def test_drpo_step_logs_the_rankings_spread():
     ordered = scores.sort(dim=1, descending=True).values
     assert out.logs["reward_std_within_prompt"] == pytest.approx(float(scores.std(dim=1).mean()), rel=1e-5)
     assert out.logs["reward_top_minus_bottom"] == pytest.approx(float(ordered[:, :3].mean() - ordered[:, -2:].mean()), rel=1e-5)
+
+
+def test_drpo_step_logs_the_spread_at_two_candidates_per_prompt():
+    """K 2 (one positive, one negative: the smallest budget DrPO accepts) still logs the reward's
+    spread within each prompt, not a placeholder."""
+    _, out, calls, _ = run_step({"n_pos": 1, "n_neg": 1}, 2)
+    scores = redness(calls[0][0]).view(len(PROMPTS), 2).double()
+    assert float(scores.std(dim=1).mean()) > 0
+    assert out.logs["reward_std_within_prompt"] == pytest.approx(float(scores.std(dim=1).mean()), rel=1e-5)
+    assert out.logs["reward_top_minus_bottom"] == pytest.approx(float((scores.max(1).values - scores.min(1).values).mean()), rel=1e-5)
+
+
+class ConfiguredEncoder(FeatureEncoder):
+    """Remembers the config, generator and device it was built with (named as test_drpo_options:ConfiguredEncoder)."""
+
+    input_space = "images"
+
+    class Config(StrictConfig):
+        width: int = 1
+
+    def __init__(self, config: Config, generator=None) -> None:
+        self.config, self.generator, self.device = config, generator, None
+
+    def to(self, device):
+        self.device = device
+        return self
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"mean": x.mean(dim=(2, 3))[:, None, :]}
+
+
+class ConfiguredEncoderWithoutGenerator(ConfiguredEncoder):
+    """An encoder whose constructor takes only its config, as most registered encoders' do."""
+
+    def __init__(self, config: ConfiguredEncoder.Config) -> None:
+        super().__init__(config)
+
+
+@pytest.mark.parametrize("name", ["ConfiguredEncoder", "ConfiguredEncoderWithoutGenerator"])
+def test_setup_builds_the_named_encoder_with_its_feature_args_on_the_generators_device(name):
+    """The features a suite names are built with the suite's feature_args (not the defaults), get the
+    generator when their constructor takes it, and are moved to the generator's device."""
+    gen = ShiftGenerator(noise_scale=1.0)
+    ctx = TrainContext(generator=gen, reward=ToyRedness(ToyRedness.Config()), ledger=Ledger("cpu", enabled=False),
+                       candidates_per_prompt=8, noise_rng=torch.Generator().manual_seed(2))
+    entry = METHODS.get("drpo")
+    method = entry.cls(entry.parse_config({"n_pos": 3, "n_neg": 3, "features": f"test_drpo_options:{name}",
+                                          "feature_args": {"width": 3}}))
+    method.setup(ctx)
+    encoder = method.encoder
+    assert type(encoder).__name__ == name
+    assert encoder.config.width == 3, "feature_args must reach the encoder's config (the default width is 1)"
+    assert encoder.generator is (gen if name == "ConfiguredEncoder" else None), "an encoder that reads the generator gets it"
+    assert encoder.device == gen.device == torch.device("cpu"), f"moved to {encoder.device}, not the generator's device"
 
 
 def test_drpo_budget_and_missing_feature_keys_are_named():
