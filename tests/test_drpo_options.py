@@ -18,7 +18,7 @@ from worlds import ShiftGenerator
 from drpo_bench.drpo.features_base import FeatureEncoder
 from drpo_bench.ledger import Ledger
 from drpo_bench.methods import TrainContext
-from drpo_bench.registry import METHODS
+from drpo_bench.registry import METHODS, StrictConfig
 from drpo_bench.toy import ToyRedness
 
 PROMPTS = ["toy prompt 0", "toy prompt 1", "toy prompt 2"]  # three: a row offset error cannot wrap around
@@ -85,7 +85,24 @@ class SpyConditioned(SpyPatches):
         return shifted
 
 
-SPIES = {"images": SpyPatches, "latents": SpyLatentPatches, "conditioned": SpyConditioned}
+class SpySelectingKeys(SpyPatches):
+    """An encoder that computes only the sets it is asked for (as shapes-multiscale does): remembers
+    the ``keys`` of each forward."""
+
+    selects_keys = True
+
+    def __init__(self, fresh: bool = False) -> None:
+        super().__init__(fresh)
+        self.asked: list[list[str] | None] = []
+
+    def features(self, x: torch.Tensor, keys=None) -> dict[str, torch.Tensor]:
+        self.asked.append(None if keys is None else list(keys))
+        out = super().features(x)
+        return out if keys is None else {k: v for k, v in out.items() if k in keys}
+
+
+SPIES = {"images": SpyPatches, "latents": SpyLatentPatches, "conditioned": SpyConditioned,
+         "selecting": SpySelectingKeys}
 
 
 def run_step(args: dict, k: int, fresh: bool = False, spy_kind: str = "images"):
@@ -102,6 +119,10 @@ def run_step(args: dict, k: int, fresh: bool = False, spy_kind: str = "images"):
     spy = SPIES[spy_kind](fresh)
     method.encoder = spy
     out = method.step(PROMPTS, ctx)
+    if spy_kind == "selecting":
+        assert spy.asked == [method.config.feature_keys] * 2, (
+            f"an encoder that selects keys computed {spy.asked}, not only feature_keys={method.config.feature_keys} "
+            "in the generated and reference forwards (sets the loss never reads cost FLOPs the ledger counts)")
     grads = {key: v.grad for key, v in spy.with_grad.items()}  # d loss / d generated features (P*K, L, D)
     if spy_kind == "latents":  # the reference ranks by the images: decode the latents it saw
         spy.calls = [(torch.sigmoid(x).view(-1, 3, 8, 8), out_) for x, out_ in spy.calls]
@@ -229,7 +250,9 @@ def norm_ratio(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 ENCODER_CASES = [("latent-features-recompute", {"n_pos": 3, "n_neg": 3, "anchor_features": "recompute"}, 8, True, "latents"),
                  ("latent-features-reuse", {"n_pos": 3, "n_neg": 2, "lambda_ref": 0.5}, 8, False, "latents"),
                  ("conditioned-features-recompute", {"n_pos": 2, "n_neg": 3, "anchor_features": "recompute",
-                                                     "key_reduction": "mean"}, 8, True, "conditioned")]
+                                                     "key_reduction": "mean"}, 8, True, "conditioned"),
+                 ("selected-keys-masks", {"n_pos": 3, "n_neg": 2, "feature_keys": ["patches"], "mask_anchor_self": True},
+                  8, False, "selecting")]
 
 
 @pytest.mark.parametrize("case", CASES + ENCODER_CASES, ids=[c[0] for c in CASES + ENCODER_CASES])
@@ -291,6 +314,76 @@ def test_drpo_step_logs_the_rankings_spread():
     ordered = scores.sort(dim=1, descending=True).values
     assert out.logs["reward_std_within_prompt"] == pytest.approx(float(scores.std(dim=1).mean()), rel=1e-5)
     assert out.logs["reward_top_minus_bottom"] == pytest.approx(float(ordered[:, :3].mean() - ordered[:, -2:].mean()), rel=1e-5)
+
+
+def test_drpo_step_logs_the_spread_at_two_candidates_per_prompt():
+    """K 2 (one positive, one negative: the smallest budget DrPO accepts) still logs the reward's
+    spread within each prompt, not a placeholder."""
+    _, out, calls, _ = run_step({"n_pos": 1, "n_neg": 1}, 2)
+    scores = redness(calls[0][0]).view(len(PROMPTS), 2).double()
+    assert float(scores.std(dim=1).mean()) > 0
+    assert out.logs["reward_std_within_prompt"] == pytest.approx(float(scores.std(dim=1).mean()), rel=1e-5)
+    assert out.logs["reward_top_minus_bottom"] == pytest.approx(float((scores.max(1).values - scores.min(1).values).mean()), rel=1e-5)
+
+
+@pytest.mark.parametrize("autocast_features", [False, True])
+def test_features_run_in_float32_under_the_loops_autocast_unless_the_encoder_is_an_autocast_forward(autocast_features):
+    """Inside the loop's autocast (bf16 on this CPU), DrPO's feature phase switches autocast off, so an
+    encoder's matmuls run in float32; an encoder that declares ``autocast_features`` (the UNet
+    teacher: the public code autocasts it) keeps the loop's precision."""
+    entry = METHODS.get("drpo")
+    method = entry.cls(entry.parse_config({"features": "toy-pixels"}))
+    method.encoder = type("Spy", (SpyPatches,), {"autocast_features": autocast_features})()
+    x, w = torch.randn(2, 4), torch.randn(4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (x @ w).dtype == torch.bfloat16, "the loop's autocast is on"
+        with method.feature_precision(x):
+            want = torch.bfloat16 if autocast_features else torch.float32
+            assert (x @ w).dtype == want, f"autocast_features={autocast_features}: features must run in {want}"
+
+
+class ConfiguredEncoder(FeatureEncoder):
+    """Remembers the config, generator and device it was built with (named as test_drpo_options:ConfiguredEncoder)."""
+
+    input_space = "images"
+
+    class Config(StrictConfig):
+        width: int = 1
+
+    def __init__(self, config: Config, generator=None) -> None:
+        self.config, self.generator, self.device = config, generator, None
+
+    def to(self, device):
+        self.device = device
+        return self
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"mean": x.mean(dim=(2, 3))[:, None, :]}
+
+
+class ConfiguredEncoderWithoutGenerator(ConfiguredEncoder):
+    """An encoder whose constructor takes only its config, as most registered encoders' do."""
+
+    def __init__(self, config: ConfiguredEncoder.Config) -> None:
+        super().__init__(config)
+
+
+@pytest.mark.parametrize("name", ["ConfiguredEncoder", "ConfiguredEncoderWithoutGenerator"])
+def test_setup_builds_the_named_encoder_with_its_feature_args_on_the_generators_device(name):
+    """The features a suite names are built with the suite's feature_args (not the defaults), get the
+    generator when their constructor takes it, and are moved to the generator's device."""
+    gen = ShiftGenerator(noise_scale=1.0)
+    ctx = TrainContext(generator=gen, reward=ToyRedness(ToyRedness.Config()), ledger=Ledger("cpu", enabled=False),
+                       candidates_per_prompt=8, noise_rng=torch.Generator().manual_seed(2))
+    entry = METHODS.get("drpo")
+    method = entry.cls(entry.parse_config({"n_pos": 3, "n_neg": 3, "features": f"test_drpo_options:{name}",
+                                          "feature_args": {"width": 3}}))
+    method.setup(ctx)
+    encoder = method.encoder
+    assert type(encoder).__name__ == name
+    assert encoder.config.width == 3, "feature_args must reach the encoder's config (the default width is 1)"
+    assert encoder.generator is (gen if name == "ConfiguredEncoder" else None), "an encoder that reads the generator gets it"
+    assert encoder.device == gen.device == torch.device("cpu"), f"moved to {encoder.device}, not the generator's device"
 
 
 def test_drpo_budget_and_missing_feature_keys_are_named():

@@ -46,10 +46,12 @@ def test_estimate_of_one_seed_has_no_interval_and_keeps_the_values():
     assert (two.n, two.values) == (2, [0.7, 0.9])
 
 
-def _cell(method: str, seed: int, metrics: dict[str, tuple[float, bool]], scores=None) -> CellResult:
+def _cell(method: str, seed: int, metrics: dict[str, tuple[float | None, bool]], scores=None,
+          budget_matched: bool = True) -> CellResult:
     info = CellRecord(status="complete", cell_id=f"g--{method}--r--s{seed}", fingerprint="f", suite="s",
                       generator={"name": "g"}, seed=seed, method={"id": method, "method": method},
-                      trains=method != "base", eval={}, train_reward=None if method == "base" else {"alias": "r"})
+                      trains=method != "base", eval={}, train_reward=None if method == "base" else {"alias": "r"},
+                      budget_matched=budget_matched)
     records = {m: MetricRecord(mean=v, higher_is_better=h) for m, (v, h) in metrics.items()}
     return CellResult(info.cell_id, info, records, {}, [], Path("."), scores or [])
 
@@ -106,6 +108,88 @@ def test_alignment_bolds_the_highest_reward_and_the_lowest_fid():
     table = alignment_table(group_rows(cells), multi=False)
     bold = {row[0]: flags[3:] for row, flags in zip(table.rows, table.bold)}
     assert bold == {"base": [False, False], "a": [True, False], "b": [False, True]}, bold
+
+
+def test_gain_bold_for_lower_is_better_needs_the_whole_interval_below_zero():
+    """A lower-is-better metric is bold only when its interval lies wholly below zero: not for an
+    unchanged metric (a zero gain with a zero-width interval), nor for one that got worse by less than
+    one unit; the multi-generator export names the generator."""
+    base = {0: (30.0, 1.0, 0.50), 1: (32.0, 2.0, 0.70)}  # fid, kid, dist per seed
+    method = {0: (30.0, 1.30, 0.20), 1: (32.0, 2.31, 0.39)}  # fid unchanged, kid +0.30/+0.31, dist -0.30/-0.31
+    cells = [_cell(name, s, {"fid": (v[0], False), "kid": (v[1], False), "dist": (v[2], False)})
+             for name, values in (("base", base), ("m", method)) for s, v in values.items()]
+    table = gain_table(group_rows(cells), multi=False)
+    kid_mean, kid_half = plain_t_interval([0.30, 0.31])
+    dist_mean, dist_half = plain_t_interval([-0.30, -0.31])
+    assert 0 < kid_mean + kid_half < 1 and dist_mean + dist_half < 0
+    assert table.rows[0][3:] == ["+0.000 ± 0.000", f"+{kid_mean:.3f} ± {kid_half:.3f}", f"{dist_mean:.3f} ± {dist_half:.3f}"]
+    assert table.bold[0][3:] == [False, False, True], (
+        "lower is better: bold only when mean + half-width < 0 (an unchanged FID or a KID worse by 0.3 is not a gain)")
+    multi = gain_table(group_rows(cells), multi=True)
+    assert multi.raw[0][:4] == ["g", "m", "r", 2] and multi.bold[0][4:] == [False, False, True]
+
+
+def _alignment_cells(unmatched: bool = True) -> list[CellResult]:
+    """Row a: three seeds, one of them run off the suite's budget, FID missing at seed 2; row b: one
+    seed, no FID; base: two seeds. KID is recorded with no value everywhere (could not be computed)."""
+    r, f, k = "reward", "fid", "kid"
+    return [
+        _cell("base", 0, {r: (0.50, True), f: (30.0, False), k: (None, False)}),
+        _cell("base", 1, {r: (0.54, True), f: (32.0, False), k: (None, False)}),
+        _cell("a", 0, {r: (0.70, True), f: (35.0, False), k: (None, False)}, budget_matched=not unmatched),
+        _cell("a", 1, {r: (0.74, True), f: (33.0, False)}),
+        _cell("a", 2, {r: (0.69, True), f: (None, False)}),
+        _cell("b", 0, {r: (0.60, True), k: (None, False)}),
+    ]
+
+
+def _text(values: list[float]) -> str:
+    mean, half = plain_t_interval(values)
+    return f"{mean:.3f} ± {half:.3f}"
+
+
+def test_alignment_table_every_cell_title_marks_note_and_export():
+    """Every text cell, bold flag, the title, the † marker of a row run off the suite's budget and its
+    note, and the exported estimates, against values written here: means over the seeds that have a
+    value, the t interval, "n/a" where no seed has one (KID, and b's FID), one seed without an interval."""
+    table = alignment_table(group_rows(_alignment_cells()), multi=False)
+    assert table.title == "Held-out alignment (mean ± 95% CI over seeds)"
+    assert table.headers == ["method", "train reward", "seeds", "reward ↑", "fid ↓", "kid ↓"]
+    assert (table.slug, table.label_columns) == ("alignment", 2)
+    assert table.rows == [
+        ["a †", "r", "3", _text([0.70, 0.74, 0.69]), _text([35.0, 33.0]), "n/a"],
+        ["b", "r", "1", "0.600", "n/a", "n/a"],
+        ["base", "—", "2", _text([0.50, 0.54]), _text([30.0, 32.0]), "n/a"],
+    ], "a's FID averages the two seeds with a value; a seed's missing value is not a zero"
+    assert table.bold == [[False, False, False, True, False, False],
+                          [False, False, False, False, False, False],
+                          [False, False, False, False, True, False]], (
+        "bold: a's reward (highest), base's FID (lowest); nothing in a column without values, nor in the labels")
+    assert table.note == (
+        "Best mean per column in bold. ↑ higher is better, ↓ lower is better. CI: Student-t over seeds. "
+        "† budget not matched: the method ran another number of updates, candidates or prompts per update "
+        "than the suite (its public settings); see the settings table.")
+    labels = [row[:3] for row in table.raw]
+    assert labels == [["a", "r", 3], ["b", "r", 1], ["base", "—", 2]], "the export's labels carry no † and count seeds"
+    for raw, expected in zip(table.raw, ([[0.70, 0.74, 0.69], [35.0, 33.0], None],
+                                         [[0.60], None, None],
+                                         [[0.50, 0.54], [30.0, 32.0], None])):
+        for est, values in zip(raw[3:], expected):
+            if values is None:
+                assert est is None, raw
+                continue
+            mean, half = plain_t_interval(values) if len(values) > 1 else (values[0], None)
+            assert (est.n, est.values) == (len(values), values)
+            assert est.mean == pytest.approx(mean) and est.half_width == pytest.approx(half), raw
+
+    matched = alignment_table(group_rows(_alignment_cells(unmatched=False)), multi=False)
+    assert matched.note == "Best mean per column in bold. ↑ higher is better, ↓ lower is better. CI: Student-t over seeds."
+    assert [row[0] for row in matched.rows] == ["a", "b", "base"], "no † when every cell ran the suite's budget"
+
+    multi = alignment_table(group_rows(_alignment_cells()), multi=True)
+    assert multi.headers[:4] == ["generator", "method", "train reward", "seeds"] and multi.label_columns == 3
+    assert multi.rows[0][:4] == ["g", "a †", "r", "3"], "the † marks the method, not the generator"
+    assert multi.bold[0] == [False] * 4 + [True, False, False] and multi.raw[0][:4] == ["g", "a", "r", 3]
 
 
 # ---- win rate ------------------------------------------------------------------------------------
