@@ -25,7 +25,7 @@ import torch
 
 from baselines.dpo import OneStepDPO, dpo_objective
 from drpo_bench.methods import StepOutput, TrainContext
-from drpo_bench.offline_data import OfflineDataConfig, OfflineMethod, OfflineSource
+from drpo_bench.methods.offline_data import OfflineDataConfig, OfflineMethod, OfflineSource
 from drpo_bench.registry import METHODS
 
 

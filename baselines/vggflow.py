@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from drpo_bench.distributed import current as data_parallel
+from drpo_bench.run.distributed import current as data_parallel
 from drpo_bench.methods import Method, StepOutput, TrainContext, reference_l2, sample_candidates
 from drpo_bench.registry import METHODS, StrictConfig
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from drpo_bench.ledger import PHASES, Ledger
+from drpo_bench.compute.ledger import PHASES, Ledger
 
 
 def _small_update() -> Any:

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 import torch
 
-from drpo_bench.ledger import Ledger
+from drpo_bench.compute.ledger import Ledger
 
 
 @pytest.fixture(scope="module")
 def tiny_setting() -> Any:
-    from drpo_bench import bench
+    from drpo_bench.compute import bench
 
     return bench.make_setting("sd-turbo", "pickscore", k=8, effective_batch=16, checkpointing=("generator",),
                               method_args={"drpo": {"n_pos": 2, "n_neg": 2}}, tiny=True)
@@ -21,8 +21,8 @@ def tiny_setting() -> Any:
 
 @pytest.mark.parametrize("method", ["drpo", "draft"])
 def test_tiny_sd_turbo_update(benchmark: Any, tiny_setting: Any, method: str) -> None:
-    """The real Method.step (drpo_bench/bench.py), one optimizer update, tiny twins on CPU."""
-    from drpo_bench import bench
+    """The real Method.step (drpo_bench/compute/bench.py), one optimizer update, tiny twins on CPU."""
+    from drpo_bench.compute import bench
 
     torch.manual_seed(0)
     stack = bench.build_stack(tiny_setting, "cpu")

@@ -2,6 +2,6 @@
 
 import sys
 
-from drpo_bench.cli import main
+from drpo_bench.commands.main import main
 
 sys.exit(main())

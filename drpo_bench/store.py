@@ -126,7 +126,7 @@ class CellRecord(_Record):
     git: str | None = None
     hardware: dict[str, Any] = Field(default_factory=dict)
     execution: dict[str, Any] = Field(default_factory=dict)  # executor, jobs, torch_threads, device (executors.py)
-    # the code that made the cell (drpo_bench.code_hash): hash, per-file digests, commit, dirty, uncommitted files;
+    # the code that made the cell (drpo_bench.suite.code_hash): hash, per-file digests, commit, dirty, uncommitted files;
     # None in cells written before it was recorded (a rerun treats them as made by other code)
     code: dict[str, Any] | None = None
 

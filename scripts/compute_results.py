@@ -7,7 +7,7 @@
 Each file is what ``drpo-bench flops ... --json`` writes for one setting (its ``provenance`` also
 covers this script): each method's
 real ``Method.step`` run once on full-size meta-device networks, FLOPs counted by the ledger
-(drpo_bench/bench.py). Settings: SD-Turbo (K=24, effective batch 192) and SDXL-Turbo (K=16,
+(drpo_bench/compute/bench.py). Settings: SD-Turbo (K=24, effective batch 192) and SDXL-Turbo (K=16,
 effective batch 128) × PickScore, HPSv2, ImageReward, HPSv3 (and HPSv3 with its ≈600-token
 instruction prompt), each without and with gradient checkpointing of the generator and the
 reward (ImageReward: the generator only; its BLIP build has no checkpointing). Every registered training method for the headline pair (SD-Turbo × HPSv3), DrPO and
@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from drpo_bench.bench import ALL_METHODS, CHECKPOINT_ROLES, count_methods, make_setting, reward_can_checkpoint  # noqa: E402
-from drpo_bench.flops_cli import result_json  # noqa: E402
+from drpo_bench.compute.bench import ALL_METHODS, CHECKPOINT_ROLES, count_methods, make_setting, reward_can_checkpoint  # noqa: E402
+from drpo_bench.commands.flops import result_json  # noqa: E402
 from drpo_bench.store import write_json  # noqa: E402
 
 GENERATORS = {"sd-turbo": (24, 192), "sdxl-turbo": (16, 128)}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".mutation" / "fingerprint"
-MODULE = "drpo_bench/planning.py"
+MODULE = "drpo_bench/suite/planning.py"
 
 #: (old, new): every part of the fingerprint's payload and its hashing, dropped or changed once
 MUTANTS = [

@@ -5,11 +5,11 @@
     .venv/bin/python scripts/fullsize_cpu_memory.py --generator sdxl-turbo --predict-only
 
 SD-Turbo's UNet, VAE and text encoder and PickScore's CLIP-H/14, built at full size with random
-weights from their public configurations (drpo_bench/architectures.py, through the real
+weights from their public configurations (drpo_bench/compute/architectures.py, through the real
 ``SDTurboGenerator`` class as ``drpo-bench flops`` and ``bench`` build them), K = 2 candidates,
 1 prompt, 512 px. For each method:
 
-1. the prediction: the method's real step on the meta device (drpo_bench/memory.py);
+1. the prediction: the method's real step on the meta device (drpo_bench/compute/memory.py);
 2. if the machine's available memory exceeds the predicted peak plus a margin (``--margin-gib``,
    default 4), a fresh process builds the real networks and runs one micro-batch of the same step
    with real tensors (torch threads 2), LoRA gradients and AdamW state allocated before, under the
@@ -35,9 +35,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from drpo_bench.bench import ALL_METHODS, make_setting, versions  # noqa: E402
-from drpo_bench.code_hash import result_provenance  # noqa: E402
-from drpo_bench.memory import GiB, Precision, available_bytes, measure_memory, predict_memory  # noqa: E402
+from drpo_bench.compute.bench import ALL_METHODS, make_setting, versions  # noqa: E402
+from drpo_bench.suite.code_hash import result_provenance  # noqa: E402
+from drpo_bench.compute.memory import GiB, Precision, available_bytes, measure_memory, predict_memory  # noqa: E402
 from drpo_bench.store import write_json  # noqa: E402
 
 #: K = 2 leaves one positive and one negative (DrPO), one winner and one loser (DPO), two anchors (GRPO)

@@ -3,8 +3,8 @@
     python scripts/gpu_benchmark.py --generator sd-turbo --reward hpsv3 --methods drpo,draft \\
         --K 24 --effective-batch 192 --grad-checkpointing --micro 1 --json results/compute/bench_<device>.json
 
-Every argument is ``drpo-bench bench``'s (see drpo_bench/flops_cli.py): each method's own
-``Method.step`` runs on the full-size networks built from drpo_bench/architectures.py, the ledger
+Every argument is ``drpo-bench bench``'s (see drpo_bench/commands/flops.py): each method's own
+``Method.step`` runs on the full-size networks built from drpo_bench/compute/architectures.py, the ledger
 times its phases, records peak memory and counts the FLOPs of the first update; the achieved
 TFLOP/s and the share of the device's dense bf16 peak are derived from those. There is no second
 copy of any update here.
@@ -23,7 +23,7 @@ def bench_argv(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from drpo_bench.flops_cli import main as cli_main
+    from drpo_bench.commands.flops import main as cli_main
 
     return cli_main(bench_argv(list(sys.argv[1:] if argv is None else argv)))
 

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from drpo_bench.generators.base import repeat_conditioning  # noqa: E402
-from drpo_bench.ledger import Ledger  # noqa: E402
+from drpo_bench.compute.ledger import Ledger  # noqa: E402
 from drpo_bench.methods import TrainContext  # noqa: E402
 from drpo_bench.registry import GENERATORS, METHODS, PROMPTS, REWARDS  # noqa: E402
 

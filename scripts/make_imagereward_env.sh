@@ -33,5 +33,5 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 # the package itself, without its loose requirement list (everything it imports is above)
 "${PIP[@]}" --no-deps "image-reward==1.5"
 "$VENV/bin/python" -c "import ImageReward, transformers, torch; print('ImageReward env:', '$VENV', 'transformers', transformers.__version__, 'torch', torch.__version__)"
-PYTHONPATH=$PWD "$VENV/bin/python" -c "import drpo_bench.serve, drpo_bench.cli"  # serve-reward imports there
+PYTHONPATH=$PWD "$VENV/bin/python" -c "import drpo_bench.commands.serve, drpo_bench.commands.main"  # serve-reward imports there
 echo "built in $(( $(date +%s) - start )) s"

@@ -46,15 +46,15 @@ PAIRS: dict[str, list[str]] = {
     "drpo_bench/report/scores.py": ["tests/test_report_units.py", "tests/test_report_statistics.py"],
     "drpo_bench/report/results.py": ["tests/test_report_units.py", "tests/test_report_statistics.py"],
     "drpo_bench/report/build.py": ["tests/test_report_units.py", "tests/test_report_statistics.py"],
-    "drpo_bench/ledger.py": ["tests/test_ledger.py"],
+    "drpo_bench/compute/ledger.py": ["tests/test_ledger.py"],
     "drpo_bench/store.py": ["tests/test_store_verify.py", "tests/test_store_files.py"],
-    "drpo_bench/planning.py": ["tests/test_store_verify.py", "tests/test_fingerprint.py", "tests/test_overrides.py"],
+    "drpo_bench/suite/planning.py": ["tests/test_store_verify.py", "tests/test_fingerprint.py", "tests/test_overrides.py"],
 }
 
 #: functions of a module that the mutation run covers (others are not on a headline number's path)
 ONLY_FUNCTIONS: dict[str, list[str]] = {
     "drpo_bench/report/build.py": ["gain_table", "_best", "_fmt", "alignment_table"],
-    "drpo_bench/planning.py": ["fingerprint", "redact"],
+    "drpo_bench/suite/planning.py": ["fingerprint", "redact"],
 }
 
 #: tests that need a tool outside the Python environment (a full TeX install) or files outside the copied tree:

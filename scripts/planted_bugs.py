@@ -59,7 +59,7 @@ BUGS = [
         "(est.mean - est.half_width > 0 if higher else est.mean + est.half_width < 0)",
         "est.mean - est.half_width > 0",
         "tests/test_report_statistics.py", "test_gain_bold_follows_each_metrics_good_side", "lower-is-better"),
-    Bug("g", "ledger counting the warm-up update in seconds per update", "drpo_bench/ledger.py",
+    Bug("g", "ledger counting the warm-up update in seconds per update", "drpo_bench/compute/ledger.py",
         "timed = [r for r in self.updates if not r.warmup] or self.updates", "timed = list(self.updates)",
         "tests/test_ledger.py", "leaves_out_each_processes_warm_up_update", "would count the warm-up update"),
     Bug("h", "a file listed in cell.json but deleted since, accepted as verified", "drpo_bench/store.py",

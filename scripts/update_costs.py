@@ -30,15 +30,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    from drpo_bench.cell_runner import CellRunner, build, seed_everything
-    from drpo_bench.config import load_suite
-    from drpo_bench.evaluation import evaluate
-    from drpo_bench.ledger import Ledger
+    from drpo_bench.run.cell_runner import CellRunner, build, seed_everything
+    from drpo_bench.suite.config import load_suite
+    from drpo_bench.run.evaluation import evaluate
+    from drpo_bench.compute.ledger import Ledger
     from drpo_bench.methods import TrainContext
-    from drpo_bench.planning import plan_cells
+    from drpo_bench.suite.planning import plan_cells
     from drpo_bench.registry import GENERATORS, METHODS
-    from drpo_bench.training import autocast, update_prompts, update_seed
-    from drpo_bench.tuning_records import apply_tuning
+    from drpo_bench.compute.precision import autocast
+    from drpo_bench.run.training import update_prompts, update_seed
+    from drpo_bench.suite.tuning_records import apply_tuning
 
     scratch = Path("runs") / "update-costs"  # tuning records are copied here (apply_tuning)
     suite = apply_tuning(load_suite(args.suite, ["seeds=[0]"]), scratch)

@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from drpo_bench.cli import main
+from drpo_bench.commands.main import main
 from drpo_bench.errors import UserError
 from drpo_bench.generators.base import resolve_adapter_file
 from drpo_bench.registry import GENERATORS
 from drpo_bench.store import save_safetensors
-from drpo_bench.tiny import make_tiny_sd_turbo, make_tiny_sdxl_turbo
+from drpo_bench.weights.tiny import make_tiny_sd_turbo, make_tiny_sdxl_turbo
 
 PROMPTS = ["a photo of a red cat", "two dogs on a beach"]
 
@@ -160,7 +160,7 @@ def test_sample_cli_on_the_tiny_sd_turbo_twin(sd_adapter, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "base.png")]) == 0
     lora, base = Image.open(tmp_path / "lora.png"), Image.open(tmp_path / "base.png")
     # 64 px images upscaled x2 for viewing, 2 padding: 2 rows x 2 columns, a prompt band above each row
-    from drpo_bench.evaluation import LABEL_PX
+    from drpo_bench.run.evaluation import LABEL_PX
 
     assert lora.size == base.size == (2 * 128 + 3 * 2, 2 * 128 + 3 * 2 + 2 * LABEL_PX)
     assert lora.tobytes() != base.tobytes()
@@ -223,14 +223,14 @@ def test_adapter_row_with_a_missing_path_fails_validation(tmp_path, capsys):
 
 
 def test_sample_cli_from_a_toy_cell(toy_runs, tmp_path):
-    from drpo_bench.sampling import load_for_sampling, sample_images
+    from drpo_bench.commands.sample import load_for_sampling, sample_images
 
     root, cell = toy_runs
     out = tmp_path / "grid.png"
     assert main(["sample", "--adapter", str(cell), "--prompt", "a red square", "--prompt", "blue", "--n", "3",
                  "--seed", "5", "--out", str(out)]) == 0
     assert out.is_file()
-    from drpo_bench.evaluation import LABEL_PX
+    from drpo_bench.run.evaluation import LABEL_PX
 
     with Image.open(out) as grid:  # each prompt row has its text band above it: dark text on white
         rows = 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drpo_bench import architectures as arch
+from drpo_bench.compute import architectures as arch
 from drpo_bench.errors import UserError
 
 WITH_PUBLISHED_SIZE = sorted(n for n, a in arch.ARCHITECTURES.items() if a.published_params)

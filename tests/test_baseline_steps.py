@@ -18,7 +18,7 @@ import pytest
 import torch
 from worlds import ShiftGenerator
 
-from drpo_bench.ledger import Ledger
+from drpo_bench.compute.ledger import Ledger
 from drpo_bench.methods import TrainContext
 from drpo_bench.registry import METHODS
 from drpo_bench.toy import ToyRedness
@@ -519,7 +519,7 @@ def test_raft_refuses_more_kept_samples_than_candidates():
     ("raft", {}), ("raft", {"loss": "mean_of_top", "top_n": 2}),
 ], ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={v[k]}" for k in sorted(v)) or "defaults")
 def test_a_step_records_exactly_the_phases_its_config_declares(name, args):
-    from drpo_bench.ledger import PHASES
+    from drpo_bench.compute.ledger import PHASES
 
     gen = ShiftGenerator(noise_scale=1.0)
     ledger = Ledger("cpu")

@@ -19,7 +19,7 @@ from baselines.dpo import one_step_dpo_loss
 from baselines.grpo import clipped_surrogate, group_advantages
 from baselines.pso import pairwise_sample_loss
 from baselines.vggflow import clip_by_norm
-from drpo_bench.ledger import Ledger
+from drpo_bench.compute.ledger import Ledger
 from drpo_bench.methods import TrainContext
 from drpo_bench.registry import METHODS
 from drpo_bench.toy import ToyRedness

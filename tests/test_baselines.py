@@ -20,13 +20,13 @@ from safetensors.torch import load_file
 from baselines.dpo import one_step_dpo_loss, pair_distances
 from baselines.grpo import clipped_surrogate, gaussian_log_probs, group_advantages, neighbor_log_probs
 from baselines.pso import pairwise_sample_loss, standardize_per_sample
-from drpo_bench.config import load_suite
+from drpo_bench.suite.config import load_suite
 from drpo_bench.errors import UserError
-from drpo_bench.ledger import Ledger
+from drpo_bench.compute.ledger import Ledger
 from drpo_bench.methods import TrainContext
 from drpo_bench.registry import METHODS, REWARDS
-from drpo_bench.planning import plan_cells
-from drpo_bench.runner import run_suite
+from drpo_bench.suite.planning import plan_cells
+from drpo_bench.run.runner import run_suite
 from drpo_bench.toy import ToyGenerator, ToyRedness, ToyRednessBlackBox
 
 SUITES = Path(__file__).resolve().parents[1] / "suites" / "toy"

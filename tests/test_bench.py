@@ -2,7 +2,7 @@
 
 The tiny twins of the architectures run each registered method's real ``Method.step`` twice: with
 real random tensors on the CPU, FLOPs counted by the ledger exactly as a training run counts them
-(``Ledger(count_flops=True)``), and on the meta device through ``drpo_bench.bench.count_update``,
+(``Ledger(count_flops=True)``), and on the meta device through ``drpo_bench.compute.bench.count_update``,
 the path ``drpo-bench flops`` takes at paper scale. The two must agree phase by phase.
 """
 
@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import torch
 
-from drpo_bench import bench
+from drpo_bench.compute import bench
 from drpo_bench.errors import UserError
-from drpo_bench.flops_cli import main as cli_main
-from drpo_bench.ledger import Ledger
+from drpo_bench.commands.flops import main as cli_main
+from drpo_bench.compute.ledger import Ledger
 
 SMALL = {"drpo": {"n_pos": 2, "n_neg": 2}}
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from drpo_bench.cli import main
+from drpo_bench.commands.main import main
 
 
 def test_help_lists_worked_examples(capsys):

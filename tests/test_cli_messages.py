@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from drpo_bench.cli import main
+from drpo_bench.commands.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "suites" / "smoke.yaml"
@@ -79,7 +79,7 @@ def test_ls_suites_prints_whole_paths_in_a_narrow_terminal(monkeypatch, capsys):
 def test_the_eta_counts_training_cells_only():
     from rich.console import Console
 
-    from drpo_bench.executors import _Collector
+    from drpo_bench.run.executors import _Collector
 
     cells = [SimpleNamespace(id=f"base{i}", trains=False) for i in range(2)] + [
         SimpleNamespace(id=f"train{i}", trains=True) for i in range(2)]
@@ -101,7 +101,7 @@ def test_the_eta_counts_training_cells_only():
 
 
 def test_bench_tiny_titles_say_tiny_twins():
-    from drpo_bench.flops_cli import _title
+    from drpo_bench.commands.flops import _title
 
     setting = SimpleNamespace(generator="sd-turbo", reward="hpsv3", k=4, effective_batch=8, prompts=2,
                               checkpointing=set(), tiny=True)
@@ -117,7 +117,7 @@ def test_bench_with_too_few_candidates_names_method_arg(capsys):
 
 
 def test_readme_lists_every_command():
-    from drpo_bench.cli import build_parser
+    from drpo_bench.commands.main import build_parser
 
     readme = (ROOT / "README.md").read_text()
     commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001

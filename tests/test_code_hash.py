@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from drpo_bench.code_hash import code_text
+from drpo_bench.suite.code_hash import code_text
 
 REPO = Path(__file__).resolve().parents[1]
 #: the toy harness suite, cut to one seed, two updates and one metric (each run: seconds)
@@ -101,7 +101,7 @@ def test_editing_raft_stops_the_rerun_then_rerun_stale_retrains_raft_only(store)
     new_loss = json.loads(after["toy--raft--redness--s0/train.jsonl"].splitlines()[0])["loss"]
     assert new_loss == pytest.approx(3 * old_loss, rel=1e-5), "the retrained cell ran the edited loss"
     code = json.loads(after["toy--raft--redness--s0/cell.json"])["code"]
-    assert "baselines/raft.py" in code["files"] and "drpo_bench/training.py" in code["files"]
+    assert "baselines/raft.py" in code["files"] and "drpo_bench/run/training.py" in code["files"]
 
     again = run(store)  # the store is current again: every cell skipped
     assert again.returncode == 0 and "cells: 5 skipped" in again.stderr, again.stderr
@@ -130,18 +130,18 @@ def test_editing_the_drift_field_stales_the_drpo_cells_and_keep_stale_marks_them
 def test_a_comment_in_report_or_cli_code_stales_nothing(store):
     before = snapshot(store / "out")
     edit(store / "drpo_bench" / "report" / "build.py", "def build_report(", "# a comment\ndef build_report(")
-    edit(store / "drpo_bench" / "cli.py", "def main(", "def _unused() -> None:\n    pass\n\n\ndef main(")
+    edit(store / "drpo_bench" / "commands" / "main.py", "def main(", "def _unused() -> None:\n    pass\n\n\ndef main(")
     # and a comment (no code) in a module every trained cell runs
-    edit(store / "drpo_bench" / "training.py", "def train_cell(", "# an explanation\ndef train_cell(")
+    edit(store / "drpo_bench" / "run" / "training.py", "def train_cell(", "# an explanation\ndef train_cell(")
     rerun = run(store)
     assert rerun.returncode == 0 and "cells: 5 skipped" in rerun.stderr, rerun.stderr
     assert snapshot(store / "out") == before
 
 
 def test_editing_the_shared_loop_stales_every_trained_cell_but_not_base(store):
-    edit(store / "drpo_bench" / "training.py", "MAX_FP16_SKIPS = 25", "MAX_FP16_SKIPS = 26")
+    edit(store / "drpo_bench" / "run" / "training.py", "MAX_FP16_SKIPS = 25", "MAX_FP16_SKIPS = 26")
     message = " ".join(run(store).stderr.split())
-    assert "5 cell(s)" not in message and "4 cell(s)" in message and "drpo_bench/training.py" in message
+    assert "5 cell(s)" not in message and "4 cell(s)" in message and "drpo_bench/run/training.py" in message
     assert not cells_of(message, "base")
 
 
@@ -219,7 +219,7 @@ def test_references_come_from_a_clean_tree_and_report_honours_the_guard(store):
         committed = subprocess.run(["git", "-C", str(store), "show", f"{head}:{path}"], capture_output=True).stdout
         text = code_text(committed) if path.endswith(".py") else committed
         assert hashlib.sha256(text).hexdigest()[:16] == digest, path
-    assert "drpo_bench/training.py" not in code["files"], "a cell that does not train does not run the loop"
+    assert "drpo_bench/run/training.py" not in code["files"], "a cell that does not train does not run the loop"
     shutil.rmtree(store / "results" / "toy")
 
     edit(store / "baselines" / "raft.py", "loss = (out.float()", "loss = 3 * (out.float()")

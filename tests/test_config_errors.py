@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from drpo_bench.cli import main
+from drpo_bench.commands.main import main
 
 MALFORMED = Path(__file__).parent / "malformed"
 
@@ -84,7 +84,7 @@ def test_bad_override_is_a_clear_error(capsys):
 def test_no_traceback_from_the_real_console_script(tmp_path):
     """The installed entry point, in a fresh process: exit 2 and no traceback."""
     proc = subprocess.run(
-        [sys.executable, "-m", "drpo_bench.cli", "validate", str(MALFORMED / "unknown_method.yaml")],
+        [sys.executable, "-m", "drpo_bench", "validate", str(MALFORMED / "unknown_method.yaml")],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
@@ -111,8 +111,8 @@ def test_the_largest_valid_seeds_are_accepted_by_torch_and_numpy():
     import numpy as np
     import torch
 
-    from drpo_bench.cell_runner import seed_everything
-    from drpo_bench.config import load_suite
+    from drpo_bench.run.cell_runner import seed_everything
+    from drpo_bench.suite.config import load_suite
 
     top = 2**63 - 1
     suite = load_suite(Path(__file__).parents[1] / "suites/toy/harness.yaml", [f"seeds=[0,{top}]", f"eval.seed={top}"])

@@ -201,10 +201,10 @@ def test_a_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):
 
 
 def test_a_launch_refuses_what_it_cannot_split(suite_file):
-    from drpo_bench.config import load_suite
+    from drpo_bench.suite.config import load_suite
     from drpo_bench.errors import UserError
-    from drpo_bench.planning import plan_cells
-    from drpo_bench.runner import check_data_parallel
+    from drpo_bench.suite.planning import plan_cells
+    from drpo_bench.run.runner import check_data_parallel
 
     suite = load_suite(suite_file)
     check_data_parallel(suite, plan_cells(suite), 2)  # 4 prompts = 2 ranks x 2 micro-batches of 1
@@ -225,7 +225,7 @@ class _Noise:
 def test_replayed_draws_give_each_micro_batch_its_one_process_noise():
     """A method drawing two noises per micro-batch (as GRPO's and PSO's do): rank r of 2 replays the
     micro-batches before its slice and then draws exactly what one process draws for its own."""
-    from drpo_bench.distributed import DataParallel, NoiseDraws
+    from drpo_bench.run.distributed import DataParallel, NoiseDraws
 
     gen, rng = _Noise(), torch.Generator()
 

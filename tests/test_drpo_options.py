@@ -16,7 +16,7 @@ from reference_drift import drift_loss_one_set
 from worlds import ShiftGenerator
 
 from drpo_bench.drpo.features_base import FeatureEncoder
-from drpo_bench.ledger import Ledger
+from drpo_bench.compute.ledger import Ledger
 from drpo_bench.methods import TrainContext
 from drpo_bench.registry import METHODS, StrictConfig
 from drpo_bench.toy import ToyRedness

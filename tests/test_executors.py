@@ -1,4 +1,4 @@
-"""Cells in parallel (drpo_bench/executors.py): a local process pool and Ray give the sequential
+"""Cells in parallel (drpo_bench/run/executors.py): a local process pool and Ray give the sequential
 run's results; a failing or crashing cell is reported while the others finish; one report, whose
 header counts the planned cells missing; the reward server merges concurrent clients' requests."""
 
@@ -13,15 +13,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from drpo_bench.cli import main
-from drpo_bench.config import load_suite
+from drpo_bench.commands.main import main
+from drpo_bench.suite.config import load_suite
 from drpo_bench.errors import UserError
-from drpo_bench.executors import ExecutionPlan, execution_overrides, plan_execution
-from drpo_bench.planning import plan_cells
+from drpo_bench.run.executors import ExecutionPlan, execution_overrides, plan_execution
+from drpo_bench.suite.planning import plan_cells
 from drpo_bench.report.results import PLAN_FILE
 from drpo_bench.rewards.remote import RemoteReward, decode_png, encode_png
-from drpo_bench.runner import SETTINGS_NAME, run_suite
-from drpo_bench.serve import make_server
+from drpo_bench.run.runner import SETTINGS_NAME, run_suite
+from drpo_bench.commands.serve import make_server
 from drpo_bench.toy import ToyRedness
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def test_ray_runs_the_suite_with_the_local_results(sequential, tmp_path):
 def test_execution_settings_stay_out_of_fingerprints_and_resolve_auto(monkeypatch):
     plain, pooled = load_suite(TOY, SMALL), load_suite(TOY, [*SMALL, "execution={jobs: auto, threads_per_cell: 3}"])
     assert [c.fingerprint for c in plan_cells(plain)] == [c.fingerprint for c in plan_cells(pooled)]
-    monkeypatch.setattr("drpo_bench.executors.cpu_cores", lambda: 8)
+    monkeypatch.setattr("drpo_bench.run.executors.cpu_cores", lambda: 8)
     cells = plan_cells(plain)  # 3 cells, toy generator: CPU only
     assert plan_execution(load_suite(TOY, [*SMALL, "execution.jobs=auto"]).execution, cells) == ExecutionPlan("local", 3, 1)
     assert plan_execution(load_suite(TOY, [*SMALL[:2], SMALL[3], "execution.jobs=2"]).execution, cells) == ExecutionPlan("local", 2, 4)

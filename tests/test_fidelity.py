@@ -10,11 +10,11 @@ import pytest
 import torch
 from scipy import linalg
 
-from drpo_bench.config import load_suite
+from drpo_bench.suite.config import load_suite
 from drpo_bench.errors import UserError
 from drpo_bench.metrics.base import EvalSamples
 from drpo_bench.metrics.fidelity import FrechetDistance
-from drpo_bench.runner import run_suite
+from drpo_bench.run.runner import run_suite
 from drpo_bench.shapes.grammar import prompt_split
 from drpo_bench.shapes.render import render_batch
 

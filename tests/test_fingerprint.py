@@ -12,8 +12,8 @@ import json
 
 import pytest
 
-from drpo_bench.config import BudgetConfig, ComponentSpec, EvalConfig, MethodSpec, TrainConfig
-from drpo_bench.planning import Cell, redact
+from drpo_bench.suite.config import BudgetConfig, ComponentSpec, EvalConfig, MethodSpec, TrainConfig
+from drpo_bench.suite.planning import Cell, redact
 
 
 def test_redact_replaces_every_non_empty_secret_at_any_depth():

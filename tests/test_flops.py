@@ -18,8 +18,8 @@ import pytest
 import torch
 from torch import nn
 
-from drpo_bench import architectures as arch
-from drpo_bench import flops
+from drpo_bench.compute import architectures as arch
+from drpo_bench.compute import flops
 from drpo_bench.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

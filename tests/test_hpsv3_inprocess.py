@@ -16,10 +16,10 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from drpo_bench.cli import main
-from drpo_bench.config import load_suite
+from drpo_bench.commands.main import main
+from drpo_bench.suite.config import load_suite
 from drpo_bench.errors import MissingWeightsError, UserError
-from drpo_bench.ledger import Ledger
+from drpo_bench.compute.ledger import Ledger
 from drpo_bench.methods import TrainContext
 from drpo_bench.registry import METHODS, REWARDS
 from drpo_bench.rewards.hpsv3 import HPSv3, HPSv3Package
@@ -32,7 +32,7 @@ from drpo_bench.rewards.hpsv3_model import (
     qwen2vl_pixel_values,
     score_hpsv3,
 )
-from drpo_bench.tiny import make_tiny_hpsv3
+from drpo_bench.weights.tiny import make_tiny_hpsv3
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["a photo of a red cat", "two dogs on a beach"]

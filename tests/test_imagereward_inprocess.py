@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from drpo_bench.cli import main
-from drpo_bench.config import load_suite
+from drpo_bench.commands.main import main
+from drpo_bench.suite.config import load_suite
 from drpo_bench.errors import MissingWeightsError, UserError
-from drpo_bench.ledger import Ledger
+from drpo_bench.compute.ledger import Ledger
 from drpo_bench.methods import TrainContext
 from drpo_bench.registry import METHODS, REWARDS
 from drpo_bench.rewards.imagereward import ImageReward, ImageRewardPackage
@@ -29,7 +29,7 @@ from drpo_bench.rewards.imagereward_model import (
     official_key,
     resized_size,
 )
-from drpo_bench.tiny import make_tiny_imagereward
+from drpo_bench.weights.tiny import make_tiny_imagereward
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["a photo of a red cat", "two dogs on a beach"]

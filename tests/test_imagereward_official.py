@@ -28,7 +28,7 @@ from PIL import Image
 
 from drpo_bench.registry import REWARDS
 from drpo_bench.rewards.imagereward_model import IMAGEREWARD_MEAN, IMAGEREWARD_STD, imagereward_pixels
-from drpo_bench.tiny import TINY_IMAGEREWARD_TEXT, write_tiny_bert_tokenizer
+from drpo_bench.weights.tiny import TINY_IMAGEREWARD_TEXT, write_tiny_bert_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("IMAGEREWARD_VENV", REPO / ".venv-imagereward"))
@@ -155,7 +155,7 @@ def test_serve_reward_imagereward_package_through_remote_equals_the_package(offi
     work, images, _, result = official
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     proc = subprocess.Popen(
-        [str(PYTHON), "-m", "drpo_bench.serve", "imagereward-package", "--port", "0", "--host", "127.0.0.1",
+        [str(PYTHON), "-m", "drpo_bench.commands.serve", "imagereward-package", "--port", "0", "--host", "127.0.0.1",
          "--arg", f"checkpoint={work / 'ImageReward.pt'}", "--arg", f"med_config={work / 'med_config.json'}",
          "--arg", "device=cpu"],
         cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -86,12 +86,12 @@ def test_no_import_cycles():
 def test_the_walker_sees_lazy_imports():
     """It must find an import inside a function body, or the two tests above prove nothing."""
     graph = _graph()
-    assert "drpo_bench.runner" in graph["drpo_bench.cli"]  # cli imports the runner lazily, in cmd_run
+    assert "drpo_bench.run.runner" in graph["drpo_bench.commands.run"]  # the run command imports the runner lazily
 
 
 def test_tiny_twins_are_reached_only_as_a_weight_source():
-    """drpo_bench.tiny builds random-init weights; production code reaches it only through the
+    """drpo_bench.weights.tiny builds random-init weights; production code reaches it only through the
     ``tiny:<twin>`` weight locations that drpo_bench.weights resolves, and architectures.py reads
     its one table of tiny configurations."""
-    importers = sorted(m for m, targets in _graph().items() if "drpo_bench.tiny" in targets)
-    assert importers == ["drpo_bench.architectures", "drpo_bench.weights"], importers
+    importers = sorted(m for m, targets in _graph().items() if "drpo_bench.weights.tiny" in targets)
+    assert importers == ["drpo_bench.compute.architectures", "drpo_bench.weights"], importers

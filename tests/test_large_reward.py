@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from drpo_bench.cli import main as cli_main
-from drpo_bench.config import ComponentSpec, load_suite
-from drpo_bench.flops import register_cpu_attention_formulas
+from drpo_bench.commands.main import main as cli_main
+from drpo_bench.suite.config import ComponentSpec, load_suite
+from drpo_bench.compute.flops import register_cpu_attention_formulas
 from drpo_bench.registry import GENERATORS, REWARDS, load_builtins
-from drpo_bench.cell_runner import build
+from drpo_bench.run.cell_runner import build
 
 SUITE = Path(__file__).resolve().parents[1] / "suites" / "shapes-large-reward.yaml"
 PROMPTS = ["a red circle", "two blue squares", "a green triangle left of a yellow circle", "three purple circles"]

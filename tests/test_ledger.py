@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from drpo_bench import ledger as ledger_module
-from drpo_bench.ledger import OTHER, PHASES, Ledger
+from drpo_bench.compute import ledger as ledger_module
+from drpo_bench.compute.ledger import OTHER, PHASES, Ledger
 
 
 class FakeClock:

@@ -1,6 +1,6 @@
 """Predicted memory (meta device) against memory measured with real tensors, on the tiny twins.
 
-The prediction (drpo_bench/memory.py) runs a method's real step on meta tensors and counts live
+The prediction (drpo_bench/compute/memory.py) runs a method's real step on meta tensors and counts live
 storages; the measurement runs the same micro-batch with real random weights on the CPU and reads
 the CPU allocator's own running total (the profiler's allocation events), which also sees what is
 not a tensor the dispatcher returns (kernel scratch). Persistent bytes (weights, LoRA, gradients,
@@ -14,8 +14,8 @@ import gc
 import pytest
 import torch
 
-from drpo_bench import bench, memory
-from drpo_bench.memory import LiveTensors, Precision
+from drpo_bench.compute import bench, memory
+from drpo_bench.compute.memory import LiveTensors, Precision
 
 #: measured / predicted activation peak. On these twins the two agree to 0.3 % without checkpointing
 #: and 2.5 % with it; 5 % leaves room for kernel scratch the allocator sees and the prediction cannot
@@ -88,7 +88,7 @@ def test_mixed_precision_emulation_matches_cpu_autocast() -> None:
 def test_full_size_sd_turbo_one_method() -> None:
     """Full-size SD-Turbo × PickScore CLIP-H, random weights, bf16, K 2, 512 px: RAFT's update (about 7 GiB,
     minutes on 2 cores); scripts/fullsize_cpu_memory.py runs every method."""
-    from drpo_bench.memory import available_bytes
+    from drpo_bench.compute.memory import available_bytes
 
     setting = bench.make_setting("sd-turbo", "pickscore", k=2, effective_batch=2)
     precision = Precision(weights="bf16")

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drpo_bench import bench
-from drpo_bench.cli import main as cli_main
-from drpo_bench.config import load_suite
+from drpo_bench.compute import bench
+from drpo_bench.commands.main import main as cli_main
+from drpo_bench.suite.config import load_suite
 from drpo_bench.errors import UserError
-from drpo_bench.memory import GiB, Precision, predict_memory
-from drpo_bench.memory_plan import Planner, parse_size, plan_rows
+from drpo_bench.compute.memory import GiB, Precision, predict_memory
+from drpo_bench.commands.memory_plan import Planner, parse_size, plan_rows
 
 TINY = Path("suites/paper/sd-turbo-pickscore-tiny.yaml")
 
@@ -79,7 +79,7 @@ def test_plan_and_validate_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_flops_memory_json(tmp_path: Path) -> None:
-    from drpo_bench.flops_cli import main as flops_main
+    from drpo_bench.commands.flops import main as flops_main
 
     args = ["flops", "--reward", "pickscore", "--K", "4", "--effective-batch", "8", "--tiny", "--methods", "drpo,draft",
             "--method-arg", "drpo.n_pos=2", "--method-arg", "drpo.n_neg=2", "--memory", "--json", str(tmp_path / "f.json")]

@@ -16,7 +16,7 @@ import pytest
 import torch
 from worlds import LatentBlueness, LatentRedness, ShiftGenerator, redness_gain
 
-from drpo_bench.ledger import PHASES, Ledger
+from drpo_bench.compute.ledger import PHASES, Ledger
 from drpo_bench.methods import TrainContext
 from drpo_bench.registry import METHODS
 from drpo_bench.toy import ToyGenerator, ToyRedness
@@ -34,7 +34,7 @@ OFFLINE_ARGS = {"drpo-offline": {"n_pos": 2, "n_neg": 2, "features": "toy-pixels
 @pytest.fixture(scope="module", autouse=True)
 def toy_dataset(tmp_path_factory):
     """A toy-world offline dataset (toy-redness scores), named in TOY_ARGS for every offline method."""
-    from drpo_bench.make_dataset import make_dataset
+    from drpo_bench.commands.make_dataset import make_dataset
 
     folder = tmp_path_factory.mktemp("contract") / "toy-data"
     make_dataset(folder, generator="toy", prompts="toy", reward="toy-redness", images_per_prompt=8, progress=False)

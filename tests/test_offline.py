@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from drpo_bench.errors import UserError
-from drpo_bench.ledger import Ledger
-from drpo_bench.make_dataset import make_dataset
+from drpo_bench.compute.ledger import Ledger
+from drpo_bench.commands.make_dataset import make_dataset
 from drpo_bench.methods import TrainContext
-from drpo_bench.offline_data import load_dataset, write_image
+from drpo_bench.methods.offline_data import load_dataset, write_image
 from drpo_bench.registry import METHODS
 from drpo_bench.toy import ToyGenerator, ToyPrompts, ToyRedness
 
@@ -160,7 +160,7 @@ def test_make_dataset_writes_a_valid_set_whose_scores_are_the_rewards(toy_data):
 
 
 def test_make_dataset_command_line(tmp_path):
-    from drpo_bench.cli import main
+    from drpo_bench.commands.main import main
 
     out = tmp_path / "cli-data"
     assert main(["make-dataset", "--out", str(out), "--generator", "toy", "--prompts", "toy", "--reward",
@@ -393,8 +393,8 @@ eval: {images_per_prompt: 2, metrics: [red]}
 
 
 def test_suite_dataset_is_relative_to_the_suite_file_and_a_missing_one_stops_the_run(tmp_path, toy_data, monkeypatch):
-    from drpo_bench.config import load_suite
-    from drpo_bench.runner import run_suite
+    from drpo_bench.suite.config import load_suite
+    from drpo_bench.run.runner import run_suite
 
     suites = tmp_path / "suites"
     suites.mkdir()
@@ -415,8 +415,8 @@ def test_a_cells_fingerprint_names_the_datasets_content_not_its_location(tmp_pat
     copied elsewhere (a clone on another machine); a changed dataset is another cell."""
     import shutil
 
-    from drpo_bench.config import load_suite
-    from drpo_bench.planning import plan_cells
+    from drpo_bench.suite.config import load_suite
+    from drpo_bench.suite.planning import plan_cells
 
     def fingerprints(folder_name: str) -> dict[str, str]:
         suites = tmp_path / folder_name / "suites"

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from drpo_bench.cli import main
-from drpo_bench.config import load_suite
+from drpo_bench.commands.main import main
+from drpo_bench.suite.config import load_suite
 from drpo_bench.errors import ConfigError
-from drpo_bench.planning import plan_cells
-from drpo_bench.runner import run_suite
+from drpo_bench.suite.planning import plan_cells
+from drpo_bench.run.runner import run_suite
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = REPO / "suites" / "toy" / "harness.yaml"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from drpo_bench.cli import main
-from drpo_bench.config import load_suite
+from drpo_bench.commands.main import main
+from drpo_bench.suite.config import load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_METHODS = {"drpo", "dpo", "pso", "grpo", "draft", "vggflow"}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from drpo_bench.config import load_suite
+from drpo_bench.suite.config import load_suite
 from drpo_bench.report.paper import paper_table
 from drpo_bench.report.results import CellResult
 from drpo_bench.store import CellRecord, MetricRecord

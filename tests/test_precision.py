@@ -14,7 +14,7 @@ from contextlib import contextmanager, nullcontext
 import pytest
 import torch
 
-from drpo_bench.ledger import Ledger
+from drpo_bench.compute.ledger import Ledger
 from drpo_bench.methods import TrainContext
 from drpo_bench.registry import GENERATORS, METHODS, REWARDS
 

@@ -17,7 +17,7 @@ from drpo_bench.drpo.features_real import (
     gn_groups,
 )
 from drpo_bench.errors import MissingWeightsError, UserError
-from drpo_bench.tiny import tiny_mae_latent_state
+from drpo_bench.weights.tiny import tiny_mae_latent_state
 
 
 def _check(features: dict[str, torch.Tensor], batch: int) -> None:

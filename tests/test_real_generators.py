@@ -13,7 +13,7 @@ from drpo_bench.generators.diffusers_common import one_step_coefficients
 from drpo_bench.generators.sd_turbo import SDTurboGenerator
 from drpo_bench.generators.sdxl_turbo import SDXLTurboGenerator
 from drpo_bench.registry import GENERATORS
-from drpo_bench.tiny import make_tiny_sd_turbo, make_tiny_sdxl_turbo
+from drpo_bench.weights.tiny import make_tiny_sd_turbo, make_tiny_sdxl_turbo
 
 PROMPTS = ["a photo of a red cat", "two dogs on a beach"]
 
@@ -224,9 +224,9 @@ def test_missing_weights_are_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_tiny_twins_keep_the_real_structure():
-    """The tiny UNets differ from the full-size configs (drpo_bench.architectures) only in sizes."""
-    from drpo_bench import architectures
-    from drpo_bench.tiny import TINY_SD_UNET, TINY_SDXL_UNET
+    """The tiny UNets differ from the full-size configs (drpo_bench.compute.architectures) only in sizes."""
+    from drpo_bench.compute import architectures
+    from drpo_bench.weights.tiny import TINY_SD_UNET, TINY_SDXL_UNET
 
     def norm(value):
         return tuple(value) if isinstance(value, (list, tuple)) else value

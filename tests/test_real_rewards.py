@@ -19,7 +19,7 @@ from drpo_bench.rewards.hpsv3 import HPSv3
 from drpo_bench.rewards.imagereward import ImageReward, ImageRewardPackage
 from drpo_bench.rewards.jpeg import JPEGCompressibility
 from drpo_bench.rewards.pickscore import PickScore
-from drpo_bench.tiny import make_tiny_clip
+from drpo_bench.weights.tiny import make_tiny_clip
 
 PROMPTS = ["a photo of a red cat", "two dogs on a beach"]
 DIFFERENTIABLE = ["pickscore-tiny", "clip-score-tiny", "aesthetic-tiny", "hpsv2-tiny"]

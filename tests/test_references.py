@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from drpo_bench.code_hash import DIGEST, code_text, combine
+from drpo_bench.suite.code_hash import DIGEST, code_text, combine
 from drpo_bench.report.provenance import MARK, cell_mark, code_notes
 from drpo_bench.report.results import load_results
 

@@ -28,7 +28,7 @@ from drpo_bench.registry import REWARDS
 from drpo_bench.rewards.jpeg import JPEGCompressibility
 from drpo_bench.rewards.shapes_checker import ShapesChecker
 from drpo_bench.rewards.remote import RemoteReward, decode_png, encode_png, quantize
-from drpo_bench.serve import add_serve_reward_parser, make_server, run_serve_reward, weights_checksum
+from drpo_bench.commands.serve import add_serve_reward_parser, make_server, run_serve_reward, weights_checksum
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["a photo of a red cat", "two dogs", "a blue bench", "a green car", "three apples"]
@@ -36,9 +36,9 @@ PROMPTS = ["a photo of a red cat", "two dogs", "a blue bench", "a green car", "t
 
 @contextmanager
 def served(name: str, *extra: str):
-    """`python -m drpo_bench.serve NAME --port 0 ...` in a subprocess; yields its loopback URL."""
+    """`python -m drpo_bench.commands.serve NAME --port 0 ...` in a subprocess; yields its loopback URL."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "drpo_bench.serve", name, "--port", "0", "--host", "127.0.0.1", *extra],
+        [sys.executable, "-m", "drpo_bench.commands.serve", name, "--port", "0", "--host", "127.0.0.1", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1],
     )
     try:
@@ -386,8 +386,8 @@ def test_a_served_training_reward_is_recorded_and_its_token_is_not(tmp_path, mon
     """The cell records which reward answered (/info identity); a suite's token never reaches results."""
     import json as _json
 
-    from drpo_bench.config import load_suite
-    from drpo_bench.runner import run_suite
+    from drpo_bench.suite.config import load_suite
+    from drpo_bench.run.runner import run_suite
 
     with in_process(token="s3cret-token") as (url, _):
         toy = Path(__file__).resolve().parents[1] / "suites" / "toy" / "harness.yaml"

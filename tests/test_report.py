@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from drpo_bench.config import load_suite
+from drpo_bench.suite.config import load_suite
 from drpo_bench.errors import UserError
 from drpo_bench.report import build_report
 from drpo_bench.report.results import Estimate
-from drpo_bench.runner import run_suite
+from drpo_bench.run.runner import run_suite
 
 TOY = Path(__file__).resolve().parents[1] / "suites" / "toy" / "harness.yaml"
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from drpo_bench.cli import main
-from drpo_bench.config import load_suite
+from drpo_bench.commands.main import main
+from drpo_bench.suite.config import load_suite
 from drpo_bench.report import build_report
 from drpo_bench.report.latex import log_problems, missing_tex
-from drpo_bench.runner import run_suite
+from drpo_bench.run.runner import run_suite
 
 TOY = Path(__file__).resolve().parents[1] / "suites" / "toy" / "harness.yaml"
 ODD_NAME = "dräft “β” 50% & a_b ± #1"  # a user-given method id with LaTeX specials and non-ASCII

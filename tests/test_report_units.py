@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from drpo_bench.cli import build_parser, main
+from drpo_bench.commands.main import build_parser, main
 from drpo_bench.report.results import CellResult, Estimate
 from drpo_bench.store import CellRecord, MetricRecord
 
@@ -149,7 +149,7 @@ def test_csv_spreads_estimates_over_mean_ci_n():
 
 
 def test_report_formats_are_checked(tmp_path, capsys):
-    from drpo_bench import cli
+    from drpo_bench.commands import report as cli
     from drpo_bench.report.build import DEFAULT_FORMATS, FORMATS
 
     assert (cli.REPORT_FORMATS, cli.DEFAULT_FORMATS) == (FORMATS, DEFAULT_FORMATS), "the CLI's copy is in step"
@@ -204,7 +204,7 @@ def _copy_without_reports(tmp_path):
 
 
 def test_run_and_validate_take_overrides_the_same_ways(capsys):
-    from drpo_bench.cli import _overrides
+    from drpo_bench.commands.common import overrides as _overrides
 
     args = build_parser().parse_args(["run", "s.yaml", "budget.steps=2", "--set", "seeds=[0]"])
     assert _overrides(args) == ["budget.steps=2", "seeds=[0]"]

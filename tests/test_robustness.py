@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from drpo_bench.cli import main
-from drpo_bench.config import load_suite
+from drpo_bench.commands.main import main
+from drpo_bench.suite.config import load_suite
 from drpo_bench.registry import REWARDS
-from drpo_bench.runner import run_suite
+from drpo_bench.run.runner import run_suite
 from drpo_bench.toy import ToyRedness
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,9 +28,9 @@ SMALL = ["seeds=[0]", "budget.steps=4",
 
 _RUNNER = """
 import json, sys
-from drpo_bench.config import load_suite
+from drpo_bench.suite.config import load_suite
 from drpo_bench.errors import UserError
-from drpo_bench.runner import run_suite
+from drpo_bench.run.runner import run_suite
 try:
     summary = run_suite(load_suite(sys.argv[1], sys.argv[3:]), sys.argv[2], quiet=True)
     print(json.dumps(summary.statuses))
@@ -181,7 +181,7 @@ def test_a_corrupt_checkpoint_is_reported_with_the_way_out(tmp_path, capsys):
     (cell / "cell.json").unlink()  # as if killed after the checkpoint at step 2
     (cell / "checkpoint-2").mkdir()
     (cell / "checkpoint-2" / "adapter.safetensors").write_bytes(b"\x00" * 10)
-    planned = __import__("drpo_bench.planning").planning.plan_cells(load_suite(TOY, overrides))[0]
+    planned = __import__("drpo_bench.suite.planning").suite.planning.plan_cells(load_suite(TOY, overrides))[0]
     (cell / "checkpoint.json").write_text(json.dumps({"step": 2, "folder": "checkpoint-2",  # made by this code
                                                        "fingerprint": planned.fingerprint,
                                                        "code": {"hash": planned.code.hash, "files": planned.code.files}}))

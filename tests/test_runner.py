@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from drpo_bench.config import load_suite
-from drpo_bench.planning import plan_cells
-from drpo_bench.runner import check_output_dir, run_suite
+from drpo_bench.suite.config import load_suite
+from drpo_bench.suite.planning import plan_cells
+from drpo_bench.run.runner import check_output_dir, run_suite
 from drpo_bench.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def test_rerun_with_other_settings_is_refused(toy_run):
 
 
 def test_committed_results_are_protected(monkeypatch):
-    from drpo_bench import code_hash
+    from drpo_bench.suite import code_hash
 
     with pytest.raises(UserError, match="reference results"):
         check_output_dir(REPO / "results" / "quickstart", allow_reference=False)
@@ -96,7 +96,7 @@ def test_committed_results_are_protected(monkeypatch):
 
 def _run_cli(out, *extra):
     return subprocess.Popen(
-        [sys.executable, "-m", "drpo_bench.cli", "run", str(TOY), "--output", str(out), "--quiet", *extra],
+        [sys.executable, "-m", "drpo_bench", "run", str(TOY), "--output", str(out), "--quiet", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
     )
 
@@ -155,7 +155,7 @@ def test_sigkill_loses_nothing_and_resumes_from_checkpoint(tmp_path):
 
 
 def test_lr_schedules():
-    from drpo_bench.training import lr_factor
+    from drpo_bench.run.training import lr_factor
 
     assert [lr_factor("constant", s, 10) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
     cosine = [lr_factor("cosine", s, 10) for s in range(10)]

@@ -1,5 +1,5 @@
 """The step-0 evaluation is computed once per seed and shared by the trained cells of that seed
-(drpo_bench/shared_eval.py); every cell's eval_history.jsonl is what it computed alone."""
+(drpo_bench/run/shared_eval.py); every cell's eval_history.jsonl is what it computed alone."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import drpo_bench.cell_runner as cell_runner
-from drpo_bench.config import load_suite
-from drpo_bench.planning import plan_cells
+import drpo_bench.run.cell_runner as cell_runner
+from drpo_bench.suite.config import load_suite
+from drpo_bench.suite.planning import plan_cells
 from drpo_bench.registry import GENERATORS
-from drpo_bench.runner import run_suite
-from drpo_bench.shared_eval import CACHE_DIR, step0_key
+from drpo_bench.run.runner import run_suite
+from drpo_bench.run.shared_eval import CACHE_DIR, step0_key
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = ["seeds=[0, 1]", "budget.steps=4", "eval.every=2",
@@ -82,7 +82,7 @@ def test_last_periodic_evaluation_is_the_final_one_and_equals_an_evaluation_of_i
     """The last update's history row comes from the final evaluation's first prompts (no second sampling),
     and equals what a separate evaluation of those prompts gives: the quickstart's metrics (checker, learned
     reward, diversity, FID/KID), a head (3 prompts x 4 images) that ends inside an eval batch of 8."""
-    from drpo_bench.evaluation import evaluate as real_evaluate
+    from drpo_bench.run.evaluation import evaluate as real_evaluate
 
     suite = load_suite(ROOT / "suites" / "quickstart.yaml",
                        ["seeds=[0]", "budget.steps=2", "budget.prompts_per_update=2", "budget.candidates_per_prompt=4",
@@ -120,13 +120,13 @@ def test_last_periodic_evaluation_is_the_final_one_and_equals_an_evaluation_of_i
 def test_key_follows_the_evaluation_code_and_not_the_method(monkeypatch) -> None:
     """An entry left by an interrupted run is not reused once the code that evaluates has changed; the
     method's own code and the training loop are not in that key (every method of a seed shares it)."""
-    import drpo_bench.code_hash as code_hash
+    import drpo_bench.suite.code_hash as code_hash
 
     suite = load_suite(ROOT / "suites" / "toy" / "harness.yaml", OVERRIDES)
     cells = [c for c in plan_cells(suite) if c.trains and c.seed == 0]
     files = code_hash.evaluation_code(cells[0]).files
-    assert "drpo_bench/evaluation.py" in files and "drpo_bench/cell_runner.py" in files
-    assert not any(name.startswith("baselines/") or name == "drpo_bench/training.py" for name in files), sorted(files)
+    assert "drpo_bench/run/evaluation.py" in files and "drpo_bench/run/cell_runner.py" in files
+    assert not any(name.startswith("baselines/") or name == "drpo_bench/run/training.py" for name in files), sorted(files)
     entry = GENERATORS.get(cells[0].generator.name)
     generator = entry.cls(entry.parse_config(cells[0].generator.args))
     key = step0_key(cells[0], generator, suite.rewards)
@@ -141,7 +141,7 @@ def test_the_base_cell_leaves_the_step0_evaluation_and_no_trained_cell_computes_
     generator and eval noise: it leaves that entry, the trained cell of its seed reads it (its own
     evaluations are step 1 and the final one), and the row equals the one the trained cell computes
     without a base row, up to float rounding (the head ends inside an eval batch)."""
-    from drpo_bench.evaluation import evaluate as real_evaluate
+    from drpo_bench.run.evaluation import evaluate as real_evaluate
 
     settings = ["seeds=[0]", "budget.steps=2", "budget.prompts_per_update=2", "budget.candidates_per_prompt=4",
                 "eval.every=1", "eval.every_max_prompts=3", "eval.max_prompts=5", "eval.images_per_prompt=4",

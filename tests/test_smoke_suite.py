@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _run(out):
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "drpo_bench.cli", "run", "suites/smoke.yaml", "--output", str(out), "--quiet"],
+        [sys.executable, "-m", "drpo_bench", "run", "suites/smoke.yaml", "--output", str(out), "--quiet"],
         capture_output=True, text=True, cwd=REPO, timeout=900,
     )
     return proc, time.perf_counter() - start

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from drpo_bench.config import load_suite
-from drpo_bench.planning import plan_cells
+from drpo_bench.suite.config import load_suite
+from drpo_bench.suite.planning import plan_cells
 from drpo_bench.store import CellFolder, CellRecord, CorruptCellError, EvalRecord, MetricRecord
 
 TOY = Path(__file__).resolve().parents[1] / "suites" / "toy" / "harness.yaml"

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from drpo_bench.cli import main
-from drpo_bench.config import load_suite
-from drpo_bench.planning import plan_cells
+from drpo_bench.commands.main import main
+from drpo_bench.suite.config import load_suite
+from drpo_bench.suite.planning import plan_cells
 
 SUITES = sorted((Path(__file__).resolve().parents[1] / "suites").rglob("*.yaml"))
 
@@ -30,8 +30,8 @@ def test_validate_command_accepts_all(capsys):
 
 
 def test_the_schema_docstring_example_is_a_valid_suite(tmp_path):
-    """The example at the top of drpo_bench/config.py is what users copy: it must validate."""
-    import drpo_bench.config as config
+    """The example at the top of drpo_bench/suite/config.py is what users copy: it must validate."""
+    import drpo_bench.suite.config as config
 
     example = config.__doc__.split("::", 1)[1].split("``load_suite", 1)[0]
     path = tmp_path / "example.yaml"

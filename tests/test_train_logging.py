@@ -12,7 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from drpo_bench.errors import UserError
-from drpo_bench.train_logging import (
+from drpo_bench.run.train_logging import (
     LineSink,
     LoggingConfig,
     TensorBoardSink,
@@ -206,11 +206,11 @@ logging: {every: 2, lines: "on", tensorboard: %s}
 
 
 def test_training_loop_feeds_the_sinks(tmp_path, capsys):
-    from drpo_bench.config import Suite
+    from drpo_bench.suite.config import Suite
 
     if "logging" not in Suite.model_fields:
         pytest.skip("Suite has no `logging` field yet: the sinks are not wired into the training loop")
-    from drpo_bench.cli import main
+    from drpo_bench.commands.main import main
 
     (tmp_path / "s.yaml").write_text(TOY_SUITE % ("true" if HAS_TENSORBOARD else "false"))
     assert main(["run", str(tmp_path / "s.yaml"), "--output", str(tmp_path / "out"), "--quiet"]) == 0

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drpo_bench.cli import main
-from drpo_bench.config import MethodSpec, load_suite
+from drpo_bench.commands.main import main
+from drpo_bench.suite.config import MethodSpec, load_suite
 from drpo_bench.errors import ConfigError, UserError
-from drpo_bench.planning import plan_cells
-from drpo_bench.runner import run_suite
+from drpo_bench.suite.planning import plan_cells
+from drpo_bench.run.runner import run_suite
 from drpo_bench.shapes.grammar import TASKS, prompt_split
 from drpo_bench.shapes.prompt_set import ShapesPrompts
-from drpo_bench.tuning import tune_suite
-from drpo_bench.tuning_records import apply_tuning
+from drpo_bench.commands.tune import tune_suite
+from drpo_bench.suite.tuning_records import apply_tuning
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,7 +152,7 @@ def test_tune_records_every_config_and_chooses_the_best_validation_score(tuned):
 
 
 def test_tuning_cells_train_without_the_validation_prompts(tuned):
-    from drpo_bench.tuning import tuning_suite
+    from drpo_bench.commands.tune import tuning_suite
     from drpo_bench.toy import ToyPrompts
 
     suite, _, _ = tuned
@@ -297,7 +297,7 @@ def test_two_tuning_seeds_score_by_the_mean_and_check_stability(tmp_path):
 
 
 def test_stability_text_says_who_wins_where_and_by_how_much():
-    from drpo_bench.tuning_records import stability_text
+    from drpo_bench.suite.tuning_records import stability_text
 
     record = {"seeds": [0, 1], "seed": 0, "metric": "checker", "chosen": {"train.lr": 0.005},
               "stability": {"stable": False, "winners": {"0": {"train.lr": 0.005}, "1": {"train.lr": 0.001}},

@@ -17,13 +17,13 @@ from worlds import LatentBlueness, LatentRedness, ShiftGenerator
 from pydantic import ValidationError
 
 from baselines.vggflow import clip_by_norm, one_step_vggflow_loss
-from drpo_bench.cli import main
-from drpo_bench.config import load_suite
+from drpo_bench.commands.main import main
+from drpo_bench.suite.config import load_suite
 from drpo_bench.errors import ConfigError
-from drpo_bench.ledger import Ledger
+from drpo_bench.compute.ledger import Ledger
 from drpo_bench.methods import TrainContext
 from drpo_bench.registry import METHODS
-from drpo_bench.runner import run_suite
+from drpo_bench.run.runner import run_suite
 from drpo_bench.toy import ToyGenerator, ToyPrompts, ToyRedness
 
 

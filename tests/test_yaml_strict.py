@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drpo_bench import yaml_strict
+from drpo_bench.suite import yaml_strict
 from drpo_bench.errors import ConfigError, UserError
-from drpo_bench.yaml_strict import (
+from drpo_bench.suite.yaml_strict import (
     MAX_ALIAS_DEPTH,
     MAX_BYTES,
     MAX_DEPTH,

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from drpo_bench.drpo.features_base import FeatureEncoder
 from drpo_bench.errors import MissingWeightsError, UserError
 from drpo_bench.registry import FEATURES, StrictConfig
-from drpo_bench.shapes.encoder_model import multiscale_features
+from drpo_bench.shapes.encoder_model import channel_mean_std, multiscale_features
 
 SHIPPED_ENCODER = Path(__file__).resolve().parents[1] / "assets" / "shapes_encoder.safetensors"
 
@@ -48,7 +48,7 @@ class ShapesMultiscaleFeatures(FeatureEncoder):
 
     @classmethod
     def weight_files(cls, config: Config) -> list[Path]:
-        """The file this config loads (part of a cell's code hash, drpo_bench.code_hash)."""
+        """The file this config loads (part of a cell's code hash, drpo_bench.suite.code_hash)."""
         return [Path(config.weights).expanduser() if config.weights else SHIPPED_ENCODER]
 
     def __init__(self, config: Config | None = None, generator: Any = None) -> None:
@@ -76,8 +76,7 @@ class ShapesMultiscaleFeatures(FeatureEncoder):
     def features(self, x: torch.Tensor, keys: Collection[str] | None = None) -> dict[str, torch.Tensor]:
         """Images (B, 3, 32, 32) in [0, 1] -> {name: (B, L, D)}; see the module docstring. ``keys``:
         compute only these sets (DrPO's ``feature_keys``); the others are not pooled at all."""
-        device = next(self.net.parameters()).device
-        maps = self.net(x.to(device=device, dtype=torch.float32))  # [(B, 24, 16, 16), (B, 48, 8, 8), (B, 96, 4, 4)]
+        maps = self._maps(x)
         feats = multiscale_features(maps, keys)
         out = {k: v for k, v in feats.items() if int(k[1]) in self.config.stages}
         if self.config.layout and (keys is None or "s3.layout" in keys):
@@ -89,19 +88,23 @@ class ShapesMultiscaleFeatures(FeatureEncoder):
         a 2x2 or 4x4 grid's cells tile the map equally, so their mean is the map's channel mean
         (the first half of ``mean_std``); equal to the generic average up to float rounding
         (tests/test_fidelity.py). A third of the cost of the generic path on 32-px images."""
-        device = next(self.net.parameters()).device
-        maps = self.net(x.to(device=device, dtype=torch.float32))  # [(B, 24, 16, 16), (B, 48, 8, 8), (B, 96, 4, 4)]
+        maps = self._maps(x)
         out: dict[str, torch.Tensor] = {}
         for s, m in enumerate(maps, start=1):
             if s not in self.config.stages:
                 continue
-            mean_std = multiscale_features([m], ["s1.mean_std"])["s1.mean_std"][:, 0]  # (B, 2C): this stage's
+            mean_std = channel_mean_std(m)  # (B, 2C)
             out[f"s{s}.mean_std"] = mean_std
             for grid in (2, 4):
                 out[f"s{s}.patch{grid}"] = mean_std[:, : m.shape[1]]  # (B, C): the channel mean
         if self.config.layout:
             out["s3.layout"] = maps[2].flatten(1)  # (B, 96*16): one location, its own average
         return out
+
+    def _maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Images (B, 3, 32, 32) -> the encoder's stage maps [(B, 24, 16, 16), (B, 48, 8, 8), (B, 96, 4, 4)]."""
+        device = next(self.net.parameters()).device
+        return self.net(x.to(device=device, dtype=torch.float32))
 
 
 @FEATURES.register("shapes-latent")

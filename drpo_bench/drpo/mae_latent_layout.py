@@ -1,7 +1,7 @@
 """The public latent-MAE checkpoint's key layout (``mae_latent_256_torch.pth``), filled with random values.
 
 One builder for every place that needs such parameters without the real file: the tiny twin's
-checkpoint (drpo_bench.tiny) and the full-size FLOP/timing builds (architectures, bench). A leaf
+checkpoint (drpo_bench.weights.tiny) and the full-size FLOP/timing builds (architectures, bench). A leaf
 module (torch only), so both sides import it without a cycle.
 
 Keys: ``encoder.conv1.kernel`` (kh, kw, in, out: the JAX export's layout), ``encoder.gn1.{scale,bias}``,

@@ -2,7 +2,7 @@
 
 Online DrPO (``drpo.method``) ranks K fresh candidates of each prompt by the reward and takes
 the top n+ / bottom n- of them as anchors. Offline DrPO never calls the reward: each prompt's
-anchors are its images in an offline dataset (``drpo_bench.offline_data``), the top n+ and
+anchors are its images in an offline dataset (``drpo_bench.methods.offline_data``), the top n+ and
 bottom n- by the dataset's scores (or, for a pairs file, by win rate: the preferred and the
 rejected images). Per prompt c of a micro-batch:
 
@@ -29,7 +29,7 @@ from pydantic import model_validator
 from drpo_bench.drpo.method import DrPO
 from drpo_bench.errors import UserError
 from drpo_bench.methods import StepOutput, TrainContext
-from drpo_bench.offline_data import OfflineDataConfig, OfflineMethod, OfflineSource
+from drpo_bench.methods.offline_data import OfflineDataConfig, OfflineMethod, OfflineSource
 from drpo_bench.registry import METHODS
 
 

@@ -49,7 +49,7 @@ class ShapesGenerator(Generator):
 
     @classmethod
     def weight_files(cls, config: Config) -> list[Path]:
-        """The file this config loads (part of a cell's code hash, drpo_bench.code_hash)."""
+        """The file this config loads (part of a cell's code hash, drpo_bench.suite.code_hash)."""
         return [Path(config.weights).expanduser() if config.weights else SHIPPED_WEIGHTS]
 
     def __init__(self, config: Config | None = None) -> None:

@@ -1,1 +1,4 @@
-"""Prompt sets: the protocol (base.py) and loaders (shapes grammar, Pick-a-Pic, Parti, ...)."""
+"""Prompt sets: the protocol (base.py) and loaders (shapes grammar, Pick-a-Pic, Parti, ...).
+
+May import: ``errors``/``registry`` only: every other seam may use prompts.
+"""

@@ -7,7 +7,7 @@ import html
 from pathlib import Path
 
 from drpo_bench.errors import UserError
-from drpo_bench.ledger import PHASES
+from drpo_bench.compute.ledger import PHASES
 from drpo_bench.report import figures as figs
 from drpo_bench.report import html_page, latex
 from drpo_bench.report.export import export_tables

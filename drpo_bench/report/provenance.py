@@ -1,5 +1,5 @@
 """Which code made the report's cells: the "Code" notes and the ‡ that marks a row whose cells
-cannot be traced to the code of a clean commit (cell.json ``code``, drpo_bench/code_hash.py).
+cannot be traced to the code of a clean commit (cell.json ``code``, drpo_bench/suite/code_hash.py).
 
 A cell is marked when ``run --keep-stale`` kept it though other code made it (its
 ``kept_stale.json``), when it recorded no code hash (made before they were recorded), or when

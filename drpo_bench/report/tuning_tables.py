@@ -1,5 +1,5 @@
 """The report's "Tuning" tables: a tuned method's grid, the validation score of every configuration,
-the chosen one and the rule (from ``<results>/tuning/<method-id>.json``, drpo_bench/tuning_records.py)."""
+the chosen one and the rule (from ``<results>/tuning/<method-id>.json``, drpo_bench/suite/tuning_records.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from drpo_bench.report.table import Table
 
 def tuning_tables(folder: Path) -> list[Table]:
     """One table per tuning record in ``folder/tuning``; [] when the run tuned nothing."""
-    from drpo_bench.tuning_records import TUNING_DIR, label, read_record, record_seeds, score_text, stability_text
+    from drpo_bench.suite.tuning_records import TUNING_DIR, label, read_record, record_seeds, score_text, stability_text
 
     tables = []
     for path in sorted((folder / TUNING_DIR).glob("*.json")):

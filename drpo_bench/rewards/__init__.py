@@ -1,1 +1,4 @@
-"""Rewards: the protocol (base.py) and one module per reward model."""
+"""Rewards: the protocol (base.py) and one module per reward model.
+
+May import: ``generators`` (image conversions), ``shapes``, ``weights``, ``errors``/``registry``.
+"""

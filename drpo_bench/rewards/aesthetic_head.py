@@ -1,7 +1,7 @@
 """The LAION improved-aesthetic-predictor head (a small MLP on CLIP ViT-L/14 image embeddings).
 
-Its own module so that the tiny-twin builder (drpo_bench.tiny) can write its state dict without
-importing the reward (which resolves weights through drpo_bench.tiny): no import cycle.
+Its own module so that the tiny-twin builder (drpo_bench.weights.tiny) can write its state dict without
+importing the reward (which resolves weights through drpo_bench.weights.tiny): no import cycle.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """A reward served over HTTP: for models that need their own environment (HPSv3, ImageReward)
-or their own machine. The server side is ``drpo_bench.serve`` (``drpo-bench serve-reward``).
+or their own machine. The server side is ``drpo_bench.commands.serve`` (``drpo-bench serve-reward``).
 
 Protocol (JSON over HTTP, standard library only):
 

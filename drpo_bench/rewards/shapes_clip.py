@@ -62,7 +62,7 @@ class ShapesCLIPReward(Reward):
 
     @classmethod
     def weight_files(cls, config: ShapesCLIPConfig) -> list[Path]:
-        """The file this config loads (part of a cell's code hash, drpo_bench.code_hash)."""
+        """The file this config loads (part of a cell's code hash, drpo_bench.suite.code_hash)."""
         return [Path(config.weights) if config.weights else default_weights(config.size)]
 
     def __init__(self, config: ShapesCLIPConfig | None = None) -> None:

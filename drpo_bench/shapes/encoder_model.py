@@ -80,6 +80,15 @@ class ReconstructionHead(nn.Module):
         return torch.sigmoid(F.pixel_shuffle(self.to_32(h), 2))
 
 
+def channel_mean_std(m: torch.Tensor) -> torch.Tensor:
+    """A stage map (B, C, H, W) -> its channels' mean and std over locations, concatenated (B, 2C)."""
+    flat = m.flatten(2)  # (B, C, H*W)
+    mean = flat.mean(-1)  # (B, C)
+    # the population variance as the mean squared deviation: torch's var kernel took 2x as long here
+    std = ((flat - mean[..., None]).pow(2).mean(-1) + 1e-6).sqrt()  # (B, C)
+    return torch.cat([mean, std], dim=-1)
+
+
 def multiscale_features(maps: list[torch.Tensor], keys: Collection[str] | None = None) -> dict[str, torch.Tensor]:
     """Stage maps -> named feature sets, each (B, L, D); ``keys``: only these (None = all).
 
@@ -91,11 +100,7 @@ def multiscale_features(maps: list[torch.Tensor], keys: Collection[str] | None =
     out: dict[str, torch.Tensor] = {}
     for s, m in enumerate(maps, start=1):
         if keys is None or f"s{s}.mean_std" in keys:
-            flat = m.flatten(2)  # (B, C, H*W)
-            mean = flat.mean(-1)  # (B, C)
-            # the population variance as the mean squared deviation: torch's var kernel took 2x as long here
-            std = ((flat - mean[..., None]).pow(2).mean(-1) + 1e-6).sqrt()  # (B, C)
-            out[f"s{s}.mean_std"] = torch.cat([mean, std], dim=-1)[:, None, :]  # (B, 1, 2C)
+            out[f"s{s}.mean_std"] = channel_mean_std(m)[:, None, :]  # (B, 1, 2C)
         for grid in (2, 4):
             if keys is None or f"s{s}.patch{grid}" in keys:
                 pooled = F.adaptive_avg_pool2d(m, grid)  # (B, C, grid, grid)

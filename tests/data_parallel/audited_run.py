@@ -42,6 +42,6 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     if int(os.environ.get("RANK", "0")) > 0 and os.environ.get("DP_AUDIT_LOG"):
         _watch(Path(argv[argv.index("--output") + 1]), Path(os.environ["DP_AUDIT_LOG"]))
-    from drpo_bench.cli import main
+    from drpo_bench.commands.main import main
 
     sys.exit(main(argv))

@@ -1,0 +1,156 @@
+"""The package's folders follow the flow, and imports only go down it.
+
+``LAYERS`` lists the package's units from the bottom up: the top-level modules and the folders of
+``drpo_bench/``, and ``baselines/``. A module may import its own unit and the units below it; an
+import of a unit above is a back edge and fails here, unless ``EXCEPTIONS`` names it with its
+reason. Imports are read with ``ast`` (lazy ones inside functions too); an import under
+``if TYPE_CHECKING:`` only names a type and does not count.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: bottom to top: each unit may import the ones before it
+LAYERS = (
+    "drpo_bench",  # the package's __init__: the version only
+    "errors", "registry", "store",  # foundations every stage uses
+    "suite",  # 1. what to run: schema, YAML, cells, code identity
+    "weights",  # where weights come from (and the tiny twins)
+    # the seams, each below the ones that build on it
+    "prompts", "shapes", "generators", "rewards", "methods", "drpo", "metrics", "toy", "baselines",
+    "compute",  # cost: the ledger every update records, FLOPs, timing, memory
+    "run",  # 2. running cells: train, evaluate, store
+    "report",  # 3. tables and figures from a results folder
+    "commands", "__main__",  # the CLI: may import every stage
+)
+
+#: the back edges allowed, each with why (module -> module)
+EXCEPTIONS = {
+    ("drpo_bench.weights.tiny", "drpo_bench.rewards.aesthetic_head"):
+        "a twin is built from the network definition its real loader uses (a leaf module)",
+    ("drpo_bench.weights.tiny", "drpo_bench.rewards.hpsv3_model"):
+        "a twin is built from the network definition its real loader uses (a leaf module)",
+    ("drpo_bench.weights.tiny", "drpo_bench.rewards.imagereward_model"):
+        "a twin is built from the network definition its real loader uses (a leaf module)",
+    ("drpo_bench.weights.tiny", "drpo_bench.drpo.mae_latent_layout"):
+        "a twin is built from the network definition its real loader uses (a leaf module)",
+    ("baselines.vggflow", "drpo_bench.run.distributed"):
+        "VGG-Flow averages its value-gradient normaliser over the data-parallel ranks",
+}
+#: what a module reached by an exception may itself import: nothing that pulls its stage in
+LEAVES = {"drpo_bench.errors"}
+
+
+def _unit(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] == "baselines":
+        return "baselines"
+    return parts[1] if len(parts) > 1 else "drpo_bench"
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in ("drpo_bench", "baselines"):
+        for path in (REPO / package).rglob("*.py"):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _runtime_imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
+    """Project modules ``path`` imports when it runs (``from a import b`` counts ``a.b`` when it is one)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+            for target in targets:
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    out.add(target)
+                    break  # `from a import b`: b if it is a module, else a
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return out
+
+
+def _edges() -> list[tuple[str, str]]:
+    modules = _modules()
+    return sorted((name, target) for name, path in modules.items()
+                  for target in _runtime_imports(path, name, modules))
+
+
+def test_every_unit_has_a_place_in_the_layers():
+    units = {_unit(m) for m in _modules()}
+    assert units <= set(LAYERS), f"place {sorted(units - set(LAYERS))} in LAYERS (tests/test_layout.py)"
+    assert len(set(LAYERS)) == len(LAYERS)
+
+
+def test_imports_go_down_the_layers():
+    rank = {unit: i for i, unit in enumerate(LAYERS)}
+    back = [f"{a} -> {b}" for a, b in _edges()
+            if rank[_unit(b)] > rank[_unit(a)] and (a, b) not in EXCEPTIONS]
+    assert not back, ("back edges (a lower stage importing a higher one); move the code down, or name the edge "
+                      f"with its reason in EXCEPTIONS: {back}")
+
+
+def test_each_exception_is_still_needed_and_reaches_a_leaf():
+    edges = set(_edges())
+    unused = [f"{a} -> {b}" for a, b in EXCEPTIONS if (a, b) not in edges]
+    assert not unused, f"drop these from EXCEPTIONS, nothing imports that way any more: {unused}"
+    modules = _modules()
+    for _, target in EXCEPTIONS:
+        pulled = _runtime_imports(modules[target], target, modules)
+        assert pulled <= LEAVES, f"{target}, reached by an allowed back edge, pulls in {sorted(pulled - LEAVES)}"
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent.name for p in (REPO / "drpo_bench").glob("*/__init__.py")))
+def test_each_folder_says_what_it_owns_and_may_import(folder):
+    doc = ast.get_docstring(ast.parse((REPO / "drpo_bench" / folder / "__init__.py").read_text()))
+    assert doc, f"drpo_bench/{folder}/__init__.py needs a docstring: what the folder owns, what it may import"
+    assert "May import" in doc, f"drpo_bench/{folder}/__init__.py: say what it may import (a 'May import:' line)"
+
+
+def test_the_walker_sees_a_lazy_import_and_skips_a_type_only_one():
+    """Or the tests above prove nothing: an import inside a function counts, one under TYPE_CHECKING does not."""
+    edges = set(_edges())
+    assert ("drpo_bench.commands.run", "drpo_bench.run.runner") in edges  # inside cmd_run
+    assert ("drpo_bench.methods", "drpo_bench.compute.ledger") not in edges  # under TYPE_CHECKING only
+
+
+def test_a_back_edge_fails(tmp_path, monkeypatch):
+    """A planted back edge (suite importing the runner) is caught."""
+    planted = tmp_path / "drpo_bench" / "suite"
+    planted.mkdir(parents=True)
+    (planted / "bad.py").write_text("def f():\n    from drpo_bench.run.runner import run_suite\n")
+    modules = {**_modules(), "drpo_bench.suite.bad": planted / "bad.py"}
+    monkeypatch.setattr(__import__(__name__), "_modules", lambda: modules)
+    with pytest.raises(AssertionError, match="drpo_bench.suite.bad -> drpo_bench.run.runner"):
+        test_imports_go_down_the_layers()
