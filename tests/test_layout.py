@@ -154,3 +154,50 @@ def test_a_back_edge_fails(tmp_path, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "_modules", lambda: modules)
     with pytest.raises(AssertionError, match="drpo_bench.suite.bad -> drpo_bench.run.runner"):
         test_imports_go_down_the_layers()
+
+
+#: what users write in a baseline or a suite (README "Adding a baseline", docs/architecture.md)
+PUBLIC = {
+    "drpo_bench.methods": ("Method", "TrainContext", "StepOutput", "Candidates", "sample_candidates", "reference_l2"),
+    "drpo_bench.registry": ("GENERATORS", "REWARDS", "FEATURES", "METHODS", "METRICS", "PROMPTS", "REGISTRIES"),
+    "drpo_bench.methods.offline_data": ("load_dataset",),
+}
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_the_public_names_import_from_where_users_write_them(module):
+    import importlib
+
+    loaded = importlib.import_module(module)
+    missing = [name for name in PUBLIC[module] if not hasattr(loaded, name)]
+    assert not missing, f"{module} no longer offers {missing}"
+
+
+def test_every_dotted_name_the_docs_and_suites_show_resolves():
+    """`drpo_bench.a.b` or `package.module:Class` in README.md, docs/ and suites/ names a module or an
+    attribute that exists, so a move cannot leave a stale path in what users copy."""
+    import importlib
+    import re
+
+    texts = [REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "suites").rglob("*.yaml"),
+             *(REPO / "results").glob("*/README.md")]
+    names = {m for path in texts for m in re.findall(r"\bdrpo_bench(?:\.\w+)+(?::\w+)?", path.read_text())}
+    assert names, "the pattern found nothing: it is broken"
+    unresolved = []
+    for name in sorted(names):
+        dotted = name.replace(":", ".")
+        parts = dotted.split(".")
+        for cut in range(len(parts), 0, -1):  # the longest importable prefix, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+            except ModuleNotFoundError:
+                continue
+            try:
+                for attr in parts[cut:]:
+                    obj = getattr(obj, attr)
+            except AttributeError:
+                unresolved.append(name)
+            break
+        else:
+            unresolved.append(name)
+    assert not unresolved, f"these names in README/docs/suites do not resolve: {unresolved}"
