@@ -1,57 +1,15 @@
 """The package's import graph: no cycles, and no production module imports test fixtures.
 
 Walks every module of drpo_bench/ and baselines/ with ``ast`` (imports at any depth, including
-the lazy ones inside functions) rather than importing them.
+the lazy ones inside functions) rather than importing them (tests/import_graph.py).
 """
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
+from import_graph import graph as _graph
 
-REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("drpo_bench", "baselines")
 #: modules that only tests may import
 TEST_ONLY = ("drpo_bench.testing", "tests", "conftest")
-
-
-def _modules() -> dict[str, Path]:
-    found = {}
-    for package in PACKAGES:
-        for path in (REPO / package).rglob("*.py"):
-            parts = path.relative_to(REPO).with_suffix("").parts
-            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-            found[name] = path
-    return found
-
-
-def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
-    """Project modules that ``path`` imports (``from x import y`` counts y when y is a module)."""
-    tree = ast.parse(path.read_text())
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, base] if base else anchor)
-            targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
-        else:
-            continue
-        for target in targets:
-            while target and target not in modules:
-                target = target.rpartition(".")[0]
-            if target and target != name:
-                out.add(target)
-    return out
-
-
-def _graph() -> dict[str, set[str]]:
-    modules = _modules()
-    return {name: _imports(path, name, modules) for name, path in modules.items()}
 
 
 def test_no_production_module_imports_test_fixtures():

@@ -149,10 +149,10 @@ def test_csv_spreads_estimates_over_mean_ci_n():
 
 
 def test_report_formats_are_checked(tmp_path, capsys):
-    from drpo_bench.commands import report as cli
+    from drpo_bench.commands import report as report_command
     from drpo_bench.report.build import DEFAULT_FORMATS, FORMATS
 
-    assert (cli.REPORT_FORMATS, cli.DEFAULT_FORMATS) == (FORMATS, DEFAULT_FORMATS), "the CLI's copy is in step"
+    assert (report_command.REPORT_FORMATS, report_command.DEFAULT_FORMATS) == (FORMATS, DEFAULT_FORMATS), "the CLI's copy is in step"
     assert main(["report", str(tmp_path), "--formats", "md,docx"]) == 2
     err = capsys.readouterr().err
     assert "docx" in err and "md, tex, html, pdf, csv, json" in err

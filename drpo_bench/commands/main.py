@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _optional_commands(sub: argparse._SubParsersAction) -> None:
-    """Commands contributed by other modules (flops, bench, serve-reward, make-dataset)."""
+    """flops, bench, plan, serve-reward, make-dataset, tune; flops/bench and serve-reward are skipped
+    where their optional imports are missing."""
     try:
         from drpo_bench.commands.flops import add_bench_parser, add_flops_parser
     except ImportError:

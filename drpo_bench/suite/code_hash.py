@@ -170,13 +170,10 @@ def _add_nested(config: Any, add: Any) -> None:
 # ---- a result that is not a cell (results/compute: FLOP ledgers, memory plans) --------------------
 
 #: what a compute result's closure never enters: a cell's exclusions less the modules that count
-#: FLOPs and memory and write those results (``compute.bench``, ``commands.flops``,
-#: ``commands.memory_plan``), which the other commands' modules stand in for
-RESULT_EXCLUDED = (
-    *(e for e in EXCLUDED if e not in ("drpo_bench.compute.bench", "drpo_bench.commands")),
-    *(f"drpo_bench.commands.{name}" for name in ("main", "common", "ls", "validate", "run", "report", "serve", "sample",
-                                                 "make_dataset", "tune")),
-)
+#: FLOPs and memory (``compute.bench``) and the commands that write those results
+#: (``commands.flops``, ``commands.memory_plan``), which import no other command module: a
+#: result's closure holds its writer (a root) and the commands package's docstring-only __init__
+RESULT_EXCLUDED = tuple(e for e in EXCLUDED if e not in ("drpo_bench.compute.bench", "drpo_bench.commands"))
 
 
 def result_provenance(roots: tuple[str, ...] | list[str], extra_files: tuple[Path | str, ...] | list[Path | str] = (),
